@@ -1,1 +1,28 @@
+//! The Reposure filesystem.
+//!
+//! Layers, top to bottom:
+//!
+//! * [`fuse`]: a thin adapter from `fuser` callbacks to the core. It never waits on the
+//!   network: every callback moves its reply into a tokio task and returns at once, so a
+//!   slow read cannot stall `ls` of another directory.
+//! * [`filesystem`]: the async core. Every operation is an `async fn` returning
+//!   [`errno::FsError`], tested without FUSE against an in-memory store.
+//! * [`namespace`]: the mapping between paths and registry names (repositories are
+//!   directories, images are files, tags are `NAME:TAG`), pure and unit-tested.
+//! * [`inode`]: stable inode numbers for the nodes the kernel has seen.
+//! * [`reader`] and [`writer`]: per-open-file actors that keep reads and writes in the
+//!   order the kernel sent them.
+//! * [`errno`]: the one table from errors to errno values.
+//!
+//! The contract this implements is `SEMANTICS.md` at the repository root.
 
+pub mod errno;
+pub mod filesystem;
+pub mod fuse;
+pub mod inode;
+pub mod namespace;
+pub mod reader;
+mod ttl_cache;
+pub mod writer;
+
+pub use filesystem::{Attr, Filesystem, FsConfig, NodeKind};

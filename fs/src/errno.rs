@@ -1,0 +1,108 @@
+//! Every refusal of the filesystem, and the one table that maps each to an errno.
+
+use reposure_surrogate::RegistryError;
+
+/// Why a filesystem operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The registry operation failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// No such name.
+    #[error("no such file or directory")]
+    NotFound,
+    /// A name that cannot be a repository or tag (the text names the rule).
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    /// A write at another offset than the end of what was written.
+    #[error("writes must be sequential: expected offset {expected}, got {got}")]
+    NonSequentialWrite { expected: u64, got: u64 },
+    /// A change on a read-only mount.
+    #[error("the mount is read-only")]
+    ReadOnly,
+    /// `rmdir` of a directory with entries.
+    #[error("directory not empty")]
+    NotEmpty,
+    /// A file operation on a directory.
+    #[error("is a directory")]
+    IsDirectory,
+    /// A directory operation on a file.
+    #[error("not a directory")]
+    NotDirectory,
+    /// Creating a name that exists.
+    #[error("already exists")]
+    Exists,
+    /// An operation the registry model cannot express (the text says which).
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// Reading an image that is not a single file.
+    #[error("not a single file: {0}")]
+    NotAFile(String),
+    /// A file handle that is not open (or not open for this).
+    #[error("bad file handle")]
+    BadHandle,
+    /// A push at close() failed; the text is the registry's reason.
+    #[error("push failed: {0}")]
+    PushFailed(RegistryError),
+}
+
+/// Result with [`FsError`].
+pub type FsResult<T> = Result<T, FsError>;
+
+impl FsError {
+    /// The errno for this error. This match is the table in SEMANTICS.md.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::InvalidName(_) | FsError::NonSequentialWrite { .. } => libc::EINVAL,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::IsDirectory => libc::EISDIR,
+            FsError::NotDirectory => libc::ENOTDIR,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::NotAFile(_) => libc::EOPNOTSUPP,
+            FsError::BadHandle => libc::EBADF,
+            FsError::PushFailed(_) => libc::EIO,
+            FsError::Registry(e) => match e {
+                RegistryError::NotFound(_) => libc::ENOENT,
+                RegistryError::InvalidName { .. } => libc::EINVAL,
+                RegistryError::Unauthorized(_) | RegistryError::Denied(_) => libc::EACCES,
+                RegistryError::DeleteDisabled => libc::EPERM,
+                RegistryError::Unsupported(_) => libc::EOPNOTSUPP,
+                RegistryError::TagDeleteUnsupported
+                | RegistryError::Corrupt(_)
+                | RegistryError::Unavailable(_)
+                | RegistryError::UntrustedCertificate(_)
+                | RegistryError::Rejected(_)
+                | RegistryError::SizeMismatch { .. }
+                | RegistryError::Io(_) => libc::EIO,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_errors_map_to_their_errno() {
+        assert_eq!(
+            FsError::from(RegistryError::NotFound("x".into())).errno(),
+            libc::ENOENT
+        );
+        assert_eq!(
+            FsError::from(RegistryError::DeleteDisabled).errno(),
+            libc::EPERM
+        );
+        assert_eq!(
+            FsError::from(RegistryError::Corrupt("x".into())).errno(),
+            libc::EIO
+        );
+        assert_eq!(
+            FsError::from(RegistryError::Unauthorized("x".into())).errno(),
+            libc::EACCES
+        );
+    }
+}

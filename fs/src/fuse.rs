@@ -1,0 +1,428 @@
+//! The thin adapter from `fuser` to the async core.
+//!
+//! Each callback does only what must happen on the dispatch thread (queueing reads and
+//! writes in the kernel's order) and hands the rest, with its reply, to a tokio task. A
+//! span named after the FUSE operation wraps each task, so logs can be grepped by
+//! operation (`lookup`, `read`, `write`, `flush`, `unlink`, ...).
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+use tracing::{Instrument, debug_span, warn};
+
+use crate::errno::FsError;
+use crate::filesystem::{Attr, Filesystem, NodeKind};
+
+/// Block size reported by `stat`: the unit tools like `cp` use for their buffers, large so
+/// that they write in big, cheap chunks.
+const BLOCK_SIZE: u32 = 1024 * 1024;
+
+/// Largest write the kernel may send in one request (FUSE allows up to 1 MiB with
+/// max_pages); bigger writes mean fewer round trips through the dispatch loop.
+const MAX_WRITE: u32 = 1024 * 1024;
+
+/// Kernel read-ahead, matched to the reader's streaming so sequential reads arrive in large
+/// requests.
+const MAX_READAHEAD: u32 = 1024 * 1024;
+
+/// Owner and mode settings of the mount.
+#[derive(Debug, Clone, Copy)]
+pub struct Ownership {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The FUSE face of a [`Filesystem`].
+pub struct FuseAdapter {
+    core: Arc<Filesystem>,
+    runtime: Handle,
+    ownership: Ownership,
+    ttl: Duration,
+}
+
+impl FuseAdapter {
+    /// An adapter that runs the core's futures on `runtime`.
+    pub fn new(core: Arc<Filesystem>, runtime: Handle, ownership: Ownership) -> Self {
+        let ttl = core.config().metadata_ttl;
+        Self {
+            core,
+            runtime,
+            ownership,
+            ttl,
+        }
+    }
+
+    fn spawn<F>(&self, span: tracing::Span, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(future.instrument(span));
+    }
+}
+
+/// Converts the core's attributes.
+pub fn to_file_attr(attr: &Attr, ownership: Ownership) -> FileAttr {
+    let (kind, nlink) = match attr.kind {
+        NodeKind::Directory => (FileType::Directory, 2),
+        NodeKind::File => (FileType::RegularFile, 1),
+    };
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.mtime,
+        mtime: attr.mtime,
+        ctime: attr.mtime,
+        crtime: attr.mtime,
+        kind,
+        perm: attr.perm,
+        nlink,
+        uid: ownership.uid,
+        gid: ownership.gid,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+/// Logs an error at the level it deserves and converts it.
+fn errno(error: &FsError) -> Errno {
+    match error {
+        FsError::NotFound => {}
+        FsError::Registry(reposure_surrogate::RegistryError::NotFound(_)) => {}
+        other => warn!(error = %other, errno = other.errno(), "operation failed"),
+    }
+    Errno::from_i32(error.errno())
+}
+
+impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (core, name, ttl, ownership) =
+            (self.core.clone(), name.to_owned(), self.ttl, self.ownership);
+        let span = debug_span!("lookup", parent = parent.0, name = %name.to_string_lossy());
+        self.spawn(span, async move {
+            match core.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, ownership), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (core, ttl, ownership) = (self.core.clone(), self.ttl, self.ownership);
+        self.spawn(debug_span!("getattr", ino = ino.0), async move {
+            match core.getattr(ino.0).await {
+                Ok(attr) => reply.attr(&ttl, &to_file_attr(&attr, ownership)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (core, ttl, ownership) = (self.core.clone(), self.ttl, self.ownership);
+        let changes_owner = mode.is_some()
+            || uid.is_some_and(|u| u != ownership.uid)
+            || gid.is_some_and(|g| g != ownership.gid);
+        self.spawn(debug_span!("setattr", ino = ino.0, ?size), async move {
+            match core
+                .setattr(ino.0, size, fh.map(|f| f.0), changes_owner)
+                .await
+            {
+                Ok(attr) => reply.attr(&ttl, &to_file_attr(&attr, ownership)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (core, name, ttl, ownership) =
+            (self.core.clone(), name.to_owned(), self.ttl, self.ownership);
+        let span = debug_span!("mkdir", parent = parent.0, name = %name.to_string_lossy());
+        self.spawn(span, async move {
+            match core.mkdir(parent.0, &name).await {
+                Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, ownership), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (core, name) = (self.core.clone(), name.to_owned());
+        let span = debug_span!("unlink", parent = parent.0, name = %name.to_string_lossy());
+        self.spawn(span, async move {
+            match core.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (core, name) = (self.core.clone(), name.to_owned());
+        let span = debug_span!("rmdir", parent = parent.0, name = %name.to_string_lossy());
+        self.spawn(span, async move {
+            match core.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let core = self.core.clone();
+        self.spawn(
+            debug_span!("open", ino = ino.0, flags = flags.0),
+            async move {
+                match core.open(ino.0, flags.0).await {
+                    Ok((fh, keep_cache)) => {
+                        let flags = if keep_cache {
+                            FopenFlags::FOPEN_KEEP_CACHE
+                        } else {
+                            FopenFlags::empty()
+                        };
+                        reply.opened(FileHandle(fh), flags)
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (core, name, ttl, ownership) =
+            (self.core.clone(), name.to_owned(), self.ttl, self.ownership);
+        let span = debug_span!("create", parent = parent.0, name = %name.to_string_lossy());
+        self.spawn(span, async move {
+            match core.create(parent.0, &name).await {
+                Ok((attr, fh)) => reply.created(
+                    &ttl,
+                    &to_file_attr(&attr, ownership),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let read = self.core.read(fh.0, offset, size);
+        self.spawn(debug_span!("read", ino = ino.0, offset, size), async move {
+            match read.await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let write = self.core.write(fh.0, offset, data.to_vec());
+        self.spawn(
+            debug_span!("write", ino = ino.0, offset, size = data.len()),
+            async move {
+                match write.await {
+                    Ok(written) => reply.written(written),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let flush = self.core.flush(fh.0);
+        self.spawn(debug_span!("flush", ino = ino.0), async move {
+            match flush.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let flush = self.core.flush(fh.0);
+        self.spawn(debug_span!("fsync", ino = ino.0), async move {
+            match flush.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.core.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let core = self.core.clone();
+        self.spawn(debug_span!("opendir", ino = ino.0), async move {
+            match core.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.core.listing(fh.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // Offsets: 1 is ".", 2 is "..", 3.. are the snapshot's entries.
+        let parent = self.core.parent_of(ino.0);
+        let dots = [
+            (ino.0, FileType::Directory, "."),
+            (parent, FileType::Directory, ".."),
+        ];
+        let all = dots.into_iter().chain(entries.iter().map(|e| {
+            let kind = match e.kind {
+                NodeKind::Directory => FileType::Directory,
+                NodeKind::File => FileType::RegularFile,
+            };
+            (e.ino, kind, e.name.as_str())
+        }));
+        for (index, (entry_ino, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(entry_ino), index as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        // A registry has no fixed capacity; report a large, constant one so tools that
+        // check free space before copying go ahead.
+        let blocks = u64::MAX / u64::from(BLOCK_SIZE) / 2;
+        reply.statfs(blocks, blocks, blocks, 0, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
+    }
+}

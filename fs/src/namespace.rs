@@ -1,0 +1,177 @@
+//! Paths and registry names.
+//!
+//! * A repository path segment is a directory: repository `a/b/c` lives in directory `a/b`.
+//! * An image is a file named by the repository's last segment. The bare name is the tag
+//!   `latest`; other tags are `NAME:TAG`; `NAME:latest` resolves but is not listed.
+//! * A name that is both a repository and a prefix of other repositories is a directory;
+//!   its tags are then listed as `NAME:TAG`, `latest` included.
+//! * Referrers-fallback tags (`sha256-<hex>...`) are hidden (the registry layer drops them).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use reposure_surrogate::names::{self, DEFAULT_TAG};
+
+use crate::errno::{FsError, FsResult};
+
+/// What a path stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    /// A directory: a repository path prefix ("" is the root).
+    Dir(String),
+    /// An image: a repository and a tag.
+    Image { repository: String, tag: String },
+}
+
+/// `dir/name`, or `name` at the root.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// How a file name in `dir` reads: the repository path and the tag (for `NAME:TAG`).
+pub fn split_file_name(dir: &str, name: &str) -> (String, Option<String>) {
+    match name.split_once(':') {
+        Some((base, tag)) => (join(dir, base), Some(tag.to_owned())),
+        None => (join(dir, name), None),
+    }
+}
+
+/// Validates a name for creating an image in `dir`; returns the repository and tag.
+pub fn image_for_create(dir: &str, name: &str) -> FsResult<(String, String)> {
+    let (repository, tag) = split_file_name(dir, name);
+    let tag = tag.unwrap_or_else(|| DEFAULT_TAG.to_owned());
+    names::check_repository(&repository).map_err(|e| FsError::InvalidName(e.to_string()))?;
+    names::check_tag(&tag).map_err(|e| FsError::InvalidName(e.to_string()))?;
+    Ok((repository, tag))
+}
+
+/// Validates a directory name (one repository segment).
+pub fn check_dir_name(name: &str) -> FsResult<()> {
+    names::check_repository_segment(name).map_err(|e| FsError::InvalidName(e.to_string()))
+}
+
+/// Whether `path` is a directory implied by the catalog (some repository below it).
+pub fn is_catalog_dir(path: &str, repositories: &[String]) -> bool {
+    path.is_empty() || {
+        let prefix = format!("{path}/");
+        repositories.iter().any(|r| r.starts_with(&prefix))
+    }
+}
+
+/// The sub-directories of `dir` implied by the catalog, and the repositories directly in it.
+pub fn children(dir: &str, repositories: &[String]) -> (BTreeSet<String>, Vec<String>) {
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let mut dirs = BTreeSet::new();
+    let mut images = Vec::new();
+    for repository in repositories {
+        let Some(rest) = repository.strip_prefix(&prefix) else {
+            continue;
+        };
+        match rest.split_once('/') {
+            Some((first, _)) => {
+                dirs.insert(first.to_owned());
+            }
+            None if !rest.is_empty() => images.push(repository.clone()),
+            None => {}
+        }
+    }
+    (dirs, images)
+}
+
+/// The file names of a repository's tags in its directory. `shadowed` says whether the
+/// repository's last segment is also a directory name (then `latest` is listed as
+/// `NAME:latest` too).
+pub fn tag_file_names(repository: &str, tags: &[String], shadowed: bool) -> Vec<(String, String)> {
+    let name = repository.rsplit('/').next().unwrap_or(repository);
+    tags.iter()
+        .map(|tag| {
+            let file = if tag == DEFAULT_TAG && !shadowed {
+                name.to_owned()
+            } else {
+                format!("{name}:{tag}")
+            };
+            (file, tag.clone())
+        })
+        .collect()
+}
+
+/// A directory listing: name → node, sorted by name.
+pub fn listing(
+    dir: &str,
+    sub_dirs: &BTreeSet<String>,
+    tags_by_repository: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Node> {
+    let mut entries: BTreeMap<String, Node> = sub_dirs
+        .iter()
+        .map(|d| (d.clone(), Node::Dir(join(dir, d))))
+        .collect();
+    for (repository, tags) in tags_by_repository {
+        let name = repository.rsplit('/').next().unwrap_or(repository);
+        let shadowed = sub_dirs.contains(name);
+        for (file, tag) in tag_file_names(repository, tags, shadowed) {
+            entries.entry(file).or_insert_with(|| Node::Image {
+                repository: repository.clone(),
+                tag,
+            });
+        }
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repos(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn repositories_become_directories_and_files() {
+        let r = repos(&["hello", "myrepo/hello", "myrepo/deep/x", "other/y"]);
+        let (dirs, images) = children("", &r);
+        assert_eq!(dirs.into_iter().collect::<Vec<_>>(), ["myrepo", "other"]);
+        assert_eq!(images, ["hello"]);
+        let (dirs, images) = children("myrepo", &r);
+        assert_eq!(dirs.into_iter().collect::<Vec<_>>(), ["deep"]);
+        assert_eq!(images, ["myrepo/hello"]);
+        assert!(is_catalog_dir("myrepo/deep", &r));
+        assert!(!is_catalog_dir("myrepo/hello", &r));
+    }
+
+    #[test]
+    fn latest_is_the_bare_name_unless_shadowed_by_a_directory() {
+        let tags = BTreeMap::from([
+            (
+                "a/img".to_string(),
+                vec!["latest".to_string(), "v1.2".to_string()],
+            ),
+            ("a/both".to_string(), vec!["latest".to_string()]),
+        ]);
+        let dirs = BTreeSet::from(["both".to_string()]);
+        let names: Vec<String> = listing("a", &dirs, &tags).into_keys().collect();
+        assert_eq!(names, ["both", "both:latest", "img", "img:v1.2"]);
+    }
+
+    #[test]
+    fn create_names_are_validated() {
+        assert_eq!(
+            image_for_create("myrepo", "hello:v1.2.3").unwrap(),
+            ("myrepo/hello".to_string(), "v1.2.3".to_string())
+        );
+        assert_eq!(image_for_create("", "x").unwrap().1, "latest");
+        for bad in ["Hello", "a b", ".hidden", &format!("x:{}", "t".repeat(129))] {
+            assert!(
+                matches!(image_for_create("d", bad), Err(FsError::InvalidName(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Writing a file into the registry: one actor per open file.
+//!
+//! Writes must be sequential (EINVAL otherwise). They are appended to a temporary file in
+//! the spool directory, so memory stays bounded whatever the size; the image layer needs
+//! the file's length in its tar header before the content, which is only known at the end.
+//! `flush` (every `close()`) and `fsync` push the file and answer only once the registry
+//! has committed the manifest, so `close()` returns the push's error. A push that fails
+//! leaves the tag as it was: the manifest is the last thing written.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use reposure_surrogate::digest::Digest;
+use reposure_surrogate::formats::single_file::PushFormat;
+use reposure_surrogate::registry::{FileUpload, Registry};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, error, info};
+
+use crate::errno::{FsError, FsResult};
+
+/// Read size when streaming the spooled file to the registry.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+/// What a writer reports after publishing, so the filesystem can refresh its metadata.
+pub type OnPublished = Box<dyn Fn(&Digest) + Send + Sync>;
+
+enum WriteRequest {
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<FsResult<u32>>,
+    },
+    Truncate {
+        size: u64,
+        reply: oneshot::Sender<FsResult<()>>,
+    },
+    Flush {
+        reply: oneshot::Sender<FsResult<()>>,
+    },
+}
+
+/// An open file being written.
+pub struct WriteHandle {
+    requests: mpsc::UnboundedSender<WriteRequest>,
+    size: Arc<AtomicU64>,
+}
+
+/// Where and how to push.
+pub struct Target {
+    pub repository: String,
+    pub tag: String,
+    pub format: PushFormat,
+}
+
+impl WriteHandle {
+    /// Starts the actor; the spool file is created in `spool_dir`.
+    pub fn spawn(
+        registry: Arc<dyn Registry>,
+        target: Target,
+        spool_dir: &Path,
+        on_published: OnPublished,
+    ) -> FsResult<Self> {
+        let spool = tempfile::Builder::new()
+            .prefix(".reposure-write-")
+            .tempfile_in(spool_dir)
+            .map_err(|e| FsError::Registry(e.into()))?;
+        let size = Arc::new(AtomicU64::new(0));
+        let (requests, mut queue) = mpsc::unbounded_channel();
+        let span =
+            tracing::info_span!("write_handle", repository = %target.repository, tag = %target.tag);
+        let file =
+            tokio::fs::File::from_std(spool.reopen().map_err(|e| FsError::Registry(e.into()))?);
+        let mut writer = Writer {
+            registry,
+            target,
+            _spool: spool,
+            file,
+            size: size.clone(),
+            dirty: true,
+            on_published,
+        };
+        tokio::spawn(
+            async move {
+                while let Some(request) = queue.recv().await {
+                    match request {
+                        WriteRequest::Write {
+                            offset,
+                            data,
+                            reply,
+                        } => {
+                            let _ = reply.send(writer.write(offset, &data).await);
+                        }
+                        WriteRequest::Truncate { size, reply } => {
+                            let _ = reply.send(writer.truncate(size).await);
+                        }
+                        WriteRequest::Flush { reply } => {
+                            let _ = reply.send(writer.publish().await);
+                        }
+                    }
+                }
+                // All handles are gone (release). Anything written but never flushed is
+                // pushed now rather than dropped.
+                if writer.dirty {
+                    if let Err(e) = writer.publish().await {
+                        error!(error = %e, "push at release failed");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Self { requests, size })
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Queues a write now (so order is kept) and returns its answer.
+    pub fn write(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> impl Future<Output = FsResult<u32>> + Send + 'static + use<> {
+        let (reply, answer) = oneshot::channel();
+        let queued = self
+            .requests
+            .send(WriteRequest::Write {
+                offset,
+                data,
+                reply,
+            })
+            .is_ok();
+        async move {
+            if !queued {
+                return Err(FsError::BadHandle);
+            }
+            answer.await.unwrap_or(Err(FsError::BadHandle))
+        }
+    }
+
+    /// Queues a truncation (only to 0 or the current size).
+    pub fn truncate(
+        &self,
+        size: u64,
+    ) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
+        let (reply, answer) = oneshot::channel();
+        let queued = self
+            .requests
+            .send(WriteRequest::Truncate { size, reply })
+            .is_ok();
+        async move {
+            if !queued {
+                return Err(FsError::BadHandle);
+            }
+            answer.await.unwrap_or(Err(FsError::BadHandle))
+        }
+    }
+
+    /// Queues a push of what was written and returns its outcome.
+    pub fn flush(&self) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.requests.send(WriteRequest::Flush { reply }).is_ok();
+        async move {
+            if !queued {
+                return Err(FsError::BadHandle);
+            }
+            answer.await.unwrap_or(Err(FsError::BadHandle))
+        }
+    }
+}
+
+struct Writer {
+    registry: Arc<dyn Registry>,
+    target: Target,
+    /// Keeps the spool file alive (it is deleted when the writer ends).
+    _spool: tempfile::NamedTempFile,
+    file: tokio::fs::File,
+    size: Arc<AtomicU64>,
+    dirty: bool,
+    on_published: OnPublished,
+}
+
+impl Writer {
+    async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let expected = self.size.load(Ordering::Relaxed);
+        if offset != expected {
+            return Err(FsError::NonSequentialWrite {
+                expected,
+                got: offset,
+            });
+        }
+        self.file
+            .write_all(data)
+            .await
+            .map_err(|e| FsError::Registry(e.into()))?;
+        self.size.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.dirty = true;
+        Ok(data.len() as u32)
+    }
+
+    async fn truncate(&mut self, size: u64) -> FsResult<()> {
+        let current = self.size.load(Ordering::Relaxed);
+        if size == current {
+            return Ok(());
+        }
+        if size != 0 {
+            return Err(FsError::NotPermitted(format!(
+                "can only truncate a file being written to 0 bytes, not {size}"
+            )));
+        }
+        let io = |e: std::io::Error| FsError::Registry(e.into());
+        self.file.flush().await.map_err(io)?;
+        self.file.set_len(0).await.map_err(io)?;
+        self.file
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(io)?;
+        self.size.store(0, Ordering::Relaxed);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Pushes the spooled content if it changed since the last push.
+    async fn publish(&mut self) -> FsResult<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| FsError::Registry(e.into());
+        self.file.flush().await.map_err(io)?;
+        let mut reader = self.file.try_clone().await.map_err(io)?;
+        reader.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+        let size = self.size.load(Ordering::Relaxed);
+        let body = tokio_stream_of(reader, size);
+        let file_name = self
+            .target
+            .repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.target.repository)
+            .to_owned();
+        let upload = FileUpload {
+            file_name,
+            size,
+            format: self.target.format,
+            body,
+        };
+        let started = std::time::Instant::now();
+        match self
+            .registry
+            .push_file(&self.target.repository, &self.target.tag, upload)
+            .await
+        {
+            Ok(digest) => {
+                info!(%digest, size, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
+                self.dirty = false;
+                (self.on_published)(&digest);
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, size, "push failed; the tag was not changed");
+                Err(FsError::PushFailed(e))
+            }
+        }
+    }
+}
+
+/// Streams `size` bytes of a file.
+fn tokio_stream_of(file: tokio::fs::File, size: u64) -> reposure_surrogate::ByteStream {
+    use tokio::io::AsyncReadExt;
+    tokio_util::io::ReaderStream::with_capacity(file.take(size), UPLOAD_CHUNK)
+        .map(|chunk| chunk.map_err(reposure_surrogate::RegistryError::from))
+        .boxed()
+}

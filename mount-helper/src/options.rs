@@ -1,0 +1,158 @@
+//! `-o` mount options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use reposure_surrogate::formats::single_file::PushFormat;
+
+/// Options that mount(8) passes to every helper and that mean nothing here.
+const GENERIC: &[&str] = &[
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "nofail",
+    "_netdev",
+    "defaults",
+    "async",
+    "atime",
+    "noatime",
+    "relatime",
+    "diratime",
+    "nodiratime",
+];
+
+/// Parsed `-o` options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub format: PushFormat,
+    pub ca: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub allow_other: bool,
+    pub log: Option<PathBuf>,
+    pub metadata_ttl: Duration,
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            format: PushFormat::Image,
+            ca: None,
+            username: None,
+            password_file: None,
+            uid: None,
+            gid: None,
+            allow_other: false,
+            log: None,
+            metadata_ttl: Duration::from_secs(1),
+            spool_dir: None,
+        }
+    }
+}
+
+impl MountOptions {
+    /// Parses every `-o` argument (each a comma-separated list).
+    pub fn parse<'a>(lists: impl IntoIterator<Item = &'a str>) -> Result<Self> {
+        let mut options = Self::default();
+        for option in lists
+            .into_iter()
+            .flat_map(|l| l.split(','))
+            .filter(|o| !o.is_empty())
+        {
+            let (key, value) = match option.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (option, None),
+            };
+            let value = |what: &str| -> Result<&str> {
+                value
+                    .filter(|v| !v.is_empty())
+                    .with_context(|| format!("option {key} needs a value: {key}={what}"))
+            };
+            match key {
+                "ro" => options.read_only = true,
+                "format" => {
+                    options.format = value("image|artifact")?
+                        .parse()
+                        .map_err(anyhow::Error::msg)?
+                }
+                "ca" => options.ca = Some(value("FILE")?.into()),
+                "username" => options.username = Some(value("NAME")?.to_owned()),
+                "password_file" => options.password_file = Some(value("FILE")?.into()),
+                "password" => bail!(
+                    "passwords are not accepted on the command line (other users can read it); use password_file=FILE or the REPOSURE_PASSWORD environment variable"
+                ),
+                "uid" => options.uid = Some(value("UID")?.parse().context("uid= takes a number")?),
+                "gid" => options.gid = Some(value("GID")?.parse().context("gid= takes a number")?),
+                "allow_other" => options.allow_other = true,
+                "log" => options.log = Some(value("FILE")?.into()),
+                "metadata_ttl" => {
+                    let secs: f64 = value("SECONDS")?
+                        .parse()
+                        .context("metadata_ttl= takes seconds")?;
+                    if !(0.0..=3600.0).contains(&secs) {
+                        bail!("metadata_ttl= must be between 0 and 3600 seconds");
+                    }
+                    options.metadata_ttl = Duration::from_secs_f64(secs);
+                }
+                "spool_dir" => options.spool_dir = Some(value("DIR")?.into()),
+                k if GENERIC.contains(&k) || k.starts_with("x-") => {}
+                other => bail!(
+                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, spool_dir="
+                ),
+            }
+        }
+        if options.password_file.is_some() && options.username.is_none() {
+            bail!("password_file= needs username=");
+        }
+        Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_and_ignores_generic_options() {
+        let o = MountOptions::parse([
+            "rw,nofail,_netdev,x-systemd.automount",
+            "ro,format=artifact,uid=5,metadata_ttl=0.5",
+        ])
+        .unwrap();
+        assert!(o.read_only);
+        assert_eq!(o.format, PushFormat::Artifact);
+        assert_eq!(o.uid, Some(5));
+        assert_eq!(o.metadata_ttl, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn refuses_unknown_options_and_passwords_in_argv() {
+        assert!(
+            MountOptions::parse(["bogus"])
+                .unwrap_err()
+                .to_string()
+                .contains("unknown option")
+        );
+        let e = MountOptions::parse(["password=hunter2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_file") && !e.contains("hunter2"), "{e}");
+        assert!(MountOptions::parse(["format=zip"]).is_err());
+        assert!(MountOptions::parse(["password_file=/x"]).is_err());
+    }
+}
