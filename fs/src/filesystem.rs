@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use reposure_surrogate::RegistryError;
 use reposure_surrogate::digest::Digest;
 use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::names::{DEFAULT_TAG, Reference};
@@ -272,7 +273,9 @@ impl Filesystem {
             Node::Dir(_) => Ok(self.dir_attr(ino)),
             Node::Image { repository, tag } => {
                 if let Some(writer) = self.writing.lock().expect("lock").get(node) {
-                    return Ok(self.writing_attr(ino, writer));
+                    if writer.is_replacing() {
+                        return Ok(self.writing_attr(ino, writer));
+                    }
                 }
                 let info = self.resolve(repository, tag).await?;
                 Ok(self.image_attr(ino, &info))
@@ -413,7 +416,7 @@ impl Filesystem {
         fh
     }
 
-    fn start_writer(&self, node: &Node) -> FsResult<Arc<WriteHandle>> {
+    fn start_writer(&self, node: &Node, new_content: bool) -> FsResult<Arc<WriteHandle>> {
         let Node::Image { repository, tag } = node else {
             return Err(FsError::IsDirectory);
         };
@@ -432,6 +435,7 @@ impl Filesystem {
             self.registry.clone(),
             target,
             &self.config.spool_dir,
+            new_content,
             on_published,
         )?);
         self.writing
@@ -456,7 +460,7 @@ impl Filesystem {
                     "the file is already open for writing".into(),
                 ));
             }
-            let writer = self.start_writer(&node)?;
+            let writer = self.start_writer(&node, flags & libc::O_TRUNC != 0)?;
             return Ok((self.new_handle(Handle::Write { node, writer }), false));
         }
         // Opening pins the manifest: this handle reads the content the tag had now, even if
@@ -477,7 +481,11 @@ impl Filesystem {
     }
 
     /// `create`: a new file in `parent`, open for writing.
-    pub async fn create(&self, parent: u64, name: &OsStr) -> FsResult<(Attr, u64)> {
+    ///
+    /// The kernel also sends `create` for `open(O_CREAT)` of a name it has not looked up, so
+    /// an existing image is opened rather than replaced unless `O_TRUNC` is given, and
+    /// `O_EXCL` fails with EEXIST.
+    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> FsResult<(Attr, u64)> {
         if self.config.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -497,9 +505,24 @@ impl Filesystem {
                 "the file is already open for writing".into(),
             ));
         }
-        let writer = self.start_writer(&node)?;
-        let attr = self.writing_attr(self.inodes.ino(&node), &writer);
-        Ok((attr, self.new_handle(Handle::Write { node, writer })))
+        let Node::Image { repository, tag } = &node else {
+            unreachable!("created nodes are images")
+        };
+        let exists = match self.resolve(repository, tag).await {
+            Ok(_) => true,
+            Err(FsError::Registry(RegistryError::NotFound(_))) => false,
+            Err(e) => return Err(e),
+        };
+        if exists && flags & libc::O_EXCL != 0 {
+            return Err(FsError::Exists);
+        }
+        let new_content = !exists || flags & libc::O_TRUNC != 0;
+        let writer = self.start_writer(&node, new_content)?;
+        let fh = self.new_handle(Handle::Write {
+            node: node.clone(),
+            writer,
+        });
+        Ok((self.attr_of(&node).await?, fh))
     }
 
     fn read_handle_future(
@@ -569,8 +592,9 @@ impl Filesystem {
     }
 
     /// `setattr`: size changes (truncation of a file being written) only. Times are
-    /// accepted and ignored (an image's time is its creation time); mode and owner changes
-    /// are refused.
+    /// accepted and ignored (an image's time is its creation time). Mode and owner changes
+    /// are accepted and ignored on a file this mount is writing (copy tools set them after
+    /// creating the file, and the content must still arrive), and refused otherwise.
     pub async fn setattr(
         &self,
         ino: u64,
@@ -579,7 +603,7 @@ impl Filesystem {
         mode_or_owner: bool,
     ) -> FsResult<Attr> {
         let node = self.inodes.node(ino).ok_or(FsError::NotFound)?;
-        if mode_or_owner {
+        if mode_or_owner && !self.writing.lock().expect("lock").contains_key(&node) {
             return Err(FsError::NotPermitted(
                 "images have no mode or owner to change".into(),
             ));

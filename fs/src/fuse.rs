@@ -233,14 +233,14 @@ impl fuser::Filesystem for FuseAdapter {
         name: &OsStr,
         _mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let (core, name, ttl, ownership) =
             (self.core.clone(), name.to_owned(), self.ttl, self.ownership);
         let span = debug_span!("create", parent = parent.0, name = %name.to_string_lossy());
         self.spawn(span, async move {
-            match core.create(parent.0, &name).await {
+            match core.create(parent.0, &name, flags).await {
                 Ok((attr, fh)) => reply.created(
                     &ttl,
                     &to_file_attr(&attr, ownership),

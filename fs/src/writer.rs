@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::StreamExt;
 use reposure_surrogate::digest::Digest;
@@ -46,6 +46,7 @@ enum WriteRequest {
 pub struct WriteHandle {
     requests: mpsc::UnboundedSender<WriteRequest>,
     size: Arc<AtomicU64>,
+    replacing: Arc<AtomicBool>,
 }
 
 /// Where and how to push.
@@ -56,11 +57,14 @@ pub struct Target {
 }
 
 impl WriteHandle {
-    /// Starts the actor; the spool file is created in `spool_dir`.
+    /// Starts the actor; the spool file is created in `spool_dir`. `new_content` says
+    /// whether closing without writing still publishes (an empty) content: true for a
+    /// created or truncated file, false for a plain open for writing (as `touch` does).
     pub fn spawn(
         registry: Arc<dyn Registry>,
         target: Target,
         spool_dir: &Path,
+        new_content: bool,
         on_published: OnPublished,
     ) -> FsResult<Self> {
         let spool = tempfile::Builder::new()
@@ -68,6 +72,7 @@ impl WriteHandle {
             .tempfile_in(spool_dir)
             .map_err(|e| FsError::Registry(e.into()))?;
         let size = Arc::new(AtomicU64::new(0));
+        let replacing = Arc::new(AtomicBool::new(new_content));
         let (requests, mut queue) = mpsc::unbounded_channel();
         let span =
             tracing::info_span!("write_handle", repository = %target.repository, tag = %target.tag);
@@ -79,7 +84,8 @@ impl WriteHandle {
             _spool: spool,
             file,
             size: size.clone(),
-            dirty: true,
+            replacing: replacing.clone(),
+            dirty: new_content,
             on_published,
         };
         tokio::spawn(
@@ -111,7 +117,17 @@ impl WriteHandle {
             }
             .instrument(span),
         );
-        Ok(Self { requests, size })
+        Ok(Self {
+            requests,
+            size,
+            replacing,
+        })
+    }
+
+    /// Whether this handle's content replaces the image's (it was created or truncated, or
+    /// written to); until then the file shows the image's own attributes.
+    pub fn is_replacing(&self) -> bool {
+        self.replacing.load(Ordering::Relaxed)
     }
 
     /// Bytes written so far.
@@ -180,11 +196,17 @@ struct Writer {
     _spool: tempfile::NamedTempFile,
     file: tokio::fs::File,
     size: Arc<AtomicU64>,
+    replacing: Arc<AtomicBool>,
     dirty: bool,
     on_published: OnPublished,
 }
 
 impl Writer {
+    fn mark_dirty(&mut self) {
+        self.dirty = true;
+        self.replacing.store(true, Ordering::Relaxed);
+    }
+
     async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
         let expected = self.size.load(Ordering::Relaxed);
         if offset != expected {
@@ -198,13 +220,16 @@ impl Writer {
             .await
             .map_err(|e| FsError::Registry(e.into()))?;
         self.size.fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.dirty = true;
+        self.mark_dirty();
         Ok(data.len() as u32)
     }
 
     async fn truncate(&mut self, size: u64) -> FsResult<()> {
         let current = self.size.load(Ordering::Relaxed);
         if size == current {
+            // An explicit truncation to the current size (say, `: > file`) still means
+            // "this is the new content".
+            self.mark_dirty();
             return Ok(());
         }
         if size != 0 {
@@ -220,7 +245,7 @@ impl Writer {
             .await
             .map_err(io)?;
         self.size.store(0, Ordering::Relaxed);
-        self.dirty = true;
+        self.mark_dirty();
         Ok(())
     }
 

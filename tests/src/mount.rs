@@ -1,0 +1,120 @@
+//! A real `reposure-mount` process and its mountpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{binary, wait_until};
+
+/// A mounted filesystem, unmounted on drop.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+    mounted: bool,
+}
+
+/// What `reposure-mount` said when it failed.
+#[derive(Debug)]
+pub struct MountFailure {
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+impl Mount {
+    /// Mounts `source` with `-o` options (a log file is added).
+    pub fn new(source: &str, options: &[&str]) -> Self {
+        Self::try_new(source, options, &[])
+            .unwrap_or_else(|f| panic!("mount {source} failed: {f:?}"))
+    }
+
+    /// Mounts, returning the failure instead of panicking.
+    pub fn try_new(
+        source: &str,
+        options: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, MountFailure> {
+        let dir = tempfile::Builder::new()
+            .prefix("reposure-mnt-")
+            .tempdir()
+            .expect("mountpoint");
+        let log = dir.path().with_extension("log");
+        let mut all_options: Vec<String> = options.iter().map(|s| s.to_string()).collect();
+        all_options.push(format!("log={}", log.display()));
+        let output = Command::new(binary("reposure-mount"))
+            .arg(source)
+            .arg(dir.path())
+            .arg("-o")
+            .arg(all_options.join(","))
+            .env("REPOSURE_LOG", "debug")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run reposure-mount");
+        if !output.status.success() {
+            return Err(MountFailure {
+                code: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        Ok(Self {
+            dir,
+            log,
+            mounted: true,
+        })
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// The mountpoint.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The mount daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Unmounts and waits until the mountpoint is gone from /proc/mounts.
+    pub fn unmount(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        self.mounted = false;
+        let dir = self.dir.path().to_path_buf();
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&dir).status();
+        }
+        wait_until(Duration::from_secs(10), || !is_mounted(&dir));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Whether `dir` appears in /proc/mounts, and with which type.
+pub fn mount_entry(dir: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    let dir = dir.to_str()?;
+    mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(dir))
+        .map(str::to_owned)
+}
+
+/// Whether `dir` is a mountpoint now.
+pub fn is_mounted(dir: &Path) -> bool {
+    mount_entry(dir).is_some()
+}

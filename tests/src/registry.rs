@@ -1,0 +1,197 @@
+//! The reference registry (Debian's `docker-registry`, distribution 2.8) on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{free_port, wait_until};
+
+/// How to configure a registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    /// Serve HTTPS with a certificate from a CA made for this registry.
+    pub tls: bool,
+    /// Require these Basic credentials (htpasswd).
+    pub credentials: Option<(String, String)>,
+    /// Refuse deletes with 405.
+    pub delete_disabled: bool,
+}
+
+/// A running registry; stopped and its storage removed on drop.
+pub struct Registry {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    config: RegistryConfig,
+    child: Option<Child>,
+}
+
+impl Registry {
+    /// A plain-HTTP registry with deletion enabled.
+    pub fn start() -> Self {
+        Self::start_with(RegistryConfig::default())
+    }
+
+    /// A registry with the given configuration.
+    pub fn start_with(config: RegistryConfig) -> Self {
+        let dir = tempfile::tempdir().expect("registry dir");
+        let port = free_port();
+        let mut registry = Self {
+            port,
+            dir,
+            config,
+            child: None,
+        };
+        registry.write_config();
+        registry.resume();
+        registry
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://...`.
+    pub fn url(&self) -> String {
+        let scheme = if self.config.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`, as skopeo's `docker://` wants it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate (PEM) that verifies a TLS registry.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
+    }
+
+    fn write_config(&self) {
+        let root = self.dir.path();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {}\nhttp:\n  addr: 127.0.0.1:{}\n",
+            root.join("data").display(),
+            !self.config.delete_disabled,
+            self.port
+        );
+        if self.config.tls {
+            make_tls(&root.join("tls"));
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                root.join("tls/server.pem").display(),
+                root.join("tls/server.key").display()
+            ));
+        }
+        if let Some((user, password)) = &self.config.credentials {
+            let hash = bcrypt::hash(password, 5).expect("bcrypt");
+            std::fs::write(root.join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: reposure-test\n    path: {}\n",
+                root.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(root.join("config.yml"), yaml).expect("registry config");
+    }
+
+    /// Stops the registry (its storage stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the registry again on the same port and storage.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "registry already running");
+        let log =
+            std::fs::File::create(self.dir.path().join("registry.log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry (apt-get install docker-registry)");
+        self.child = Some(child);
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "registry did not start: {}", self.log());
+    }
+
+    /// The registry's log (including its access log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl command.
+fn make_tls(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("tls dir");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=reposure test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}

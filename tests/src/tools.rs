@@ -1,0 +1,127 @@
+//! The peers: skopeo, umoci and curl, run as commands.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs a command, panicking with its stderr if it fails; returns stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `skopeo copy` with TLS verification off (the test registries are plain HTTP).
+pub fn skopeo_copy(from: &str, to: &str) {
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            from,
+            to,
+        ],
+    );
+}
+
+/// The raw manifest of `docker://HOST/REPO:TAG`.
+pub fn manifest(host: &str, reference: &str) -> serde_json::Value {
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/{reference}"),
+        ],
+    );
+    serde_json::from_str(&raw).expect("manifest JSON")
+}
+
+/// Tags of a repository, as the registry lists them (sorted here).
+pub fn registry_tags(url: &str, repository: &str) -> Vec<String> {
+    let body = run(
+        "curl",
+        &["-sf", &format!("{url}/v2/{repository}/tags/list")],
+    );
+    let value: serde_json::Value = serde_json::from_str(&body).expect("tags JSON");
+    let mut tags: Vec<String> = value["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    tags
+}
+
+/// Builds a single-file image with umoci in an OCI layout `layout:tag` and returns the
+/// layout's path.
+pub fn umoci_single_file_image(
+    work: &Path,
+    tag: &str,
+    file_name: &str,
+    content: &[u8],
+) -> std::path::PathBuf {
+    let layout = work.join("umoci-layout");
+    let bundle = work.join("bundle");
+    let image = format!("{}:{tag}", layout.display());
+    run("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    run("umoci", &["new", "--image", &image]);
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &image,
+            bundle.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(bundle.join("rootfs").join(file_name), content).expect("write rootfs file");
+    run(
+        "umoci",
+        &["repack", "--image", &image, bundle.to_str().unwrap()],
+    );
+    layout
+}
+
+/// Extracts the single regular file of a `dir:` image copied by skopeo (layers are
+/// uncompressed tar or gzip tar).
+pub fn file_from_skopeo_dir(dir: &Path) -> (String, Vec<u8>) {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json"))
+            .expect("json");
+    let layers = manifest["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 1, "single layer");
+    let digest = layers[0]["digest"].as_str().unwrap();
+    let blob = std::fs::read(dir.join(digest.trim_start_matches("sha256:"))).expect("layer blob");
+    let reader: Box<dyn std::io::Read> = if blob.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::Cursor::new(
+            blob,
+        )))
+    } else {
+        Box::new(std::io::Cursor::new(blob))
+    };
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        if entry.header().entry_type().is_file() {
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            return (name, data);
+        }
+    }
+    panic!("no file in the layer");
+}

@@ -1,0 +1,545 @@
+//! SEMANTICS.md, row by row, through a real FUSE mount of the real reference registry.
+//! Each test names the rows it covers in its doc comment.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant, SystemTime};
+
+use reposure_tests::mount::{Mount, mount_entry};
+use reposure_tests::registry::{Registry, RegistryConfig};
+use reposure_tests::tools::{manifest, registry_tags, run};
+use reposure_tests::{random_bytes, sha256_hex};
+
+fn mounted() -> (Registry, Mount) {
+    let registry = Registry::start();
+    let mount = Mount::new(&registry.url(), &[]);
+    (registry, mount)
+}
+
+fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
+    match result {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.raw_os_error().expect("an errno"),
+    }
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `push.close`, `tree.repositories`, `tree.latest`, `tree.tags`, `source.proc-mounts`:
+/// cp, ls, cat end to end.
+#[test]
+fn cp_ls_cat_rm_round_trip() {
+    let (registry, mount) = mounted();
+    let entry = mount_entry(mount.root()).expect("mounted");
+    assert!(entry.contains(" fuse.reposure "), "{entry}");
+    assert!(entry.starts_with(&registry.url()), "{entry}");
+
+    fs::create_dir(mount.path("myrepo")).unwrap();
+    fs::write(mount.path("myrepo/hello"), b"hello world\n").unwrap();
+    fs::write(mount.path("myrepo/hello:v1.2.3"), b"version one\n").unwrap();
+    assert_eq!(
+        registry_tags(&registry.url(), "myrepo/hello"),
+        ["latest", "v1.2.3"]
+    );
+    assert_eq!(names(mount.root()), ["myrepo"]);
+    assert_eq!(names(&mount.path("myrepo")), ["hello", "hello:v1.2.3"]);
+    assert_eq!(
+        fs::read(mount.path("myrepo/hello")).unwrap(),
+        b"hello world\n"
+    );
+    assert_eq!(
+        fs::read(mount.path("myrepo/hello:latest")).unwrap(),
+        b"hello world\n"
+    );
+    assert_eq!(
+        fs::read(mount.path("myrepo/hello:v1.2.3")).unwrap(),
+        b"version one\n"
+    );
+    assert!(mount.path("myrepo").is_dir());
+    assert_eq!(
+        errno_of(fs::read(mount.path("myrepo/nothere"))),
+        libc::ENOENT
+    );
+}
+
+/// `delete.one-tag`: rm removes exactly one tag even when another tag shares the manifest.
+#[test]
+fn rm_deletes_only_that_tag() {
+    let (registry, mount) = mounted();
+    fs::create_dir(mount.path("r")).unwrap();
+    fs::write(mount.path("r/img"), b"same").unwrap();
+    fs::write(mount.path("r/img:other"), b"same").unwrap();
+    let a = manifest(&registry.host(), "r/img:latest");
+    let b = manifest(&registry.host(), "r/img:other");
+    assert_eq!(a, b, "both tags point at one manifest");
+    fs::remove_file(mount.path("r/img")).unwrap();
+    assert_eq!(registry_tags(&registry.url(), "r/img"), ["other"]);
+    assert_eq!(fs::read(mount.path("r/img:other")).unwrap(), b"same");
+    assert_eq!(names(&mount.path("r")), ["img:other"]);
+    fs::remove_file(mount.path("r/img:other")).unwrap();
+    assert!(registry_tags(&registry.url(), "r/img").is_empty());
+    assert_eq!(
+        errno_of(fs::remove_file(mount.path("r/img:other"))),
+        libc::ENOENT
+    );
+}
+
+/// `delete.disabled`: a registry with deletion off makes rm fail with EPERM, tag intact.
+#[test]
+fn rm_on_registry_without_delete_is_eperm() {
+    let registry = Registry::start_with(RegistryConfig {
+        delete_disabled: true,
+        ..Default::default()
+    });
+    let mount = Mount::new(&registry.url(), &[]);
+    fs::write(mount.path("keep"), b"x").unwrap();
+    assert_eq!(errno_of(fs::remove_file(mount.path("keep"))), libc::EPERM);
+    assert_eq!(registry_tags(&registry.url(), "keep"), ["latest"]);
+    assert!(mount.log().contains("deletion disabled"), "{}", mount.log());
+}
+
+/// `push.overwrite`: O_TRUNC and O_WRONLY+ftruncate replace the content.
+#[test]
+fn overwrite_replaces_the_tag() {
+    let (registry, mount) = mounted();
+    fs::write(mount.path("f"), b"first version").unwrap();
+    fs::write(mount.path("f"), b"second").unwrap();
+    assert_eq!(fs::read(mount.path("f")).unwrap(), b"second");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.path("f"))
+        .unwrap();
+    file.set_len(0).unwrap();
+    file.write_all(b"third").unwrap();
+    drop(file);
+    assert_eq!(fs::read(mount.path("f")).unwrap(), b"third");
+    assert_eq!(registry_tags(&registry.url(), "f"), ["latest"]);
+}
+
+/// `push.sequential`: a write that skips or goes back is EINVAL; appending to an image too.
+#[test]
+fn non_sequential_writes_are_einval() {
+    let (_registry, mount) = mounted();
+    let mut file = fs::File::create(mount.path("seq")).unwrap();
+    file.write_all(b"abc").unwrap();
+    file.seek(SeekFrom::Start(10)).unwrap();
+    assert_eq!(errno_of(file.write_all(b"x")), libc::EINVAL);
+    file.seek(SeekFrom::Start(3)).unwrap();
+    file.write_all(b"def").unwrap();
+    drop(file);
+    assert_eq!(fs::read(mount.path("seq")).unwrap(), b"abcdef");
+    let mut append = fs::OpenOptions::new()
+        .append(true)
+        .open(mount.path("seq"))
+        .unwrap();
+    assert_eq!(errno_of(append.write_all(b"more")), libc::EINVAL);
+}
+
+/// `push.format-image`, `read.formats`: a pushed file is a real image; skopeo copies it
+/// and the file inside is byte-identical.
+#[test]
+fn pushed_file_is_a_real_image() {
+    let (registry, mount) = mounted();
+    let content = random_bytes(100_000);
+    fs::create_dir(mount.path("apps")).unwrap();
+    fs::write(mount.path("apps/tool:v1"), &content).unwrap();
+    let m = manifest(&registry.host(), "apps/tool:v1");
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    assert_eq!(
+        m["layers"][0]["annotations"]["org.opencontainers.image.title"],
+        "tool"
+    );
+    assert!(m["annotations"]["org.opencontainers.image.created"].is_string());
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    reposure_tests::tools::skopeo_copy(
+        &format!("docker://{}/apps/tool:v1", registry.host()),
+        &format!("dir:{}", out.display()),
+    );
+    let (name, data) = reposure_tests::tools::file_from_skopeo_dir(&out);
+    assert_eq!(name, "tool");
+    assert_eq!(sha256_hex(&data), sha256_hex(&content));
+    let config: serde_json::Value = serde_json::from_str(&run(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/apps/tool:v1", registry.host()),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(config["os"], "linux");
+    assert_eq!(config["rootfs"]["diff_ids"][0], m["layers"][0]["digest"]);
+}
+
+/// `push.format-artifact`, `read.formats`: format=artifact stores an ORAS-style artifact.
+#[test]
+fn artifact_format() {
+    let registry = Registry::start();
+    let mount = Mount::new(&registry.url(), &["format=artifact"]);
+    fs::write(mount.path("art"), b"raw bytes").unwrap();
+    let m = manifest(&registry.host(), "art:latest");
+    assert_eq!(m["artifactType"], "application/vnd.reposure.file.v1");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    assert_eq!(m["layers"][0]["size"], 9);
+    assert_eq!(
+        m["layers"][0]["annotations"]["org.opencontainers.image.title"],
+        "art"
+    );
+    assert_eq!(fs::read(mount.path("art")).unwrap(), b"raw bytes");
+}
+
+/// `stat.size-mtime`: true size and the created time.
+#[test]
+fn stat_shows_size_and_created_time() {
+    let (_registry, mount) = mounted();
+    let before = SystemTime::now() - Duration::from_secs(2);
+    fs::write(mount.path("sized"), vec![7u8; 12345]).unwrap();
+    let meta = fs::metadata(mount.path("sized")).unwrap();
+    assert_eq!(meta.len(), 12345);
+    let mtime = meta.modified().unwrap();
+    assert!(
+        mtime >= before && mtime <= SystemTime::now() + Duration::from_secs(2),
+        "{mtime:?}"
+    );
+    assert!(mount.path("").is_dir());
+}
+
+/// `stat.attrs`: chmod/chown EPERM, times accepted, modes and owner.
+#[test]
+fn chmod_chown_refused_times_accepted() {
+    let (_registry, mount) = mounted();
+    fs::write(mount.path("attrs"), b"x").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(mount.path("attrs")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        errno_of(fs::set_permissions(
+            mount.path("attrs"),
+            fs::Permissions::from_mode(0o600)
+        )),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(std::os::unix::fs::chown(
+            mount.path("attrs"),
+            Some(4242),
+            None
+        )),
+        libc::EPERM
+    );
+    let status = std::process::Command::new("touch")
+        .arg(mount.path("attrs"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        fs::read(mount.path("attrs")).unwrap(),
+        b"x",
+        "touch leaves the content"
+    );
+    // Copy tools chmod the file they are writing: accepted, content arrives.
+    let mut file = fs::File::create(mount.path("copied")).unwrap();
+    file.write_all(b"copy").unwrap();
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    drop(file);
+    assert_eq!(fs::read(mount.path("copied")).unwrap(), b"copy");
+    let source = tempfile::NamedTempFile::new().unwrap();
+    fs::write(source.path(), b"via cp -a").unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(source.path())
+        .arg(mount.path("cpa"))
+        .output()
+        .unwrap();
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    assert_eq!(fs::read(mount.path("cpa")).unwrap(), b"via cp -a");
+    // Truncating an image to empty publishes the empty content.
+    fs::File::create(mount.path("attrs")).unwrap();
+    assert_eq!(fs::read(mount.path("attrs")).unwrap(), b"");
+}
+
+/// `dir.mkdir`, `dir.rmdir`: local directories, ENOTEMPTY.
+#[test]
+fn directories() {
+    let (_registry, mount) = mounted();
+    fs::create_dir(mount.path("newdir")).unwrap();
+    assert!(mount.path("newdir").is_dir());
+    assert_eq!(errno_of(fs::create_dir(mount.path("newdir"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::create_dir(mount.path("BadDir"))), libc::EINVAL);
+    fs::create_dir(mount.path("newdir/sub")).unwrap();
+    fs::write(mount.path("newdir/sub/file"), b"content").unwrap();
+    assert_eq!(
+        errno_of(fs::remove_dir(mount.path("newdir"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(fs::remove_dir(mount.path("newdir/sub"))),
+        libc::ENOTEMPTY
+    );
+    fs::remove_file(mount.path("newdir/sub/file")).unwrap();
+    fs::remove_dir(mount.path("newdir/sub")).unwrap();
+    fs::remove_dir(mount.path("newdir")).unwrap();
+    assert_eq!(names(mount.root()), Vec::<String>::new());
+    fs::create_dir(mount.path("empty")).unwrap();
+    fs::remove_dir(mount.path("empty")).unwrap();
+    assert!(!mount.path("empty").exists());
+}
+
+/// `names.invalid`, `tree.invalid-lookup`: bad names are EINVAL at create, with the rule
+/// in the log; they do not exist for lookup.
+#[test]
+fn invalid_names_are_einval() {
+    let (_registry, mount) = mounted();
+    let long_tag = format!("ok:{}", "t".repeat(129));
+    for (name, rule) in [
+        ("Upper", "lower case"),
+        ("with space", "may contain only"),
+        (".hidden", "must start"),
+        (long_tag.as_str(), "at most 128"),
+    ] {
+        assert_eq!(
+            errno_of(fs::write(mount.path(name), b"x")),
+            libc::EINVAL,
+            "{name}"
+        );
+        assert!(
+            mount.log().contains(rule),
+            "log lacks {rule:?}: {}",
+            mount.log()
+        );
+        assert_eq!(
+            errno_of(fs::metadata(mount.path(name))),
+            libc::ENOENT,
+            "{name}"
+        );
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let non_utf8 = mount.root().join(std::ffi::OsStr::from_bytes(b"bad\xff"));
+    assert_eq!(errno_of(fs::write(non_utf8, b"x")), libc::EINVAL);
+}
+
+/// `tree.shadowed`: a repository that is also a directory shows its tags as NAME:TAG.
+#[test]
+fn repository_shadowed_by_directory() {
+    let (_registry, mount) = mounted();
+    fs::write(mount.path("app"), b"top").unwrap();
+    fs::create_dir(mount.path("app:ignored")).unwrap_err();
+    // Make `app` also a directory by pushing app/sub.
+    fs::write(mount.path("app:v2"), b"two").unwrap();
+    // A push into app/ needs the directory first; the name `app` is a file now.
+    assert!(fs::create_dir(mount.path("app")).is_err());
+    let registry_url_mount = mount.root().to_path_buf();
+    drop(registry_url_mount);
+    // Push the nested repository from a second name space: the directory appears once the
+    // registry has app/sub.
+    fs::create_dir(mount.path("tmpdir")).unwrap();
+    fs::remove_dir(mount.path("tmpdir")).unwrap();
+    let (registry2, mount2) = mounted();
+    fs::write(mount2.path("app"), b"top").unwrap();
+    fs::write(mount2.path("app:v2"), b"two").unwrap();
+    reposure_tests::tools::skopeo_copy(
+        &format!("docker://{}/app:v2", registry2.host()),
+        &format!("docker://{}/app/sub:latest", registry2.host()),
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(names(mount2.root()), ["app", "app:latest", "app:v2"]);
+    assert!(mount2.path("app").is_dir());
+    assert_eq!(fs::read(mount2.path("app:latest")).unwrap(), b"top");
+    assert_eq!(fs::read(mount2.path("app/sub")).unwrap(), b"two");
+}
+
+/// `push.visible`: a file being written is listed; after close the listing is current at once.
+#[test]
+fn file_being_written_is_visible() {
+    let (_registry, mount) = mounted();
+    let mut file = fs::File::create(mount.path("growing")).unwrap();
+    file.write_all(&[1u8; 4096]).unwrap();
+    assert_eq!(names(mount.root()), ["growing"]);
+    assert_eq!(fs::metadata(mount.path("growing")).unwrap().len(), 4096);
+    drop(file);
+    assert_eq!(names(mount.root()), ["growing"]);
+    assert_eq!(fs::read(mount.path("growing")).unwrap().len(), 4096);
+}
+
+/// `errors.read-only`: ro refuses every change with EROFS.
+#[test]
+fn read_only_mount() {
+    let registry = Registry::start();
+    {
+        let writable = Mount::new(&registry.url(), &[]);
+        fs::write(writable.path("existing"), b"data").unwrap();
+    }
+    let mount = Mount::new(&registry.url(), &["ro"]);
+    assert_eq!(fs::read(mount.path("existing")).unwrap(), b"data");
+    assert_eq!(errno_of(fs::write(mount.path("new"), b"x")), libc::EROFS);
+    assert_eq!(
+        errno_of(fs::write(mount.path("existing"), b"x")),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(fs::remove_file(mount.path("existing"))),
+        libc::EROFS
+    );
+    assert_eq!(errno_of(fs::create_dir(mount.path("d"))), libc::EROFS);
+}
+
+/// `tree.sorted`: more repositories and tags than one page of the catalog/tag list.
+#[test]
+fn listings_are_complete_and_sorted_past_one_page() {
+    let registry = Registry::start();
+    // Seed 120 tags (past a 100-entry page) and 3 repositories through skopeo.
+    let work = tempfile::tempdir().unwrap();
+    let layout = reposure_tests::tools::umoci_single_file_image(work.path(), "seed", "f", b"seed");
+    let src = format!("oci:{}:seed", layout.display());
+    for repo in ["zeta", "alpha", "mid"] {
+        reposure_tests::tools::skopeo_copy(
+            &src,
+            &format!("docker://{}/{repo}:latest", registry.host()),
+        );
+    }
+    let mount = Mount::new(&registry.url(), &[]);
+    for i in 0..120 {
+        fs::write(mount.path(&format!("alpha:t{i:03}")), b"x").unwrap();
+    }
+    assert_eq!(names(mount.root()).len(), 3 + 120);
+    let listed: Vec<String> = fs::read_dir(mount.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "readdir order is sorted");
+    assert_eq!(listed[0], "alpha");
+    assert_eq!(listed.last().unwrap(), "zeta");
+}
+
+/// `tree.referrers-hidden`: sha256-<hex> tags are not listed.
+#[test]
+fn referrers_fallback_tags_are_hidden() {
+    let (registry, mount) = mounted();
+    fs::write(mount.path("signed"), b"x").unwrap();
+    let hidden = format!("sha256-{}", "ab".repeat(32));
+    reposure_tests::tools::skopeo_copy(
+        &format!("docker://{}/signed:latest", registry.host()),
+        &format!("docker://{}/signed:{hidden}", registry.host()),
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(names(mount.root()), ["signed"]);
+    assert_eq!(registry_tags(&registry.url(), "signed").len(), 2);
+}
+
+/// `stat.ttl`: another client's change shows within metadata_ttl.
+#[test]
+fn out_of_band_changes_show_within_the_ttl() {
+    let (registry, mount) = mounted();
+    fs::write(mount.path("oob"), b"one").unwrap();
+    assert_eq!(names(mount.root()), ["oob"]);
+    reposure_tests::tools::skopeo_copy(
+        &format!("docker://{}/oob:latest", registry.host()),
+        &format!("docker://{}/oob:copy", registry.host()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while names(mount.root()).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "out-of-band tag not visible after 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(names(mount.root()), ["oob", "oob:copy"]);
+}
+
+/// `push.bounded-memory`: pushing 512 MiB keeps the daemon's peak RSS small.
+#[test]
+fn large_push_and_read_use_bounded_memory() {
+    let (_registry, mount) = mounted();
+    let source = tempfile::NamedTempFile::new().unwrap();
+    {
+        let mut file = fs::File::create(source.path()).unwrap();
+        let block = random_bytes(1024 * 1024);
+        for _ in 0..512 {
+            file.write_all(&block).unwrap();
+        }
+    }
+    fs::copy(source.path(), mount.path("big")).unwrap();
+    assert_eq!(
+        fs::metadata(mount.path("big")).unwrap().len(),
+        512 * 1024 * 1024
+    );
+    let mut reader = fs::File::open(mount.path("big")).unwrap();
+    let mut buffer = vec![0u8; 1024 * 1024];
+    let mut total = 0;
+    loop {
+        let n = reader.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, 512 * 1024 * 1024);
+    let pid = daemon_pid(mount.root());
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(hwm_kib < 128 * 1024, "peak RSS {hwm_kib} KiB");
+}
+
+/// The pid of the reposure-mount process serving `dir`.
+fn daemon_pid(dir: &std::path::Path) -> u32 {
+    let needle = dir.to_str().unwrap();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"reposure-mount"))
+            && args.iter().any(|a| *a == needle.as_bytes())
+        {
+            return pid;
+        }
+    }
+    panic!("no reposure-mount process for {needle}");
+}
+
+/// `concurrency.dispatch` helper check that a create with O_EXCL on an existing name fails.
+#[test]
+fn exclusive_create_of_existing_name_fails() {
+    let (_registry, mount) = mounted();
+    fs::write(mount.path("excl"), b"x").unwrap();
+    let result = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(mount.path("excl"));
+    assert_eq!(errno_of(result), libc::EEXIST);
+}
