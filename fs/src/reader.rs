@@ -58,6 +58,7 @@ impl ReadHandle {
             repository,
             content,
             cursor: None,
+            corrupt: None,
         };
         tokio::spawn(
             async move {
@@ -113,6 +114,10 @@ struct Reader {
     repository: String,
     content: FileContent,
     cursor: Option<Cursor>,
+    /// Set once the content failed verification: every later read of this handle fails
+    /// too, so a retry at another offset (the kernel retries failed read-ahead page by
+    /// page) cannot return unverified bytes of a blob known to be bad.
+    corrupt: Option<String>,
 }
 
 /// Pulls a stream into a bounded queue from a task of its own.
@@ -156,10 +161,16 @@ impl Reader {
         if offset >= length || size == 0 {
             return Ok(Bytes::new());
         }
+        if let Some(reason) = &self.corrupt {
+            return Err(RegistryError::Corrupt(reason.clone()).into());
+        }
         let want = u64::from(size).min(length - offset) as usize;
         let result = self.read_at(offset, want).await;
-        if result.is_err() {
+        if let Err(error) = &result {
             self.cursor = None;
+            if let FsError::Registry(RegistryError::Corrupt(reason)) = error {
+                self.corrupt = Some(reason.clone());
+            }
         }
         result
     }

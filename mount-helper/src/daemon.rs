@@ -30,10 +30,14 @@ impl Reporter {
         }
     }
 
-    /// Reports failure (the parent prints it).
+    /// Reports failure: to the waiting parent, which prints it, or on stderr in the
+    /// foreground.
     pub fn failed(&mut self, error: &anyhow::Error) {
-        if let Some(mut pipe) = self.pipe.take() {
-            let _ = writeln!(pipe, "{}", one_line(error));
+        match self.pipe.take() {
+            Some(mut pipe) => {
+                let _ = writeln!(pipe, "{}", one_line(error));
+            }
+            None => eprintln!("reposure-mount: {}", one_line(error)),
         }
     }
 }

@@ -241,13 +241,11 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = init_logging(&args.options, args.foreground) {
         reporter.failed(&e);
-        eprintln!("reposure-mount: {}", daemon::one_line(&e));
         std::process::exit(1);
     }
     if let Err(e) = run(args, &mut reporter) {
         tracing::error!(error = %daemon::one_line(&e), "mount failed");
         reporter.failed(&e);
-        eprintln!("reposure-mount: {}", daemon::one_line(&e));
         std::process::exit(1);
     }
 }

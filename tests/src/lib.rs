@@ -10,6 +10,7 @@
 //! `cargo build` serves every test binary); `REPOSURE_BIN_DIR` overrides it.
 
 pub mod mount;
+pub mod proxy;
 pub mod registry;
 pub mod tools;
 

@@ -1,0 +1,279 @@
+//! Sources, credentials, TLS, and failures of the registry: `source.*`, `errors.*`,
+//! `read.range`, `read.verified`, `concurrency.dispatch`.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use reposure_tests::mount::Mount;
+use reposure_tests::proxy::StallProxy;
+use reposure_tests::registry::{Registry, RegistryConfig};
+use reposure_tests::{free_port, random_bytes, sha256_hex};
+
+fn errno_of<T>(result: std::io::Result<T>) -> i32 {
+    match result {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.raw_os_error().expect("an errno"),
+    }
+}
+
+/// `source.http` (TLS), `source.mount-errors`: an HTTPS registry needs its CA; without it
+/// the mount fails and says to use ca=; with it everything works.
+#[test]
+fn tls_registry_needs_its_ca() {
+    let registry = Registry::start_with(RegistryConfig {
+        tls: true,
+        ..Default::default()
+    });
+    let failure = Mount::try_new(&registry.url(), &[], &[])
+        .err()
+        .expect("mount without CA must fail");
+    assert_ne!(failure.code, Some(0));
+    assert!(failure.stderr.contains("ca="), "{}", failure.stderr);
+    assert_eq!(
+        failure.stderr.trim().lines().count(),
+        1,
+        "one line: {}",
+        failure.stderr
+    );
+
+    let ca = format!("ca={}", registry.ca_path().display());
+    let mount = Mount::new(&registry.url(), &[&ca]);
+    fs::write(mount.path("secure"), b"over tls").unwrap();
+    assert_eq!(fs::read(mount.path("secure")).unwrap(), b"over tls");
+}
+
+/// `source.auth`, `source.mount-errors`: htpasswd credentials from a file or the
+/// environment; wrong ones fail the mount; the password never shows in argv or logs.
+#[test]
+fn basic_auth_from_file_or_environment() {
+    let password = "s3cret-Pa55word-xyz";
+    let registry = Registry::start_with(RegistryConfig {
+        credentials: Some(("alice".into(), password.into())),
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let password_file = work.path().join("password");
+    fs::write(&password_file, format!("{password}\n")).unwrap();
+
+    let anonymous = Mount::try_new(&registry.url(), &[], &[])
+        .err()
+        .expect("anonymous must fail");
+    assert!(
+        anonymous.stderr.contains("credentials"),
+        "{}",
+        anonymous.stderr
+    );
+
+    let wrong = work.path().join("wrong");
+    fs::write(&wrong, "nope").unwrap();
+    let failure = Mount::try_new(
+        &registry.url(),
+        &[
+            "username=alice",
+            &format!("password_file={}", wrong.display()),
+        ],
+        &[],
+    )
+    .err()
+    .expect("wrong password must fail");
+    assert!(failure.stderr.contains("credentials"), "{}", failure.stderr);
+
+    let mount = Mount::new(
+        &registry.url(),
+        &[
+            "username=alice",
+            &format!("password_file={}", password_file.display()),
+        ],
+    );
+    fs::write(mount.path("private"), b"for alice").unwrap();
+    assert_eq!(fs::read(mount.path("private")).unwrap(), b"for alice");
+    assert!(
+        !mount.log().contains(password),
+        "the password leaked into the log"
+    );
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(password),
+                "password in a process's argv"
+            );
+        }
+    }
+
+    let from_env = Mount::try_new(
+        &registry.url(),
+        &["username=alice"],
+        &[("REPOSURE_PASSWORD", password)],
+    )
+    .expect("password from the environment");
+    assert_eq!(fs::read(from_env.path("private")).unwrap(), b"for alice");
+
+    let refused = Mount::try_new(&registry.url(), &["username=alice", "password=x"], &[])
+        .err()
+        .unwrap();
+    assert!(
+        refused.stderr.contains("password_file"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// `source.mount-errors`: unreachable registry, missing mountpoint, unknown option.
+#[test]
+fn mount_refuses_bad_input_with_one_line() {
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let failure = Mount::try_new(&unreachable, &[], &[])
+        .err()
+        .expect("unreachable must fail");
+    assert_eq!(failure.code, Some(1));
+    assert!(
+        failure.stderr.contains("cannot use") && failure.stderr.contains("127.0.0.1"),
+        "{}",
+        failure.stderr
+    );
+    assert_eq!(
+        failure.stderr.trim().lines().count(),
+        1,
+        "{}",
+        failure.stderr
+    );
+
+    let output = std::process::Command::new(reposure_tests::binary("reposure-mount"))
+        .args(["oci:/tmp/x", "/nonexistent/mountpoint"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+
+    let failure = Mount::try_new("oci:/tmp/reposure-x", &["colour=blue"], &[])
+        .err()
+        .unwrap();
+    assert!(
+        failure.stderr.contains("unknown option"),
+        "{}",
+        failure.stderr
+    );
+}
+
+/// `errors.unavailable`: the registry goes away and comes back.
+#[test]
+fn registry_outage_gives_eio_then_recovers() {
+    let mut registry = Registry::start();
+    let mount = Mount::new(&registry.url(), &["metadata_ttl=0"]);
+    fs::write(mount.path("before"), b"kept").unwrap();
+    registry.stop();
+    let started = Instant::now();
+    assert_eq!(
+        errno_of(fs::read_dir(mount.root()).map(|d| d.count())),
+        libc::EIO
+    );
+    assert_eq!(errno_of(fs::write(mount.path("during"), b"x")), libc::EIO);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    registry.resume();
+    assert_eq!(fs::read(mount.path("before")).unwrap(), b"kept");
+    fs::write(mount.path("after"), b"works").unwrap();
+    assert_eq!(fs::read(mount.path("after")).unwrap(), b"works");
+}
+
+/// `read.verified`: corrupt stored content fails the read with EIO and a log line.
+#[test]
+fn corrupt_blob_is_eio() {
+    let registry = Registry::start();
+    let mount = Mount::new(&registry.url(), &[]);
+    let content = random_bytes(200_000);
+    fs::write(mount.path("victim"), &content).unwrap();
+    let manifest = reposure_tests::tools::manifest(&registry.host(), "victim:latest");
+    let digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let blob = registry.dir.path().join(format!(
+        "data/docker/registry/v2/blobs/sha256/{}/{digest}/data",
+        &digest[..2]
+    ));
+    let mut stored = fs::read(&blob).unwrap();
+    let middle = stored.len() / 2;
+    stored[middle] ^= 0xff;
+    fs::write(&blob, &stored).unwrap();
+    let fresh = Mount::new(&registry.url(), &[]);
+    assert_eq!(errno_of(fs::read(fresh.path("victim"))), libc::EIO);
+    assert!(fresh.log().contains("digest"), "{}", fresh.log());
+}
+
+/// `read.range`: a read at an offset fetches a small window, not the blob.
+#[test]
+fn offset_read_uses_a_range_request() {
+    let registry = Registry::start();
+    let content = random_bytes(16 * 1024 * 1024);
+    {
+        let mount = Mount::new(&registry.url(), &[]);
+        fs::write(mount.path("ranged"), &content).unwrap();
+    }
+    let mount = Mount::new(&registry.url(), &[]);
+    let file = fs::File::open(mount.path("ranged")).unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let offset = 11 * 1024 * 1024 + 123;
+    file.read_exact_at(&mut buffer, offset).unwrap();
+    assert_eq!(buffer, content[offset as usize..offset as usize + 4096]);
+    drop(file);
+    // The access log has the bytes sent for each blob GET: none may approach the blob.
+    let log = registry.log();
+    let blob_gets: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/ranged/blobs/"))
+        .filter_map(|l| l.split('"').nth(2)?.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert!(!blob_gets.is_empty(), "no blob GET in the log");
+    let total: u64 = blob_gets.iter().sum();
+    assert!(
+        total <= 1024 * 1024,
+        "fetched {total} bytes for a 4 KiB read: {blob_gets:?}"
+    );
+}
+
+/// `concurrency.dispatch`: a read stalled on the registry does not delay `ls` elsewhere.
+#[test]
+fn stalled_read_does_not_block_listing() {
+    let registry = Registry::start();
+    let content = random_bytes(1024 * 1024);
+    {
+        // Uploads go around the proxy: it only needs to understand the reads.
+        let writer = Mount::new(&registry.url(), &[]);
+        fs::create_dir(writer.path("slow")).unwrap();
+        fs::create_dir(writer.path("fast")).unwrap();
+        fs::write(writer.path("slow/file"), &content).unwrap();
+        fs::write(writer.path("fast/file"), b"quick").unwrap();
+    }
+    let proxy = StallProxy::start(registry.port);
+    let mount = Mount::new(&proxy.url(), &["metadata_ttl=0"]);
+
+    proxy.stall_blobs(true);
+    let path = mount.path("slow/file");
+    let reader = std::thread::spawn(move || {
+        let mut data = Vec::new();
+        fs::File::open(path)
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        data
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!reader.is_finished(), "the read should be stalled");
+    let started = Instant::now();
+    let listed: Vec<_> = fs::read_dir(mount.path("fast")).unwrap().collect();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ls took {:?}",
+        started.elapsed()
+    );
+    proxy.stall_blobs(false);
+    assert_eq!(sha256_hex(&reader.join().unwrap()), sha256_hex(&content));
+}
