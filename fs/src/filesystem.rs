@@ -272,10 +272,10 @@ impl Filesystem {
         match node {
             Node::Dir(_) => Ok(self.dir_attr(ino)),
             Node::Image { repository, tag } => {
-                if let Some(writer) = self.writing.lock().expect("lock").get(node) {
-                    if writer.is_replacing() {
-                        return Ok(self.writing_attr(ino, writer));
-                    }
+                if let Some(writer) = self.writing.lock().expect("lock").get(node)
+                    && writer.is_replacing()
+                {
+                    return Ok(self.writing_attr(ino, writer));
                 }
                 let info = self.resolve(repository, tag).await?;
                 Ok(self.image_attr(ino, &info))

@@ -109,10 +109,10 @@ impl WriteHandle {
                 }
                 // All handles are gone (release). Anything written but never flushed is
                 // pushed now rather than dropped.
-                if writer.dirty {
-                    if let Err(e) = writer.publish().await {
-                        error!(error = %e, "push at release failed");
-                    }
+                if writer.dirty
+                    && let Err(e) = writer.publish().await
+                {
+                    error!(error = %e, "push at release failed");
                 }
             }
             .instrument(span),

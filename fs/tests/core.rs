@@ -135,3 +135,171 @@ async fn original_blob(
         .unwrap();
     chunks.concat()
 }
+
+fn faulty_filesystem() -> (
+    Arc<MemoryStore>,
+    Arc<reposure_surrogate::store::faulty::FaultyStore>,
+    Arc<Filesystem>,
+) {
+    let memory = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let faulty = Arc::new(reposure_surrogate::store::faulty::FaultyStore::new(
+        memory.clone(),
+    ));
+    let registry = Arc::new(StoreRegistry::new(faulty.clone()));
+    let fs = Arc::new(Filesystem::new(registry, FsConfig::default()));
+    (memory, faulty, fs)
+}
+
+async fn push(fs: &Filesystem, name: &str, content: &[u8]) -> Result<(), FsError> {
+    let (_, fh) = fs
+        .create(
+            ROOT,
+            OsStr::new(name),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        )
+        .await?;
+    let mut offset = 0;
+    for chunk in content.chunks(64 * 1024) {
+        fs.write(fh, offset, chunk.to_vec()).await?;
+        offset += chunk.len() as u64;
+    }
+    let result = fs.flush(fh).await;
+    fs.release(fh);
+    result
+}
+
+#[tokio::test]
+async fn blob_upload_failure_fails_flush_and_creates_no_tag() {
+    use reposure_surrogate::store::faulty::Faults;
+    let (memory, faulty, fs) = faulty_filesystem();
+    faulty.set(Faults {
+        put_blob_fails_after: Some(100_000),
+        ..Default::default()
+    });
+    let error = push(&fs, "partial", &vec![1u8; 500_000]).await.unwrap_err();
+    assert_eq!(error.errno(), libc::EIO);
+    assert!(error.to_string().contains("connection reset"), "{error}");
+    assert_eq!(memory.counts.put_manifest.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        fs.lookup(ROOT, OsStr::new("partial"))
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn manifest_failure_keeps_the_previous_content() {
+    use reposure_surrogate::store::faulty::Faults;
+    let (_memory, faulty, fs) = faulty_filesystem();
+    push(&fs, "kept", b"old").await.unwrap();
+    faulty.set(Faults {
+        put_manifest_fails: true,
+        ..Default::default()
+    });
+    assert_eq!(
+        push(&fs, "kept", b"new content").await.unwrap_err().errno(),
+        libc::EIO
+    );
+    faulty.set(Faults::default());
+    assert_eq!(read_file(&fs, ROOT, "kept").await.unwrap(), b"old");
+}
+
+#[tokio::test]
+async fn read_failure_is_eio_and_next_open_recovers() {
+    use reposure_surrogate::store::faulty::Faults;
+    let (_memory, faulty, fs) = faulty_filesystem();
+    push(&fs, "flaky", &vec![5u8; 10_000]).await.unwrap();
+    let attr = fs.lookup(ROOT, OsStr::new("flaky")).await.unwrap();
+    faulty.set(Faults {
+        get_blob_fails: true,
+        ..Default::default()
+    });
+    // open resolves the tag afresh (it pins what it reads), which reads the blob's head.
+    assert_eq!(
+        fs.open(attr.ino, libc::O_RDONLY).await.unwrap_err().errno(),
+        libc::EIO
+    );
+    faulty.set(Faults::default());
+    let (fh, _) = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    faulty.set(Faults {
+        get_blob_fails: true,
+        ..Default::default()
+    });
+    assert_eq!(fs.read(fh, 0, 4096).await.unwrap_err().errno(), libc::EIO);
+    fs.release(fh);
+    faulty.set(Faults::default());
+    assert_eq!(
+        read_file(&fs, ROOT, "flaky").await.unwrap(),
+        vec![5u8; 10_000]
+    );
+}
+
+#[tokio::test]
+async fn writes_must_be_sequential() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store);
+    let (_, fh) = fs
+        .create(ROOT, OsStr::new("seq"), libc::O_WRONLY | libc::O_CREAT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"abc".to_vec()).await.unwrap();
+    assert_eq!(
+        fs.write(fh, 10, b"x".to_vec()).await.unwrap_err().errno(),
+        libc::EINVAL
+    );
+    assert_eq!(
+        fs.write(fh, 0, b"x".to_vec()).await.unwrap_err().errno(),
+        libc::EINVAL
+    );
+    fs.write(fh, 3, b"def".to_vec()).await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh);
+    assert_eq!(read_file(&fs, ROOT, "seq").await.unwrap(), b"abcdef");
+}
+
+#[tokio::test]
+async fn unlink_removes_one_tag_and_listing_follows() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    write_file(&fs, ROOT, "img", b"same").await;
+    write_file(&fs, ROOT, "img:v2", b"same").await;
+    let names = |entries: Vec<reposure_fs::filesystem::DirEntry>| {
+        entries.into_iter().map(|e| e.name).collect::<Vec<_>>()
+    };
+    assert_eq!(names(fs.list(ROOT).await.unwrap()), ["img", "img:v2"]);
+    fs.unlink(ROOT, OsStr::new("img")).await.unwrap();
+    assert_eq!(names(fs.list(ROOT).await.unwrap()), ["img:v2"]);
+    assert_eq!(read_file(&fs, ROOT, "img:v2").await.unwrap(), b"same");
+}
+
+#[tokio::test]
+async fn invalid_names_cost_no_request() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    for name in [".git", "Upper", "a b", ".Trash-0"] {
+        assert_eq!(
+            fs.lookup(ROOT, OsStr::new(name)).await.unwrap_err().errno(),
+            libc::ENOENT
+        );
+    }
+    assert_eq!(store.counts.get_manifest.load(Ordering::Relaxed), 0);
+    assert_eq!(store.counts.list_repositories.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn random_read_fetches_a_window_not_the_blob() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    let content: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    write_file(&fs, ROOT, "big", &content).await;
+    let attr = fs.lookup(ROOT, OsStr::new("big")).await.unwrap();
+    let before = store.counts.blob_bytes_read.load(Ordering::Relaxed);
+    let (fh, _) = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    let offset = 5 * 1024 * 1024 + 17;
+    let data = fs.read(fh, offset, 4096).await.unwrap();
+    assert_eq!(&data[..], &content[offset as usize..offset as usize + 4096]);
+    let fetched = store.counts.blob_bytes_read.load(Ordering::Relaxed) - before;
+    assert!(fetched <= 1024 * 1024, "fetched {fetched} bytes");
+}

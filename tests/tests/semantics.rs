@@ -523,7 +523,7 @@ fn daemon_pid(dir: &std::path::Path) -> u32 {
         };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         if args.first().is_some_and(|a| a.ends_with(b"reposure-mount"))
-            && args.iter().any(|a| *a == needle.as_bytes())
+            && args.contains(&needle.as_bytes())
         {
             return pid;
         }

@@ -1,4 +1,4 @@
-//! Sources, credentials, TLS, and failures of the registry: `source.*`, `errors.*`,
+//! Sources, credentials, TLS, and failures of the registry, and the rows
 //! `read.range`, `read.verified`, `concurrency.dispatch`.
 
 use std::fs;
@@ -276,4 +276,33 @@ fn stalled_read_does_not_block_listing() {
     );
     proxy.stall_blobs(false);
     assert_eq!(sha256_hex(&reader.join().unwrap()), sha256_hex(&content));
+}
+
+/// `push.failure`: a push that fails at close() returns EIO from close, logs why, and
+/// leaves the tag as it was.
+#[test]
+fn failed_push_fails_close_and_keeps_the_old_tag() {
+    let mut registry = Registry::start();
+    let mount = Mount::new(&registry.url(), &["metadata_ttl=0"]);
+    fs::write(mount.path("precious"), b"version one").unwrap();
+    let mut file = fs::File::create(mount.path("precious")).unwrap();
+    std::io::Write::write_all(&mut file, b"version two, never published").unwrap();
+    registry.stop();
+    // close() is where the push happens; std's File drop ignores errors, so close by hand.
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: fd is owned here and closed exactly once.
+    let closed = unsafe { libc::close(fd) };
+    assert_eq!(closed, -1, "close() must fail");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert!(mount.log().contains("push failed"), "{}", mount.log());
+    registry.resume();
+    assert_eq!(fs::read(mount.path("precious")).unwrap(), b"version one");
+    assert_eq!(
+        reposure_tests::tools::registry_tags(&registry.url(), "precious"),
+        ["latest"]
+    );
 }

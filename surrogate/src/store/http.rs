@@ -345,12 +345,12 @@ impl Store for HttpStore {
             .await
             .map_err(|e| map_oci(e, &what))?;
         let digest = Digest::of(&bytes);
-        if let Reference::Digest(expected) = reference {
-            if &digest != expected {
-                return Err(RegistryError::Corrupt(format!(
-                    "manifest {what} has digest {digest}"
-                )));
-            }
+        if let Reference::Digest(expected) = reference
+            && &digest != expected
+        {
+            return Err(RegistryError::Corrupt(format!(
+                "manifest {what} has digest {digest}"
+            )));
         }
         let media_type = media_type_of(&bytes)?;
         Ok(StoredManifest {

@@ -4,6 +4,7 @@
 //! places images live. Every implementation answers the same questions with the same
 //! errors, so the format logic is written once and tested against [`memory::MemoryStore`].
 
+pub mod faulty;
 pub mod http;
 pub mod layout;
 pub mod memory;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages Reposure uses, if any are missing (Debian/Ubuntu; root or
+# sudo). With --tests, also what the test suite runs: the reference registry, skopeo,
+# umoci, openssl, curl and Python's venv.
+set -euo pipefail
+
+packages=()
+need() { command -v "$2" >/dev/null 2>&1 || packages+=("$1"); }
+need fuse3 fusermount3
+if [[ "${1:-}" == "--tests" ]]; then
+    need docker-registry docker-registry
+    need skopeo skopeo
+    need umoci umoci
+    need openssl openssl
+    need curl curl
+    need python3 python3
+    if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        packages+=(python3-venv)
+    fi
+fi
+if ((${#packages[@]})); then
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    echo "installing: ${packages[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs (fuse3, the reference
+# registry, skopeo, umoci, an oras-py venv), checks formatting and lints, builds once, and
+# runs every test. Each test starts the registries and mounts it uses on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh --tests
+
+venv=target/oras-venv
+if [[ ! -x $venv/bin/python ]] || ! $venv/bin/python -c 'import oras' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet oras==0.2.43
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# One build serves every test binary; the end-to-end tests run the binaries it makes.
+cargo build --workspace --bins --quiet
+cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
+# One closing line for the whole run.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt

@@ -1,0 +1,252 @@
+//! Independent peers read what the mount writes and the mount reads what they write:
+//! skopeo, umoci and oras-py (`read.formats`, `source.layout`, `push.format-image`).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use reposure_tests::mount::Mount;
+use reposure_tests::registry::Registry;
+use reposure_tests::tools::{file_from_skopeo_dir, run, skopeo_copy, umoci_single_file_image};
+use reposure_tests::{random_bytes, sha256_hex};
+
+/// `read.formats`: a single-file image built by umoci (tar+gzip layer with a directory
+/// entry first) and pushed by skopeo reads through the mount.
+#[test]
+fn umoci_image_pushed_by_skopeo_reads_through_the_mount() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let content = random_bytes(70_000);
+    let layout = umoci_single_file_image(work.path(), "v1", "data.bin", &content);
+    skopeo_copy(
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/peers/umoci:v1", registry.host()),
+    );
+    let mount = Mount::new(&registry.url(), &[]);
+    assert_eq!(
+        fs::metadata(mount.path("peers/umoci:v1")).unwrap().len(),
+        70_000
+    );
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("peers/umoci:v1")).unwrap()),
+        sha256_hex(&content)
+    );
+}
+
+/// Writes a skopeo `dir:` image by hand: a Docker schema-2 manifest whose one layer is
+/// `layer` with `layer_media_type`.
+fn docker_dir_image(dir: &Path, layer: &[u8], layer_media_type: &str) {
+    fs::create_dir_all(dir).unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": "2021-05-06T07:08:09Z",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(layer))]},
+        "config": {}
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(), "digest": format!("sha256:{}", sha256_hex(&config))},
+        "layers": [{"mediaType": layer_media_type, "size": layer.len(), "digest": format!("sha256:{}", sha256_hex(layer))}]
+    }))
+    .unwrap();
+    fs::write(dir.join(sha256_hex(&config)), &config).unwrap();
+    fs::write(dir.join(sha256_hex(layer)), layer).unwrap();
+    fs::write(dir.join("manifest.json"), manifest).unwrap();
+    fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").unwrap();
+}
+
+/// `read.formats`, `stat.size-mtime`: the original Go Reposure's format (a Docker image
+/// whose one layer is gzip of the raw bytes, no tar) reads as the file; mtime is the
+/// config's `created`.
+#[test]
+fn go_reposure_gzip_raw_images_read_as_the_file() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let content = random_bytes(50_000);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &content).unwrap();
+    let layer = gz.finish().unwrap();
+    let dir = work.path().join("img");
+    docker_dir_image(
+        &dir,
+        &layer,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    );
+    skopeo_copy(
+        &format!("dir:{}", dir.display()),
+        &format!("docker://{}/legacy/file:1.2", registry.host()),
+    );
+    let mount = Mount::new(&registry.url(), &[]);
+    let meta = fs::metadata(mount.path("legacy/file:1.2")).unwrap();
+    assert_eq!(meta.len(), 50_000);
+    let mtime = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(mtime, 1_620_284_889, "config created 2021-05-06T07:08:09Z");
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("legacy/file:1.2")).unwrap()),
+        sha256_hex(&content)
+    );
+}
+
+/// `read.not-a-file`: a two-layer image is listed and refuses open with EOPNOTSUPP.
+#[test]
+fn multi_layer_image_is_not_a_file() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = umoci_single_file_image(work.path(), "v1", "a", b"first");
+    let image = format!("{}:v1", layout.display());
+    let bundle = work.path().join("bundle2");
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &image,
+            bundle.to_str().unwrap(),
+        ],
+    );
+    fs::write(bundle.join("rootfs/b"), b"second").unwrap();
+    run(
+        "umoci",
+        &["repack", "--image", &image, bundle.to_str().unwrap()],
+    );
+    skopeo_copy(
+        &format!("oci:{image}"),
+        &format!("docker://{}/layers:two", registry.host()),
+    );
+    let mount = Mount::new(&registry.url(), &[]);
+    assert_eq!(fs::metadata(mount.path("layers:two")).unwrap().len(), 0);
+    let error = fs::read(mount.path("layers:two")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EOPNOTSUPP));
+}
+
+/// The oras-py client in the venv the test command prepares.
+fn oras_python() -> String {
+    std::env::var("REPOSURE_ORAS_PYTHON")
+        .unwrap_or_else(|_| "target/oras-venv/bin/python".to_owned())
+}
+
+fn oras(script: &str, cwd: &Path) {
+    let python = oras_python();
+    let python = if Path::new(&python).is_relative() {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(python)
+    } else {
+        python.into()
+    };
+    let output = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the test command creates the oras-py venv)",
+                python.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "oras-py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `read.formats`, `push.format-artifact`: an artifact pushed by oras-py reads through the
+/// mount, and oras-py pulls an artifact the mount wrote.
+#[test]
+fn oras_artifacts_both_ways() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let content = random_bytes(30_000);
+    fs::write(work.path().join("notes.bin"), &content).unwrap();
+    let host = registry.host();
+    oras(
+        &format!(
+            "import oras.client\nc = oras.client.OrasClient(insecure=True)\nc.push(files=['notes.bin'], target='{host}/oras/notes:v1')"
+        ),
+        work.path(),
+    );
+    let mount = Mount::new(&registry.url(), &["format=artifact"]);
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("oras/notes:v1")).unwrap()),
+        sha256_hex(&content)
+    );
+
+    let mine = random_bytes(20_000);
+    fs::write(mount.path("oras/mine:v2"), &mine).unwrap();
+    let out = work.path().join("out");
+    fs::create_dir(&out).unwrap();
+    oras(
+        &format!(
+            "import oras.client\nc = oras.client.OrasClient(insecure=True)\nc.pull(target='{host}/oras/mine:v2', outdir='{}')",
+            out.display()
+        ),
+        work.path(),
+    );
+    assert_eq!(
+        sha256_hex(&fs::read(out.join("mine")).unwrap()),
+        sha256_hex(&mine)
+    );
+}
+
+/// `source.layout`: the embedded default is an OCI layout skopeo and umoci read and write.
+#[test]
+fn oci_layout_is_shared_with_skopeo_and_umoci() {
+    let store = tempfile::tempdir().unwrap();
+    let layout = store.path().join("images");
+    let source = format!("oci:{}", layout.display());
+    let content = random_bytes(40_000);
+    {
+        let mount = Mount::new(&source, &[]);
+        fs::create_dir(mount.path("apps")).unwrap();
+        fs::write(mount.path("apps/tool:1.0"), &content).unwrap();
+    }
+    // skopeo reads what the mount wrote.
+    let out = store.path().join("out");
+    skopeo_copy(
+        &format!("oci:{}:apps/tool:1.0", layout.display()),
+        &format!("dir:{}", out.display()),
+    );
+    let (_, data) = file_from_skopeo_dir(&out);
+    assert_eq!(sha256_hex(&data), sha256_hex(&content));
+    let listed = run("umoci", &["ls", "--layout", layout.to_str().unwrap()]);
+    assert!(listed.lines().any(|l| l == "apps/tool:1.0"), "{listed}");
+
+    // skopeo and umoci write; the mount reads.
+    let work = tempfile::tempdir().unwrap();
+    let theirs = random_bytes(10_000);
+    let umoci_layout = umoci_single_file_image(work.path(), "u1", "f", &theirs);
+    skopeo_copy(
+        &format!("oci:{}:u1", umoci_layout.display()),
+        &format!("oci:{}:peers/from-skopeo:v3", layout.display()),
+    );
+    run(
+        "umoci",
+        &[
+            "tag",
+            "--image",
+            &format!("{}:peers/from-skopeo:v3", layout.display()),
+            "plain",
+        ],
+    );
+    let mount = Mount::new(&source, &[]);
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("peers/from-skopeo:v3")).unwrap()),
+        sha256_hex(&theirs)
+    );
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("plain")).unwrap()),
+        sha256_hex(&theirs)
+    );
+    fs::remove_file(mount.path("apps/tool:1.0")).unwrap();
+    let listed = run("umoci", &["ls", "--layout", layout.to_str().unwrap()]);
+    assert!(!listed.contains("apps/tool"), "{listed}");
+}
