@@ -59,6 +59,19 @@ impl FuseAdapter {
         }
     }
 
+    /// Answers an operation that returns nothing once `future` completes.
+    fn answer_empty<F>(&self, span: tracing::Span, future: F, reply: ReplyEmpty)
+    where
+        F: Future<Output = Result<(), FsError>> + Send + 'static,
+    {
+        self.spawn(span, async move {
+            match future.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn spawn<F>(&self, span: tracing::Span, future: F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -187,23 +200,21 @@ impl fuser::Filesystem for FuseAdapter {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (core, name) = (self.core.clone(), name.to_owned());
         let span = debug_span!("unlink", parent = parent.0, name = %name.to_string_lossy());
-        self.spawn(span, async move {
-            match core.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.answer_empty(
+            span,
+            async move { core.unlink(parent.0, &name).await },
+            reply,
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (core, name) = (self.core.clone(), name.to_owned());
         let span = debug_span!("rmdir", parent = parent.0, name = %name.to_string_lossy());
-        self.spawn(span, async move {
-            match core.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.answer_empty(
+            span,
+            async move { core.rmdir(parent.0, &name).await },
+            reply,
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -305,13 +316,11 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let flush = self.core.flush(fh.0);
-        self.spawn(debug_span!("flush", ino = ino.0), async move {
-            match flush.await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.answer_empty(
+            debug_span!("flush", ino = ino.0),
+            self.core.flush(fh.0),
+            reply,
+        );
     }
 
     fn fsync(
@@ -322,13 +331,11 @@ impl fuser::Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let flush = self.core.flush(fh.0);
-        self.spawn(debug_span!("fsync", ino = ino.0), async move {
-            match flush.await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.answer_empty(
+            debug_span!("fsync", ino = ino.0),
+            self.core.flush(fh.0),
+            reply,
+        );
     }
 
     fn release(

@@ -22,6 +22,7 @@ use reposure_surrogate::{ByteStream, RegistryError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, warn};
 
+use crate::actor::ask;
 use crate::errno::{FsError, FsResult};
 
 /// The first Range window after a seek: small enough that a random 4 KiB read fetches well
@@ -78,21 +79,11 @@ impl ReadHandle {
         offset: u64,
         size: u32,
     ) -> impl Future<Output = FsResult<Bytes>> + Send + 'static + use<> {
-        let (reply, answer) = oneshot::channel();
-        let queued = self
-            .requests
-            .send(ReadRequest {
-                offset,
-                size,
-                reply,
-            })
-            .is_ok();
-        async move {
-            if !queued {
-                return Err(FsError::BadHandle);
-            }
-            answer.await.unwrap_or(Err(FsError::BadHandle))
-        }
+        ask(&self.requests, move |reply| ReadRequest {
+            offset,
+            size,
+            reply,
+        })
     }
 }
 

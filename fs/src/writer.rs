@@ -19,6 +19,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, error, info};
 
+use crate::actor::ask;
 use crate::errno::{FsError, FsResult};
 
 /// Read size when streaming the spooled file to the registry.
@@ -141,21 +142,11 @@ impl WriteHandle {
         offset: u64,
         data: Vec<u8>,
     ) -> impl Future<Output = FsResult<u32>> + Send + 'static + use<> {
-        let (reply, answer) = oneshot::channel();
-        let queued = self
-            .requests
-            .send(WriteRequest::Write {
-                offset,
-                data,
-                reply,
-            })
-            .is_ok();
-        async move {
-            if !queued {
-                return Err(FsError::BadHandle);
-            }
-            answer.await.unwrap_or(Err(FsError::BadHandle))
-        }
+        ask(&self.requests, move |reply| WriteRequest::Write {
+            offset,
+            data,
+            reply,
+        })
     }
 
     /// Queues a truncation (only to 0 or the current size).
@@ -163,29 +154,15 @@ impl WriteHandle {
         &self,
         size: u64,
     ) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
-        let (reply, answer) = oneshot::channel();
-        let queued = self
-            .requests
-            .send(WriteRequest::Truncate { size, reply })
-            .is_ok();
-        async move {
-            if !queued {
-                return Err(FsError::BadHandle);
-            }
-            answer.await.unwrap_or(Err(FsError::BadHandle))
-        }
+        ask(&self.requests, move |reply| WriteRequest::Truncate {
+            size,
+            reply,
+        })
     }
 
     /// Queues a push of what was written and returns its outcome.
     pub fn flush(&self) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
-        let (reply, answer) = oneshot::channel();
-        let queued = self.requests.send(WriteRequest::Flush { reply }).is_ok();
-        async move {
-            if !queued {
-                return Err(FsError::BadHandle);
-            }
-            answer.await.unwrap_or(Err(FsError::BadHandle))
-        }
+        ask(&self.requests, move |reply| WriteRequest::Flush { reply })
     }
 }
 
