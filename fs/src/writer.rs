@@ -15,7 +15,7 @@ use futures::StreamExt;
 use reposure_surrogate::digest::Digest;
 use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::registry::{FileUpload, Registry};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use std::os::unix::fs::FileExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, error, info};
 
@@ -24,6 +24,15 @@ use crate::errno::{FsError, FsResult};
 
 /// Read size when streaming the spooled file to the registry.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+/// Why a push is attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// `close()` of one descriptor, or `fsync`: the caller waits for the outcome.
+    Flush,
+    /// The last descriptor went away: nobody is waiting, errors can only be logged.
+    Release,
+}
 
 /// What a writer reports after publishing, so the filesystem can refresh its metadata.
 pub type OnPublished = Box<dyn Fn(&Digest) + Send + Sync>;
@@ -77,8 +86,7 @@ impl WriteHandle {
         let (requests, mut queue) = mpsc::unbounded_channel();
         let span =
             tracing::info_span!("write_handle", repository = %target.repository, tag = %target.tag);
-        let file =
-            tokio::fs::File::from_std(spool.reopen().map_err(|e| FsError::Registry(e.into()))?);
+        let file = spool.reopen().map_err(|e| FsError::Registry(e.into()))?;
         let mut writer = Writer {
             registry,
             target,
@@ -104,14 +112,14 @@ impl WriteHandle {
                             let _ = reply.send(writer.truncate(size).await);
                         }
                         WriteRequest::Flush { reply } => {
-                            let _ = reply.send(writer.publish().await);
+                            let _ = reply.send(writer.publish(Trigger::Flush).await);
                         }
                     }
                 }
                 // All handles are gone (release). Anything written but never flushed is
                 // pushed now rather than dropped.
                 if writer.dirty
-                    && let Err(e) = writer.publish().await
+                    && let Err(e) = writer.publish(Trigger::Release).await
                 {
                     error!(error = %e, "push at release failed");
                 }
@@ -171,7 +179,9 @@ struct Writer {
     target: Target,
     /// Keeps the spool file alive (it is deleted when the writer ends).
     _spool: tempfile::NamedTempFile,
-    file: tokio::fs::File,
+    /// The spool file, written with positioned writes (so a reader of it for the upload
+    /// never moves the write position).
+    file: std::fs::File,
     size: Arc<AtomicU64>,
     replacing: Arc<AtomicBool>,
     dirty: bool,
@@ -192,9 +202,9 @@ impl Writer {
                 got: offset,
             });
         }
-        self.file
-            .write_all(data)
-            .await
+        // A write to the local spool lands in the page cache; it is done in place rather
+        // than on the blocking pool, which would cost a thread hand-off per FUSE write.
+        tokio::task::block_in_place(|| self.file.write_all_at(data, offset))
             .map_err(|e| FsError::Registry(e.into()))?;
         self.size.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.mark_dirty();
@@ -214,29 +224,30 @@ impl Writer {
                 "can only truncate a file being written to 0 bytes, not {size}"
             )));
         }
-        let io = |e: std::io::Error| FsError::Registry(e.into());
-        self.file.flush().await.map_err(io)?;
-        self.file.set_len(0).await.map_err(io)?;
         self.file
-            .seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(io)?;
+            .set_len(0)
+            .map_err(|e| FsError::Registry(e.into()))?;
         self.size.store(0, Ordering::Relaxed);
         self.mark_dirty();
         Ok(())
     }
 
     /// Pushes the spooled content if it changed since the last push.
-    async fn publish(&mut self) -> FsResult<()> {
-        if !self.dirty {
+    ///
+    /// A `flush` before anything was written publishes nothing: programs that `dup` a
+    /// descriptor (as `dd of=` does) close one copy before writing, and an empty image
+    /// pushed then would briefly replace the tag. An empty file is published when its
+    /// last descriptor is released instead.
+    async fn publish(&mut self, trigger: Trigger) -> FsResult<()> {
+        let size = self.size.load(Ordering::Relaxed);
+        if !self.dirty || (trigger == Trigger::Flush && size == 0) {
             return Ok(());
         }
-        let io = |e: std::io::Error| FsError::Registry(e.into());
-        self.file.flush().await.map_err(io)?;
-        let mut reader = self.file.try_clone().await.map_err(io)?;
-        reader.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
-        let size = self.size.load(Ordering::Relaxed);
-        let body = tokio_stream_of(reader, size);
+        let reader = self
+            ._spool
+            .reopen()
+            .map_err(|e| FsError::Registry(e.into()))?;
+        let body = tokio_stream_of(tokio::fs::File::from_std(reader), size);
         let file_name = self
             .target
             .repository

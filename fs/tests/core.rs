@@ -45,7 +45,7 @@ async fn read_file(fs: &Filesystem, parent: u64, name: &str) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn write_then_read_back() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store.clone());
@@ -55,7 +55,7 @@ async fn write_then_read_back() {
     assert_eq!(store.counts.put_manifest.load(Ordering::Relaxed), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn corrupt_blob_fails_the_last_read() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store.clone());
@@ -84,7 +84,7 @@ async fn corrupt_blob_fails_the_last_read() {
     assert_eq!(error.errno(), libc::EIO, "{error}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn corrupt_blob_fails_again_after_a_retry_in_pages() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store.clone());
@@ -168,7 +168,7 @@ async fn push(fs: &Filesystem, name: &str, content: &[u8]) -> Result<(), FsError
     result
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn blob_upload_failure_fails_flush_and_creates_no_tag() {
     use reposure_surrogate::store::faulty::Faults;
     let (memory, faulty, fs) = faulty_filesystem();
@@ -189,7 +189,7 @@ async fn blob_upload_failure_fails_flush_and_creates_no_tag() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn manifest_failure_keeps_the_previous_content() {
     use reposure_surrogate::store::faulty::Faults;
     let (_memory, faulty, fs) = faulty_filesystem();
@@ -206,7 +206,7 @@ async fn manifest_failure_keeps_the_previous_content() {
     assert_eq!(read_file(&fs, ROOT, "kept").await.unwrap(), b"old");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn read_failure_is_eio_and_next_open_recovers() {
     use reposure_surrogate::store::faulty::Faults;
     let (_memory, faulty, fs) = faulty_filesystem();
@@ -236,7 +236,7 @@ async fn read_failure_is_eio_and_next_open_recovers() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn writes_must_be_sequential() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store);
@@ -259,7 +259,7 @@ async fn writes_must_be_sequential() {
     assert_eq!(read_file(&fs, ROOT, "seq").await.unwrap(), b"abcdef");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn unlink_removes_one_tag_and_listing_follows() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store.clone());
@@ -274,7 +274,7 @@ async fn unlink_removes_one_tag_and_listing_follows() {
     assert_eq!(read_file(&fs, ROOT, "img:v2").await.unwrap(), b"same");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn invalid_names_cost_no_request() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store.clone());
@@ -288,7 +288,7 @@ async fn invalid_names_cost_no_request() {
     assert_eq!(store.counts.list_repositories.load(Ordering::Relaxed), 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn random_read_fetches_a_window_not_the_blob() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store.clone());

@@ -76,76 +76,106 @@ impl From<Digest> for String {
     }
 }
 
+/// Chunks queued for the hashing task. Hashing runs on its own task so that, with two or
+/// more cores, it overlaps with receiving the next chunks and handing them to the reader.
+const HASH_QUEUE: usize = 64;
+
+/// A SHA-256 computed on a task of its own from the chunks sent to it.
+struct BackgroundHasher {
+    chunks: tokio::sync::mpsc::Sender<Bytes>,
+    result: tokio::sync::oneshot::Receiver<Digest>,
+}
+
+impl BackgroundHasher {
+    fn spawn() -> Self {
+        let (chunks, mut queue) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+        let (done, result) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut hasher = Sha256::new();
+            while let Some(chunk) = queue.recv().await {
+                hasher.update(&chunk);
+            }
+            let _ = done.send(Digest::from_hasher(hasher));
+        });
+        Self { chunks, result }
+    }
+
+    async fn update(&self, chunk: &Bytes) {
+        // A send fails only if the hashing task is gone, which `finish` then reports.
+        let _ = self.chunks.send(chunk.clone()).await;
+    }
+
+    async fn finish(self) -> Option<Digest> {
+        drop(self.chunks);
+        self.result.await.ok()
+    }
+}
+
 /// Wraps a stream so that its content is checked against `expected` digest and size: the
 /// stream ends with an error instead of its last chunk when the content does not match, so
 /// a reader can never mistake corrupt or truncated data for the real thing.
 pub fn verify_stream(stream: ByteStream, expected: Digest, expected_size: u64) -> ByteStream {
     struct State {
         inner: ByteStream,
-        hasher: Sha256,
+        hasher: Option<BackgroundHasher>,
         received: u64,
         pending: Option<Bytes>,
-        done: bool,
+        expected: Digest,
+        expected_size: u64,
     }
     let state = State {
         inner: stream,
-        hasher: Sha256::new(),
+        hasher: Some(BackgroundHasher::spawn()),
         received: 0,
         pending: None,
-        done: false,
+        expected,
+        expected_size,
     };
     // One chunk is held back so that the final chunk is only released after the digest of
     // the whole content has been checked.
-    futures::stream::unfold(state, move |mut st| {
-        let expected = expected.clone();
-        async move {
-            if st.done {
-                return None;
-            }
-            loop {
-                match st.inner.next().await {
-                    Some(Ok(chunk)) => {
-                        st.hasher.update(&chunk);
-                        st.received += chunk.len() as u64;
-                        if st.received > expected_size {
-                            st.done = true;
-                            return Some((
-                                Err(RegistryError::Corrupt(format!(
-                                    "blob {expected} is longer than its declared {expected_size} bytes"
-                                ))),
-                                st,
-                            ));
-                        }
-                        if let Some(previous) = st.pending.replace(chunk) {
-                            return Some((Ok(previous), st));
-                        }
+    futures::stream::unfold(state, |mut st| async move {
+        let hasher = st.hasher.as_ref()?;
+        loop {
+            match st.inner.next().await {
+                Some(Ok(chunk)) => {
+                    hasher.update(&chunk).await;
+                    st.received += chunk.len() as u64;
+                    if st.received > st.expected_size {
+                        st.hasher = None;
+                        let message = format!(
+                            "blob {} is longer than its declared {} bytes",
+                            st.expected, st.expected_size
+                        );
+                        return Some((Err(RegistryError::Corrupt(message)), st));
                     }
-                    Some(Err(e)) => {
-                        st.done = true;
-                        return Some((Err(e), st));
+                    if let Some(previous) = st.pending.replace(chunk) {
+                        return Some((Ok(previous), st));
                     }
-                    None => {
-                        st.done = true;
-                        let actual = Digest::from_hasher(std::mem::take(&mut st.hasher));
-                        if st.received != expected_size {
-                            return Some((
-                                Err(RegistryError::Corrupt(format!(
-                                    "blob {expected} ended after {} of {expected_size} bytes",
-                                    st.received
-                                ))),
-                                st,
-                            ));
-                        }
-                        if actual != expected {
-                            return Some((
-                                Err(RegistryError::Corrupt(format!(
-                                    "blob content has digest {actual}, expected {expected}"
-                                ))),
-                                st,
-                            ));
-                        }
-                        return st.pending.take().map(|last| (Ok(last), st));
-                    }
+                }
+                Some(Err(e)) => {
+                    st.hasher = None;
+                    return Some((Err(e), st));
+                }
+                None => {
+                    let actual = st.hasher.take()?.finish().await;
+                    let failure = if st.received != st.expected_size {
+                        Some(format!(
+                            "blob {} ended after {} of {} bytes",
+                            st.expected, st.received, st.expected_size
+                        ))
+                    } else if actual.as_ref() != Some(&st.expected) {
+                        Some(format!(
+                            "blob content has digest {}, expected {}",
+                            actual.map_or_else(|| "unknown".into(), |d| d.to_string()),
+                            st.expected
+                        ))
+                    } else {
+                        None
+                    };
+                    return match failure {
+                        Some(message) => Some((Err(RegistryError::Corrupt(message)), st)),
+                        None => st.pending.take().map(|last| (Ok(last), st)),
+                    };
                 }
             }
         }

@@ -46,12 +46,10 @@ pub fn manifest(host: &str, reference: &str) -> serde_json::Value {
     serde_json::from_str(&raw).expect("manifest JSON")
 }
 
-/// Tags of a repository, as the registry lists them (sorted here).
+/// Tags of a repository, as the registry lists them (sorted here); none for an unknown
+/// repository.
 pub fn registry_tags(url: &str, repository: &str) -> Vec<String> {
-    let body = run(
-        "curl",
-        &["-sf", &format!("{url}/v2/{repository}/tags/list")],
-    );
+    let body = run("curl", &["-s", &format!("{url}/v2/{repository}/tags/list")]);
     let value: serde_json::Value = serde_json::from_str(&body).expect("tags JSON");
     let mut tags: Vec<String> = value["tags"]
         .as_array()

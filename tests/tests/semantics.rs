@@ -76,7 +76,10 @@ fn rm_deletes_only_that_tag() {
     let (registry, mount) = mounted();
     fs::create_dir(mount.path("r")).unwrap();
     fs::write(mount.path("r/img"), b"same").unwrap();
-    fs::write(mount.path("r/img:other"), b"same").unwrap();
+    reposure_tests::tools::skopeo_copy(
+        &format!("docker://{}/r/img:latest", registry.host()),
+        &format!("docker://{}/r/img:other", registry.host()),
+    );
     let a = manifest(&registry.host(), "r/img:latest");
     let b = manifest(&registry.host(), "r/img:other");
     assert_eq!(a, b, "both tags point at one manifest");
@@ -542,4 +545,40 @@ fn exclusive_create_of_existing_name_fails() {
         .mode(0o644)
         .open(mount.path("excl"));
     assert_eq!(errno_of(result), libc::EEXIST);
+}
+
+/// `push.close`: `dd of=` (which closes a duplicated descriptor before writing) pushes
+/// exactly once; `touch` of a new name pushes an empty file.
+#[test]
+fn dd_pushes_once_and_touch_creates_empty() {
+    let (registry, mount) = mounted();
+    let source = tempfile::NamedTempFile::new().unwrap();
+    fs::write(source.path(), random_bytes(3 * 1024 * 1024)).unwrap();
+    let status = std::process::Command::new("dd")
+        .arg(format!("if={}", source.path().display()))
+        .arg(format!("of={}", mount.path("viadd").display()))
+        .args(["bs=1M", "status=none"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest_puts = registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/viadd/manifests/"))
+        .count();
+    assert_eq!(manifest_puts, 1, "{}", registry.log());
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("viadd")).unwrap()),
+        sha256_hex(&fs::read(source.path()).unwrap())
+    );
+
+    let status = std::process::Command::new("touch")
+        .arg(mount.path("empty"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(reposure_tests::wait_until(Duration::from_secs(5), || {
+        registry_tags(&registry.url(), "empty") == ["latest"]
+    }));
+    assert_eq!(fs::read(mount.path("empty")).unwrap(), b"");
 }
