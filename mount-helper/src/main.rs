@@ -99,7 +99,7 @@ fn http_options(options: &MountOptions) -> Result<HttpOptions> {
     Ok(HttpOptions {
         ca_pem,
         credentials,
-        bearer_token: None,
+        ..Default::default()
     })
 }
 

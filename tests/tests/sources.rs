@@ -306,3 +306,93 @@ fn failed_push_fails_close_and_keeps_the_old_tag() {
         ["latest"]
     );
 }
+
+/// `tree.sorted`: the HTTP store follows the catalog's `Link` pages of the real registry
+/// (forced small here; the default asks for 1000 a page).
+#[test]
+fn catalog_pages_follow_link_headers() {
+    use reposure_surrogate::store::Store;
+    use reposure_surrogate::store::http::{HttpOptions, HttpStore};
+    let registry = Registry::start();
+    {
+        let mount = Mount::new(&registry.url(), &[]);
+        for name in ["e", "c", "a", "d", "b"] {
+            fs::write(mount.path(name), name.as_bytes()).unwrap();
+        }
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = HttpStore::new(
+        &registry.url().parse().unwrap(),
+        HttpOptions {
+            page_size: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut repositories = runtime.block_on(store.list_repositories()).unwrap();
+    repositories.sort();
+    assert_eq!(repositories, ["a", "b", "c", "d", "e"]);
+    let pages = registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("GET /v2/_catalog"))
+        .count();
+    assert!(pages >= 3, "expected 3 catalog pages, saw {pages}");
+}
+
+/// `source.foreground`: `-f` stays in the foreground and unmounts on SIGTERM.
+#[test]
+fn foreground_mount_unmounts_on_sigterm() {
+    let store = tempfile::tempdir().unwrap();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(reposure_tests::binary("reposure-mount"))
+        .arg(format!("oci:{}", store.path().display()))
+        .arg(mountpoint.path())
+        .arg("-f")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(reposure_tests::wait_until(Duration::from_secs(10), || {
+        reposure_tests::mount::is_mounted(mountpoint.path())
+    }));
+    fs::write(mountpoint.path().join("fg"), b"foreground").unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!reposure_tests::mount::is_mounted(mountpoint.path()));
+}
+
+/// `stat.attrs`, `source.private`: uid=/gid= set the owner shown; without allow_other
+/// other users cannot even look, with it they can read.
+#[test]
+fn ownership_and_allow_other() {
+    let store = tempfile::tempdir().unwrap();
+    let source = format!("oci:{}", store.path().display());
+    let private = Mount::new(&source, &["uid=4242", "gid=4343"]);
+    fs::write(private.path("owned"), b"x").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(private.path("owned")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 4343));
+    let as_nobody = |path: &std::path::Path| {
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let denied = as_nobody(&private.path("owned"));
+    assert!(
+        !denied.status.success(),
+        "another user read a private mount"
+    );
+    let shared = Mount::new(&source, &["allow_other"]);
+    let allowed = as_nobody(&shared.path("owned"));
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert_eq!(allowed.stdout, b"x");
+}

@@ -43,8 +43,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// registry that stalls mid-transfer is reported rather than waited on forever.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Page size asked of catalog and tag listings. Distribution honours up to 1000; smaller
-/// registries return fewer and a `Link` header, which is followed either way.
+/// Page size asked of catalog and tag listings by default. Distribution honours up to 1000;
+/// smaller registries return fewer and a `Link` header, which is followed either way.
 pub const LIST_PAGE_SIZE: usize = 1000;
 
 /// Upper bound on pages followed in one listing, so a registry that loops its `Link`
@@ -60,6 +60,8 @@ pub struct HttpOptions {
     pub credentials: Option<(String, String)>,
     /// A bearer token used as is.
     pub bearer_token: Option<String>,
+    /// Page size for catalog and tag listings (default [`LIST_PAGE_SIZE`]).
+    pub page_size: Option<usize>,
 }
 
 impl std::fmt::Debug for HttpOptions {
@@ -91,6 +93,7 @@ pub struct HttpStore {
     http: reqwest::Client,
     auth: RegistryAuth,
     challenge: OnceCell<Challenge>,
+    page_size: usize,
 }
 
 impl HttpStore {
@@ -156,6 +159,7 @@ impl HttpStore {
             http,
             auth,
             challenge: OnceCell::new(),
+            page_size: options.page_size.unwrap_or(LIST_PAGE_SIZE).max(1),
         }))
     }
 
@@ -315,14 +319,14 @@ impl Store for HttpStore {
     async fn list_repositories(&self) -> Result<Vec<String>> {
         let mut url = self.url("v2/_catalog");
         url.query_pairs_mut()
-            .append_pair("n", &LIST_PAGE_SIZE.to_string());
+            .append_pair("n", &self.page_size.to_string());
         self.list_pages(url, "repositories", None).await
     }
 
     async fn list_tags(&self, repository: &str) -> Result<Vec<String>> {
         let mut url = self.url(&format!("v2/{repository}/tags/list"));
         url.query_pairs_mut()
-            .append_pair("n", &LIST_PAGE_SIZE.to_string());
+            .append_pair("n", &self.page_size.to_string());
         match self.list_pages(url, "tags", Some(repository)).await {
             Err(RegistryError::NotFound(_)) => Ok(Vec::new()),
             other => other,
