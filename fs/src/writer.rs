@@ -256,6 +256,7 @@ impl Writer {
             .unwrap_or(&self.target.repository)
             .to_owned();
         let upload = FileUpload {
+            created: None,
             file_name,
             size,
             format: self.target.format,

@@ -27,9 +27,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "usage: reposure-mount SOURCE MOUNTPOINT [-f] [-o OPT[,OPT...]]
 
-SOURCE is oci:PATH (a local OCI image layout), http://HOST[:PORT] or https://HOST[:PORT].
+SOURCE is oci:PATH (a local OCI image layout), http://HOST[:PORT], https://HOST[:PORT],
+or exec:COMMAND (a surrogate session over the command's stdin/stdout).
 Options: ro, format=image|artifact, ca=FILE, username=NAME, password_file=FILE,
-uid=N, gid=N, allow_other, log=FILE, metadata_ttl=SECONDS, spool_dir=DIR.
+uid=N, gid=N, allow_other, log=FILE, metadata_ttl=SECONDS, spool_dir=DIR,
+transport=direct|session (session: through an in-process surrogate session).
 The password may also come from the REPOSURE_PASSWORD environment variable.
 Unmount with: fusermount3 -u MOUNTPOINT";
 
@@ -145,7 +147,15 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
         .thread_name("reposure-io")
         .build()
         .context("cannot start the I/O runtime")?;
-    let registry = source.open(http)?;
+    let mut registry = source.open(http)?;
+    if options.in_process_session {
+        // The whole session protocol, served by a task of this process over a pipe in
+        // memory: measures what a surrogate costs apart from the process boundary.
+        let connector = reposure_surrogate::session::transport::InProcess::new(registry);
+        registry = Arc::new(reposure_surrogate::session::client::SessionClient::new(
+            Box::new(connector),
+        ));
+    }
     let description = registry.describe();
     runtime
         .block_on(async { tokio::time::timeout(CHECK_TIMEOUT, registry.check()).await })

@@ -45,6 +45,8 @@ pub struct MountOptions {
     pub log: Option<PathBuf>,
     pub metadata_ttl: Duration,
     pub spool_dir: Option<PathBuf>,
+    /// Run the registry through an in-process surrogate session (diagnostics, benchmarks).
+    pub in_process_session: bool,
 }
 
 impl Default for MountOptions {
@@ -61,6 +63,7 @@ impl Default for MountOptions {
             log: None,
             metadata_ttl: Duration::from_secs(1),
             spool_dir: None,
+            in_process_session: false,
         }
     }
 }
@@ -110,9 +113,16 @@ impl MountOptions {
                     options.metadata_ttl = Duration::from_secs_f64(secs);
                 }
                 "spool_dir" => options.spool_dir = Some(value("DIR")?.into()),
+                "transport" => {
+                    options.in_process_session = match value("direct|session")? {
+                        "direct" => false,
+                        "session" => true,
+                        other => bail!("transport= is direct or session, not {other:?}"),
+                    }
+                }
                 k if GENERIC.contains(&k) || k.starts_with("x-") => {}
                 other => bail!(
-                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, spool_dir="
+                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, spool_dir=, transport="
                 ),
             }
         }

@@ -21,7 +21,9 @@ pub mod error;
 pub mod formats;
 pub mod names;
 pub mod registry;
+pub mod session;
 pub mod source;
+pub mod spool;
 pub mod store;
 
 pub use error::{RegistryError, Result};

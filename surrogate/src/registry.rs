@@ -102,6 +102,10 @@ pub struct FileUpload {
     pub size: u64,
     /// How to store it.
     pub format: PushFormat,
+    /// The creation time recorded in the image; `None` means now. A spool sets it when it
+    /// accepts a push, so publishing the same entry again (after a crash) makes the very
+    /// same manifest.
+    pub created: Option<DateTime<Utc>>,
     /// The content.
     pub body: ByteStream,
 }
@@ -539,7 +543,7 @@ impl Registry for StoreRegistry {
     async fn push_file(&self, repository: &str, tag: &str, upload: FileUpload) -> Result<Digest> {
         names::check_repository(repository)?;
         names::check_tag(tag)?;
-        let created: DateTime<Utc> = Utc::now();
+        let created: DateTime<Utc> = upload.created.unwrap_or_else(Utc::now);
         let body = exact_length(upload.body, upload.size);
         let (layer, config) = match upload.format {
             PushFormat::Image => {

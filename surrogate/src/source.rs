@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use crate::error::{RegistryError, Result};
 use crate::registry::{Registry, StoreRegistry};
+use crate::session::client::SessionClient;
+use crate::session::transport::ChildProcess;
 use crate::store::Store;
 use crate::store::http::{HttpOptions, HttpStore};
 use crate::store::layout::LayoutStore;
@@ -16,6 +18,8 @@ pub enum Source {
     Layout(PathBuf),
     /// A registry over HTTP or HTTPS (`http://HOST[:PORT]`, `https://HOST[:PORT]`).
     Http(reqwest::Url),
+    /// A surrogate session with a command run as a child (`exec:COMMAND ARGS...`).
+    Exec(String),
 }
 
 impl std::str::FromStr for Source {
@@ -29,6 +33,14 @@ impl std::str::FromStr for Source {
                 ));
             }
             return Ok(Self::Layout(PathBuf::from(path)));
+        }
+        if let Some(command) = s.strip_prefix("exec:") {
+            if command.trim().is_empty() {
+                return Err(RegistryError::Rejected(
+                    "exec: needs a command, as in exec:reposure-surrogate serve --stdio --registry URL".into(),
+                ));
+            }
+            return Ok(Self::Exec(command.trim().to_owned()));
         }
         if s.starts_with("http://") || s.starts_with("https://") {
             let url = reqwest::Url::parse(s)
@@ -46,15 +58,20 @@ impl std::str::FromStr for Source {
             return Ok(Self::Http(url));
         }
         Err(RegistryError::Rejected(format!(
-            "unknown source {s:?}: use oci:PATH, http://HOST[:PORT] or https://HOST[:PORT]"
+            "unknown source {s:?}: use oci:PATH, http://HOST[:PORT], https://HOST[:PORT] or exec:COMMAND"
         )))
     }
 }
 
 impl Source {
-    /// Opens the store behind this source.
+    /// Opens the store behind this source (not for `exec:`, which is a session).
     pub fn open_store(&self, options: HttpOptions) -> Result<Arc<dyn Store>> {
         Ok(match self {
+            Source::Exec(_) => {
+                return Err(RegistryError::Rejected(
+                    "an exec: source is a surrogate session, not a store".into(),
+                ));
+            }
             Source::Layout(path) => {
                 if options.credentials.is_some() || options.ca_pem.is_some() {
                     return Err(RegistryError::Rejected(
@@ -69,7 +86,19 @@ impl Source {
 
     /// Opens the registry behind this source.
     pub fn open(&self, options: HttpOptions) -> Result<Arc<dyn Registry>> {
-        Ok(Arc::new(StoreRegistry::new(self.open_store(options)?)))
+        match self {
+            Source::Exec(command) => {
+                if options.credentials.is_some() || options.ca_pem.is_some() {
+                    return Err(RegistryError::Rejected(
+                        "ca= and credentials belong to the surrogate's own options with exec:"
+                            .into(),
+                    ));
+                }
+                let connector = ChildProcess::from_command_line(command)?;
+                Ok(Arc::new(SessionClient::new(Box::new(connector))))
+            }
+            _ => Ok(Arc::new(StoreRegistry::new(self.open_store(options)?))),
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //!   the file's bytes.
 //! * [`tar_probe`]: finding the one regular file in a tar layer from its first bytes.
 
+pub mod archive;
 pub mod manifest;
 pub mod media_types;
 pub mod single_file;

@@ -1,0 +1,349 @@
+//! `reposure-surrogate`: runs next to a registry and serves it to Reposure clients.
+//!
+//! * `serve --stdio`: one long-lived session over stdin/stdout (see `PROTOCOL.md`).
+//! * `spooler --directory DIR`: publishes pushes accepted into a spool directory.
+//! * `list`, `pull`, `push`, `delete`: one-shot commands for people who only have
+//!   `kubectl exec`; each exits 0 on success and non-zero with a message otherwise.
+//!
+//! The registry connection comes from flags or, so that a pod can set them once, from
+//! `REPOSURE_REGISTRY`, `REPOSURE_CA_FILE`, `REPOSURE_USERNAME`, `REPOSURE_PASSWORD_FILE`
+//! and `REPOSURE_TOKEN_FILE`. Secrets are read from files, never from arguments.
+
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use reposure_surrogate::formats::archive::{self, ArchivePlan};
+use reposure_surrogate::formats::manifest::{self, ManifestKind};
+use reposure_surrogate::formats::single_file::PushFormat;
+use reposure_surrogate::formats::tar_probe::padded;
+use reposure_surrogate::names::{self, Reference};
+use reposure_surrogate::registry::{FileUpload, ImageView, Registry, StoreRegistry};
+use reposure_surrogate::session::server::SessionServer;
+use reposure_surrogate::session::transport;
+use reposure_surrogate::source::Source;
+use reposure_surrogate::spool::{self, Spool};
+use reposure_surrogate::store::Store;
+use reposure_surrogate::store::http::HttpOptions;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Parser)]
+#[command(
+    name = "reposure-surrogate",
+    version,
+    about = "Serves a registry to Reposure clients"
+)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Connection {
+    /// The registry: http(s)://HOST[:PORT] or oci:PATH.
+    #[arg(long, env = "REPOSURE_REGISTRY", global = true)]
+    registry: Option<String>,
+    /// PEM CA that verifies the registry's TLS certificate.
+    #[arg(long, env = "REPOSURE_CA_FILE", global = true)]
+    ca: Option<PathBuf>,
+    /// Registry user name (the password comes from --password-file).
+    #[arg(long, env = "REPOSURE_USERNAME", global = true)]
+    username: Option<String>,
+    /// File holding the registry password.
+    #[arg(long, env = "REPOSURE_PASSWORD_FILE", global = true)]
+    password_file: Option<PathBuf>,
+    /// File holding a bearer token (a service-account token, say).
+    #[arg(long, env = "REPOSURE_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one session over stdin and stdout.
+    Serve {
+        /// Use stdin/stdout (the only transport).
+        #[arg(long)]
+        stdio: bool,
+        /// Accept pushes into this spool directory (a spooler must run on it).
+        #[arg(long)]
+        spool: Option<PathBuf>,
+        /// How long a spooled push waits for the spooler's verdict.
+        #[arg(long, default_value_t = 600)]
+        verdict_timeout: u64,
+    },
+    /// Publish pushes accepted into a spool directory.
+    Spooler {
+        #[arg(long)]
+        directory: PathBuf,
+    },
+    /// List every image as REPOSITORY:TAG.
+    List,
+    /// Write an image to stdout: its archive, or with --unpack the file it holds.
+    Pull {
+        name: String,
+        #[arg(long)]
+        unpack: bool,
+    },
+    /// Push stdin as a single-file image.
+    Push {
+        name: String,
+        #[arg(long, default_value = "image")]
+        format: PushFormat,
+    },
+    /// Delete one tag.
+    Delete { name: String },
+}
+
+fn read_secret(path: &PathBuf, what: &str) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?
+        .trim_end_matches(['\n', '\r'])
+        .to_owned())
+}
+
+impl Connection {
+    fn source(&self) -> Result<(Source, HttpOptions)> {
+        let registry = self
+            .registry
+            .as_deref()
+            .context("no registry: pass --registry URL or set REPOSURE_REGISTRY")?;
+        let source: Source = registry.parse()?;
+        let ca_pem = match &self.ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read CA {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let credentials = match (&self.username, &self.password_file) {
+            (Some(user), Some(file)) => Some((user.clone(), read_secret(file, "password")?)),
+            (Some(_), None) => {
+                bail!("--username needs --password-file (or REPOSURE_PASSWORD_FILE)")
+            }
+            (None, Some(_)) => bail!("--password-file needs --username"),
+            (None, None) => None,
+        };
+        let bearer_token = match &self.token_file {
+            Some(file) => Some(read_secret(file, "token")?),
+            None => None,
+        };
+        Ok((
+            source,
+            HttpOptions {
+                ca_pem,
+                credentials,
+                bearer_token,
+                ..Default::default()
+            },
+        ))
+    }
+}
+
+/// NAME as repository and reference: `repo[:tag]` or `repo@sha256:...`.
+fn image_name(name: &str) -> Result<(String, Reference)> {
+    if let Some((repository, digest)) = name.split_once('@') {
+        names::check_repository(repository)?;
+        return Ok((
+            repository.to_owned(),
+            Reference::Digest(reposure_surrogate::digest::Digest::parse(digest)?),
+        ));
+    }
+    let (repository, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (name, names::DEFAULT_TAG),
+    };
+    names::check_repository(repository)?;
+    names::check_tag(tag)?;
+    Ok((repository.to_owned(), Reference::Tag(tag.to_owned())))
+}
+
+/// stdin and stdout as one async stream; pipes are driven by epoll directly.
+fn stdio() -> Result<Pin<Box<dyn transport::Stream>>> {
+    use tokio::net::unix::pipe;
+    // SAFETY: dup(2) of the standard descriptors; the duplicates are owned by the Files.
+    let (input, output) = unsafe { (libc::dup(0), libc::dup(1)) };
+    if input < 0 || output < 0 {
+        bail!(
+            "cannot use stdin/stdout: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: the descriptors were just duplicated and are owned here only.
+    let (input, output) = unsafe {
+        (
+            std::fs::File::from_raw_fd(input),
+            std::fs::File::from_raw_fd(output),
+        )
+    };
+    match (
+        pipe::Receiver::from_file(input),
+        pipe::Sender::from_file(output),
+    ) {
+        (Ok(receiver), Ok(sender)) => Ok(Box::pin(tokio::io::join(receiver, sender))),
+        // Not pipes (a terminal, a file): tokio's blocking stdio works everywhere.
+        _ => Ok(Box::pin(tokio::io::join(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+        ))),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let (source, options) = cli.connection.source()?;
+    let store: Arc<dyn Store> = source.open_store(options)?;
+    let registry: Arc<dyn Registry> = Arc::new(StoreRegistry::new(store.clone()));
+    match cli.command {
+        Command::Serve {
+            stdio: use_stdio,
+            spool,
+            verdict_timeout,
+        } => {
+            if !use_stdio {
+                bail!("serve needs --stdio (the session runs over stdin and stdout)");
+            }
+            let spool = match spool {
+                Some(dir) => Some(Spool::open(dir, Duration::from_secs(verdict_timeout))?),
+                None => None,
+            };
+            SessionServer::new(registry, spool)
+                .serve(stdio()?)
+                .await
+                .context("session failed")?;
+        }
+        Command::Spooler { directory } => spool::spooler::run(directory, registry).await?,
+        Command::List => {
+            let mut out = String::new();
+            for repository in registry.list_repositories().await? {
+                for tag in registry.list_tags(&repository).await? {
+                    out.push_str(&format!("{repository}:{tag}\n"));
+                }
+            }
+            tokio::io::stdout().write_all(out.as_bytes()).await?;
+        }
+        Command::Pull { name, unpack } => pull(&registry, &store, &name, unpack).await?,
+        Command::Push { name, format } => {
+            let (repository, reference) = image_name(&name)?;
+            let Reference::Tag(tag) = reference else {
+                bail!("push to a tag, not a digest");
+            };
+            // The image needs the length before the content: take stdin into a file first.
+            let mut spooled = tempfile::tempfile().context("cannot create a temporary file")?;
+            std::io::copy(&mut std::io::stdin().lock(), &mut spooled).context("reading stdin")?;
+            let size = std::io::Seek::stream_position(&mut spooled)?;
+            std::io::Seek::rewind(&mut spooled)?;
+            let body = tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(spooled),
+                1 << 20,
+            )
+            .map(|r| r.map_err(reposure_surrogate::RegistryError::from))
+            .boxed();
+            let file_name = repository
+                .rsplit('/')
+                .next()
+                .unwrap_or(&repository)
+                .to_owned();
+            let upload = FileUpload {
+                file_name,
+                size,
+                format,
+                created: None,
+                body,
+            };
+            let digest = registry.push_file(&repository, &tag, upload).await?;
+            println!("{repository}:{tag} {digest}");
+        }
+        Command::Delete { name } => {
+            let (repository, reference) = image_name(&name)?;
+            let Reference::Tag(tag) = reference else {
+                bail!("delete a tag, not a digest");
+            };
+            registry.delete_tag(&repository, &tag).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn pull(
+    registry: &Arc<dyn Registry>,
+    store: &Arc<dyn Store>,
+    name: &str,
+    unpack: bool,
+) -> Result<()> {
+    let (repository, reference) = image_name(name)?;
+    let mut stdout = tokio::io::stdout();
+    if unpack {
+        let info = registry.resolve(&repository, &reference).await?;
+        let ImageView::File(content) = info.view else {
+            bail!("{name} is not a single file; pull it without --unpack to get the image archive");
+        };
+        let mut stream = registry
+            .read(&repository, &content, 0, content.length)
+            .await?;
+        while let Some(chunk) = stream.next().await {
+            stdout.write_all(&chunk?).await?;
+        }
+        return Ok(stdout.flush().await?);
+    }
+    let stored = store.get_manifest(&repository, &reference).await?;
+    let ManifestKind::Image(image) = manifest::parse(&stored)? else {
+        bail!("{name} is a multi-platform index; pull one platform by digest");
+    };
+    let plan = ArchivePlan::new(&stored, &image, &format!("{repository}:{reference}"));
+    for entry in &plan.entries {
+        stdout.write_all(&archive::header(entry)).await?;
+        match &entry.source {
+            archive::Source::Inline(bytes) => stdout.write_all(bytes).await?,
+            archive::Source::Blob(descriptor) => {
+                let stream = store
+                    .get_blob(&repository, &descriptor.digest, 0, None)
+                    .await?;
+                let mut stream = reposure_surrogate::digest::verify_stream(
+                    stream,
+                    descriptor.digest.clone(),
+                    descriptor.size,
+                );
+                while let Some(chunk) = stream.next().await {
+                    stdout.write_all(&chunk?).await?;
+                }
+            }
+        }
+        stdout
+            .write_all(&vec![0u8; (padded(entry.size) - entry.size) as usize])
+            .await?;
+    }
+    stdout.write_all(&[0u8; 1024]).await?;
+    Ok(stdout.flush().await?)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // stdout may carry a session: logs go to stderr only.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REPOSURE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!(
+            "reposure-surrogate: {}",
+            e.chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ")
+        );
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,374 @@
+//! The client end of a session: a [`Registry`] whose every operation is one HTTP/2
+//! request to a surrogate.
+//!
+//! The session is opened on first use and again after it is lost: a request that was in
+//! flight when the stream broke fails (the filesystem turns that into EIO), and the next
+//! operation opens a new session through the [`Connector`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use super::server::Body;
+use super::transport::Connector;
+use super::wire::*;
+use super::{CONNECTION_WINDOW, MAX_FRAME, PROTOCOL_VERSIONS, SEND_BUFFER, STREAM_WINDOW};
+use crate::ByteStream;
+use crate::digest::Digest;
+use crate::error::{RegistryError, Result};
+use crate::names::Reference;
+use crate::registry::{FileContent, FileUpload, ImageInfo, Registry};
+
+/// How often an idle session is pinged, and how long a ping may go unanswered before the
+/// session counts as lost: a surrogate that hangs is noticed without waiting on TCP.
+const KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+/// How long opening a session (start, HTTP/2 handshake, version exchange) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Session {
+    sender: SendRequest<Body>,
+    id: u64,
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+/// A registry reached through a surrogate session.
+pub struct SessionClient {
+    connector: Box<dyn Connector>,
+    session: Mutex<Option<Session>>,
+    sessions_opened: AtomicU64,
+}
+
+impl SessionClient {
+    /// A client that opens sessions with `connector` (lazily, on first use).
+    pub fn new(connector: Box<dyn Connector>) -> Self {
+        Self {
+            connector,
+            session: Mutex::new(None),
+            sessions_opened: AtomicU64::new(0),
+        }
+    }
+
+    /// How many sessions have been opened so far (1 while the first one lives).
+    pub fn sessions_opened(&self) -> u64 {
+        self.sessions_opened.load(Ordering::Relaxed)
+    }
+
+    async fn open(&self) -> Result<Session> {
+        let connection = self.connector.connect().await?;
+        let (mut sender, driver) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buf_size(SEND_BUFFER)
+            .keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE)
+            .keep_alive_while_idle(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(TokioIo::new(connection.stream))
+            .await
+            .map_err(|e| {
+                RegistryError::Unavailable(format!(
+                    "session handshake with {} failed: {e}",
+                    self.connector.describe()
+                ))
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                debug!(error = %e, "session ended");
+            }
+        });
+        let response = sender
+            .send_request(request(Method::GET, "/hello", empty()))
+            .await
+            .map_err(|e| {
+                RegistryError::Unavailable(format!(
+                    "{} did not answer: {e}",
+                    self.connector.describe()
+                ))
+            })?;
+        let hello: Hello = json_body(response).await?;
+        let version = PROTOCOL_VERSIONS
+            .iter()
+            .rev()
+            .find(|v| hello.protocols.contains(v))
+            .ok_or_else(|| {
+                RegistryError::Unsupported(format!(
+                    "{} speaks session protocol {:?}, this client {:?}; install matching versions",
+                    hello.server, hello.protocols, PROTOCOL_VERSIONS
+                ))
+            })?;
+        let id = self.sessions_opened.fetch_add(1, Ordering::Relaxed) + 1;
+        info!(server = %hello.server, protocol = version, session = id, "session open");
+        Ok(Session {
+            sender,
+            id,
+            _guard: connection.guard,
+        })
+    }
+
+    /// A sender on a live session, opening one if needed.
+    async fn sender(&self) -> Result<(SendRequest<Body>, u64)> {
+        let mut current = self.session.lock().await;
+        if let Some(session) = current.as_ref()
+            && !session.sender.is_closed()
+        {
+            return Ok((session.sender.clone(), session.id));
+        }
+        *current = None;
+        let session = tokio::time::timeout(OPEN_TIMEOUT, self.open())
+            .await
+            .map_err(|_| {
+                RegistryError::Unavailable(format!(
+                    "{} did not open a session in time",
+                    self.connector.describe()
+                ))
+            })??;
+        let answer = (session.sender.clone(), session.id);
+        *current = Some(session);
+        Ok(answer)
+    }
+
+    async fn lost(&self, id: u64) {
+        let mut current = self.session.lock().await;
+        if current.as_ref().is_some_and(|s| s.id == id) {
+            *current = None;
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>> {
+        let (mut sender, id) = self.sender().await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                self.lost(id).await;
+                Err(RegistryError::Unavailable(format!(
+                    "session with {} lost: {e}",
+                    self.connector.describe()
+                )))
+            }
+        }
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp> {
+        let bytes = serde_json::to_vec(body).expect("requests serialise");
+        json_body(self.send(request(Method::POST, path, full(bytes))).await?).await
+    }
+}
+
+fn request(method: Method, path: &str, body: Body) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://surrogate{path}"))
+        .body(body)
+        .expect("valid request")
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// Reads a JSON answer, or the error the server sent instead.
+async fn json_body<T: DeserializeOwned>(response: Response<Incoming>) -> Result<T> {
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| {
+            RegistryError::Unavailable(format!("session lost while reading an answer: {e}"))
+        })?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err(match serde_json::from_slice::<WireError>(&bytes) {
+            Ok(wire) => wire.into(),
+            Err(_) => RegistryError::Rejected(format!("surrogate answered {status}")),
+        });
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RegistryError::Corrupt(format!("surrogate answer does not parse: {e}")))
+}
+
+/// A streamed answer: data until trailers that confirm the end (or carry the error).
+fn body_stream(body: Incoming) -> ByteStream {
+    futures::stream::unfold(Some(body), |state| async move {
+        let mut body = state?;
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) if chunk.is_empty() => continue,
+                    Ok(chunk) => return Some((Ok(chunk), Some(body))),
+                    Err(frame) => {
+                        let trailers = frame.into_trailers().unwrap_or_default();
+                        return match trailers.get(TRAILER_STATUS).and_then(|v| v.to_str().ok()) {
+                            Some("ok") => None,
+                            _ => {
+                                let error = trailers
+                                    .get(TRAILER_ERROR)
+                                    .and_then(|v| {
+                                        serde_json::from_slice::<WireError>(v.as_bytes()).ok()
+                                    })
+                                    .map(RegistryError::from)
+                                    .unwrap_or_else(|| {
+                                        RegistryError::Unavailable(
+                                            "transfer failed on the surrogate".into(),
+                                        )
+                                    });
+                                Some((Err(error), None))
+                            }
+                        };
+                    }
+                },
+                Some(Err(e)) => {
+                    return Some((
+                        Err(RegistryError::Unavailable(format!(
+                            "session lost mid-transfer: {e}"
+                        ))),
+                        None,
+                    ));
+                }
+                None => {
+                    let error = RegistryError::Unavailable(
+                        "the transfer ended without its end marker (session cut)".into(),
+                    );
+                    return Some((Err(error), None));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// The request body of a push: the content, then its sha256 as a trailer.
+fn push_body(content: ByteStream) -> Body {
+    let frames = futures::stream::unfold(Some((content, Sha256::new())), |state| async move {
+        let (mut content, mut hasher) = state?;
+        match content.next().await {
+            Some(Ok(chunk)) => {
+                hasher.update(&chunk);
+                Some((Ok(Frame::data(chunk)), Some((content, hasher))))
+            }
+            Some(Err(e)) => Some((Err(e), None)),
+            None => {
+                let digest = Digest::from_hasher(hasher);
+                let mut trailers = HeaderMap::new();
+                trailers.insert(
+                    TRAILER_CONTENT_DIGEST,
+                    HeaderValue::from_str(digest.as_str()).expect("digests are ASCII"),
+                );
+                Some((Ok(Frame::trailers(trailers)), None))
+            }
+        }
+    });
+    BodyExt::boxed_unsync(StreamBody::new(frames))
+}
+
+#[async_trait]
+impl Registry for SessionClient {
+    fn describe(&self) -> String {
+        self.connector.describe()
+    }
+
+    async fn check(&self) -> Result<()> {
+        json_body(
+            self.send(request(Method::GET, "/v1/check", empty()))
+                .await?,
+        )
+        .await
+    }
+
+    async fn list_repositories(&self) -> Result<Vec<String>> {
+        json_body(
+            self.send(request(Method::GET, "/v1/repositories", empty()))
+                .await?,
+        )
+        .await
+    }
+
+    async fn list_tags(&self, repository: &str) -> Result<Vec<String>> {
+        self.call("/v1/tags", &repository).await
+    }
+
+    async fn resolve(&self, repository: &str, reference: &Reference) -> Result<ImageInfo> {
+        let body = ResolveRequest {
+            repository: repository.to_owned(),
+            reference: reference.into(),
+        };
+        self.call("/v1/resolve", &body).await
+    }
+
+    async fn read(
+        &self,
+        repository: &str,
+        content: &FileContent,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream> {
+        let body = ReadRequest {
+            repository: repository.to_owned(),
+            content: content.clone(),
+            offset,
+            length,
+        };
+        let bytes = serde_json::to_vec(&body).expect("requests serialise");
+        let response = self
+            .send(request(Method::POST, "/v1/read", full(bytes)))
+            .await?;
+        if response.status() != StatusCode::OK {
+            return json_body::<()>(response)
+                .await
+                .map(|()| futures::stream::empty().boxed());
+        }
+        Ok(body_stream(response.into_body()))
+    }
+
+    async fn push_file(&self, repository: &str, tag: &str, upload: FileUpload) -> Result<Digest> {
+        let push = PushRequest {
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+            file_name: upload.file_name,
+            size: upload.size,
+            format: upload.format,
+        };
+        let header = serde_json::to_string(&push).expect("requests serialise");
+        let mut request = request(Method::POST, "/v1/push", push_body(upload.body));
+        request.headers_mut().insert(
+            HEADER_PUSH,
+            HeaderValue::from_str(&header)
+                .map_err(|_| RegistryError::invalid_name(repository, "names must be ASCII"))?,
+        );
+        let response: PushResponse = json_body(self.send(request).await?).await?;
+        Ok(response.digest)
+    }
+
+    async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {
+        let body = DeleteRequest {
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+        };
+        self.call("/v1/delete", &body).await
+    }
+}

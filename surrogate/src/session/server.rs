@@ -1,0 +1,334 @@
+//! The server end of a session: one HTTP/2 connection over any byte stream, serving a
+//! [`Registry`] (and, with a spool, durable pushes).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::wire::*;
+use super::{CONNECTION_WINDOW, MAX_FRAME, PROTOCOL_VERSIONS, SEND_BUFFER, STREAM_WINDOW};
+use crate::ByteStream;
+use crate::digest::Digest;
+use crate::error::{RegistryError, Result};
+use crate::registry::{FileUpload, Registry};
+use crate::spool::Spool;
+
+/// A response body: bytes, possibly followed by trailers.
+pub type Body = UnsyncBoxBody<Bytes, RegistryError>;
+
+/// Largest JSON request accepted; requests are small documents.
+const MAX_REQUEST_JSON: usize = 1024 * 1024;
+
+/// Serves one session.
+pub struct SessionServer {
+    registry: Arc<dyn Registry>,
+    spool: Option<Arc<Spool>>,
+}
+
+impl SessionServer {
+    /// A server for `registry`; pushes go through `spool` when one is given.
+    pub fn new(registry: Arc<dyn Registry>, spool: Option<Arc<Spool>>) -> Arc<Self> {
+        Arc::new(Self { registry, spool })
+    }
+
+    /// Serves HTTP/2 on `io` until the client goes away.
+    pub async fn serve<IO>(self: Arc<Self>, io: IO) -> std::result::Result<(), hyper::Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |request| {
+            let server = self.clone();
+            async move { Ok::<_, Infallible>(server.handle(request).await) }
+        });
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buf_size(SEND_BUFFER)
+            .serve_connection(TokioIo::new(io), service)
+            .await
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        let span = info_span!("session_request", method = %request.method(), path = %path);
+        let result = async {
+            match (request.method().clone(), path.as_str()) {
+                (Method::GET, "/hello") => json(&Hello {
+                    protocols: PROTOCOL_VERSIONS.to_vec(),
+                    server: concat!("reposure-surrogate ", env!("CARGO_PKG_VERSION")).to_owned(),
+                }),
+                (Method::GET, "/v1/check") => self.registry.check().await.and_then(|()| json(&())),
+                (Method::GET, "/v1/repositories") => {
+                    json(&self.registry.list_repositories().await?)
+                }
+                (Method::POST, "/v1/tags") => {
+                    let repository: String = read_json(request).await?;
+                    json(&self.registry.list_tags(&repository).await?)
+                }
+                (Method::POST, "/v1/resolve") => {
+                    let r: ResolveRequest = read_json(request).await?;
+                    json(
+                        &self
+                            .registry
+                            .resolve(&r.repository, &r.reference.into())
+                            .await?,
+                    )
+                }
+                (Method::POST, "/v1/read") => {
+                    let r: ReadRequest = read_json(request).await?;
+                    let stream = self
+                        .registry
+                        .read(&r.repository, &r.content, r.offset, r.length)
+                        .await?;
+                    Ok(stream_response(stream))
+                }
+                (Method::POST, "/v1/push") => self.push(request).await,
+                (Method::POST, "/v1/delete") => {
+                    let r: DeleteRequest = read_json(request).await?;
+                    self.registry.delete_tag(&r.repository, &r.tag).await?;
+                    json(&())
+                }
+                _ => Err(RegistryError::Rejected(format!(
+                    "the surrogate does not know {path}; it may be older than this client"
+                ))),
+            }
+        }
+        .instrument(span)
+        .await;
+        result.unwrap_or_else(|e| {
+            match e {
+                // Lookups of names that do not exist are routine (every create asks first).
+                RegistryError::NotFound(_) => debug!(path, error = %e, "request failed"),
+                _ => warn!(path, error = %e, "request failed"),
+            }
+            error_response(&e)
+        })
+    }
+
+    async fn push(&self, request: Request<Incoming>) -> Result<Response<Body>> {
+        let header = request
+            .headers()
+            .get(HEADER_PUSH)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                RegistryError::Rejected(format!("push without its {HEADER_PUSH} header"))
+            })?;
+        let push: PushRequest = serde_json::from_str(header)
+            .map_err(|e| RegistryError::Rejected(format!("bad {HEADER_PUSH} header: {e}")))?;
+        crate::names::check_repository(&push.repository)?;
+        crate::names::check_tag(&push.tag)?;
+        let body = verified_content(request.into_body(), push.size);
+        let digest = match &self.spool {
+            Some(spool) => spool.push(&push, body).await?,
+            None => {
+                let upload = FileUpload {
+                    created: None,
+                    file_name: push.file_name.clone(),
+                    size: push.size,
+                    format: push.format,
+                    body,
+                };
+                self.registry
+                    .push_file(&push.repository, &push.tag, upload)
+                    .await?
+            }
+        };
+        json(&PushResponse { digest })
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Response<Body>> {
+    let bytes = serde_json::to_vec(value).expect("responses serialise");
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(full(bytes))
+        .expect("valid response"))
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An error as a response: the status says the class, the body the details.
+pub fn error_response(error: &RegistryError) -> Response<Body> {
+    let wire = WireError::from(error);
+    let status = wire.kind.status();
+    let bytes = serde_json::to_vec(&wire).expect("errors serialise");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(bytes))
+        .expect("valid response")
+}
+
+async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T> {
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_REQUEST_JSON);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| RegistryError::Rejected(format!("reading the request: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RegistryError::Rejected(format!("bad request document: {e}")))
+}
+
+/// A streamed response whose end is confirmed by a trailer, so the client can tell a
+/// complete transfer from one cut short.
+fn stream_response(stream: ByteStream) -> Response<Body> {
+    let stream = coalesce(stream);
+    let frames = futures::stream::unfold(Some(stream), |state| async move {
+        let mut stream = state?;
+        let frame = match stream.next().await {
+            Some(Ok(chunk)) => return Some((Ok(Frame::data(chunk)), Some(stream))),
+            Some(Err(e)) => Frame::trailers(error_trailers(&e)),
+            None => Frame::trailers(ok_trailers()),
+        };
+        Some((Ok::<_, RegistryError>(frame), None))
+    });
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .body(BodyExt::boxed_unsync(StreamBody::new(frames)))
+        .expect("valid response")
+}
+
+/// Most chunks merged into one frame.
+const COALESCE_CHUNKS: usize = 64;
+
+/// Merges the chunks that are ready at once into one (network reads come in pieces of a
+/// few KiB; one HTTP/2 frame per piece would cost a frame header and a wake-up each).
+/// Nothing waits for more data, so small or slow transfers are not delayed.
+fn coalesce(stream: ByteStream) -> ByteStream {
+    stream
+        .ready_chunks(COALESCE_CHUNKS)
+        .flat_map(|items| {
+            let mut merged: Vec<crate::Result<Bytes>> = Vec::new();
+            let mut buffer = bytes::BytesMut::new();
+            for item in items {
+                match item {
+                    Ok(chunk) => buffer.extend_from_slice(&chunk),
+                    Err(e) => {
+                        if !buffer.is_empty() {
+                            merged.push(Ok(buffer.split().freeze()));
+                        }
+                        merged.push(Err(e));
+                    }
+                }
+            }
+            if !buffer.is_empty() {
+                merged.push(Ok(buffer.freeze()));
+            }
+            futures::stream::iter(merged)
+        })
+        .boxed()
+}
+
+fn ok_trailers() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert(TRAILER_STATUS, HeaderValue::from_static("ok"));
+    trailers
+}
+
+fn error_trailers(error: &RegistryError) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert(TRAILER_STATUS, HeaderValue::from_static("error"));
+    let json = serde_json::to_string(&WireError::from(error)).expect("errors serialise");
+    let value = HeaderValue::from_str(&json).unwrap_or_else(|_| HeaderValue::from_static("{}"));
+    trailers.insert(TRAILER_ERROR, value);
+    trailers
+}
+
+/// The content of a push, checked against the length the client declared and the digest
+/// it sends in a trailer: the last chunk is held back until both match, so a cut session
+/// or corrupted transfer fails the push instead of publishing what arrived.
+fn verified_content(body: Incoming, size: u64) -> ByteStream {
+    struct State {
+        body: Incoming,
+        hasher: Sha256,
+        received: u64,
+        declared: Option<Digest>,
+        pending: Option<Bytes>,
+        done: bool,
+    }
+    let state = State {
+        body,
+        hasher: Sha256::new(),
+        received: 0,
+        declared: None,
+        pending: None,
+        done: false,
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => {
+                        st.hasher.update(&chunk);
+                        st.received += chunk.len() as u64;
+                        if let Some(previous) = st.pending.replace(chunk) {
+                            return Some((Ok(previous), st));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            st.declared = trailers
+                                .get(TRAILER_CONTENT_DIGEST)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| Digest::parse(v).ok());
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    st.done = true;
+                    let error = RegistryError::Unavailable(format!("the push was cut off: {e}"));
+                    return Some((Err(error), st));
+                }
+                None => {
+                    st.done = true;
+                    let actual = Digest::from_hasher(std::mem::take(&mut st.hasher));
+                    let failure = if st.received != size {
+                        Some(RegistryError::SizeMismatch {
+                            declared: size,
+                            received: st.received,
+                        })
+                    } else {
+                        match &st.declared {
+                            None => Some(RegistryError::Rejected(
+                                "the push ended without its content digest (the session was cut)"
+                                    .into(),
+                            )),
+                            Some(declared) if *declared != actual => {
+                                Some(RegistryError::Corrupt(format!(
+                                    "pushed content has digest {actual}, the client sent {declared}"
+                                )))
+                            }
+                            Some(_) => None,
+                        }
+                    };
+                    return match failure {
+                        Some(error) => Some((Err(error), st)),
+                        None => st.pending.take().map(|last| (Ok(last), st)),
+                    };
+                }
+            }
+        }
+    })
+    .boxed()
+}

@@ -1,0 +1,217 @@
+//! What the two ends of a session exchange besides raw bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RegistryError;
+use crate::formats::single_file::PushFormat;
+use crate::names::Reference;
+use crate::registry::FileContent;
+
+/// Trailer that ends every streamed response: `ok`, or the error as JSON in
+/// [`TRAILER_ERROR`].
+pub const TRAILER_STATUS: &str = "reposure-status";
+/// Trailer with a [`WireError`] when a stream failed after it started.
+pub const TRAILER_ERROR: &str = "reposure-error";
+/// Request trailer of a push: the sha256 of the raw content the client sent.
+pub const TRAILER_CONTENT_DIGEST: &str = "reposure-content-digest";
+/// Request header of a push: the [`PushRequest`] as JSON.
+pub const HEADER_PUSH: &str = "reposure-push";
+
+/// The answer to `GET /hello`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the server speaks.
+    pub protocols: Vec<u32>,
+    /// The server's program and version, for diagnostics.
+    pub server: String,
+}
+
+/// `POST /v1/resolve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    pub repository: String,
+    pub reference: WireReference,
+}
+
+/// A reference on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireReference {
+    Tag(String),
+    Digest(crate::digest::Digest),
+}
+
+impl From<&Reference> for WireReference {
+    fn from(r: &Reference) -> Self {
+        match r {
+            Reference::Tag(t) => Self::Tag(t.clone()),
+            Reference::Digest(d) => Self::Digest(d.clone()),
+        }
+    }
+}
+
+impl From<WireReference> for Reference {
+    fn from(r: WireReference) -> Self {
+        match r {
+            WireReference::Tag(t) => Self::Tag(t),
+            WireReference::Digest(d) => Self::Digest(d),
+        }
+    }
+}
+
+/// `POST /v1/read`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub repository: String,
+    pub content: FileContent,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// `POST /v1/push` (in the [`HEADER_PUSH`] header; the body is the content).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub repository: String,
+    pub tag: String,
+    pub file_name: String,
+    pub size: u64,
+    pub format: PushFormat,
+}
+
+/// The answer to a push.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushResponse {
+    pub digest: crate::digest::Digest,
+}
+
+/// `POST /v1/delete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub repository: String,
+    pub tag: String,
+}
+
+/// The kind of a [`RegistryError`], which decides the errno on the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NotFound,
+    InvalidName,
+    Unauthorized,
+    Denied,
+    DeleteDisabled,
+    Corrupt,
+    Unsupported,
+    Unavailable,
+    UntrustedCertificate,
+    Rejected,
+    SizeMismatch,
+    Io,
+}
+
+/// A [`RegistryError`] on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl From<&RegistryError> for WireError {
+    fn from(e: &RegistryError) -> Self {
+        let (kind, message, name) = match e {
+            RegistryError::NotFound(m) => (ErrorKind::NotFound, m.clone(), None),
+            RegistryError::InvalidName { name, rule } => {
+                (ErrorKind::InvalidName, rule.clone(), Some(name.clone()))
+            }
+            RegistryError::Unauthorized(m) => (ErrorKind::Unauthorized, m.clone(), None),
+            RegistryError::Denied(m) => (ErrorKind::Denied, m.clone(), None),
+            RegistryError::DeleteDisabled => (ErrorKind::DeleteDisabled, String::new(), None),
+            RegistryError::TagDeleteUnsupported => (ErrorKind::Rejected, e.to_string(), None),
+            RegistryError::Corrupt(m) => (ErrorKind::Corrupt, m.clone(), None),
+            RegistryError::Unsupported(m) => (ErrorKind::Unsupported, m.clone(), None),
+            RegistryError::Unavailable(m) => (ErrorKind::Unavailable, m.clone(), None),
+            RegistryError::UntrustedCertificate(m) => {
+                (ErrorKind::UntrustedCertificate, m.clone(), None)
+            }
+            RegistryError::Rejected(m) => (ErrorKind::Rejected, m.clone(), None),
+            RegistryError::SizeMismatch { .. } => (ErrorKind::SizeMismatch, e.to_string(), None),
+            RegistryError::Io(io) => (ErrorKind::Io, io.to_string(), None),
+        };
+        Self {
+            kind,
+            message,
+            name,
+        }
+    }
+}
+
+impl From<WireError> for RegistryError {
+    fn from(w: WireError) -> Self {
+        match w.kind {
+            ErrorKind::NotFound => Self::NotFound(w.message),
+            ErrorKind::InvalidName => Self::InvalidName {
+                name: w.name.unwrap_or_default(),
+                rule: w.message,
+            },
+            ErrorKind::Unauthorized => Self::Unauthorized(w.message),
+            ErrorKind::Denied => Self::Denied(w.message),
+            ErrorKind::DeleteDisabled => Self::DeleteDisabled,
+            ErrorKind::Corrupt => Self::Corrupt(w.message),
+            ErrorKind::Unsupported => Self::Unsupported(w.message),
+            ErrorKind::Unavailable => Self::Unavailable(w.message),
+            ErrorKind::UntrustedCertificate => Self::UntrustedCertificate(w.message),
+            // A size mismatch is reported by the surrogate in words; its kind (EIO) is kept.
+            ErrorKind::Rejected | ErrorKind::SizeMismatch => Self::Rejected(w.message),
+            ErrorKind::Io => Self::Io(std::io::Error::other(w.message)),
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The HTTP status a server answers with for this kind (informative; the body decides).
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ErrorKind::NotFound => S::NOT_FOUND,
+            ErrorKind::InvalidName | ErrorKind::SizeMismatch | ErrorKind::Rejected => {
+                S::BAD_REQUEST
+            }
+            ErrorKind::Unauthorized => S::UNAUTHORIZED,
+            ErrorKind::Denied => S::FORBIDDEN,
+            ErrorKind::DeleteDisabled => S::METHOD_NOT_ALLOWED,
+            ErrorKind::Unsupported => S::NOT_IMPLEMENTED,
+            ErrorKind::Corrupt
+            | ErrorKind::Unavailable
+            | ErrorKind::UntrustedCertificate
+            | ErrorKind::Io => S::BAD_GATEWAY,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_round_trip_with_their_kind_and_text() {
+        let cases = [
+            RegistryError::NotFound("x:y".into()),
+            RegistryError::invalid_name("Bad", "lower case"),
+            RegistryError::DeleteDisabled,
+            RegistryError::Corrupt("digest".into()),
+            RegistryError::Unauthorized("401".into()),
+        ];
+        for error in cases {
+            let wire = WireError::from(&error);
+            let json = serde_json::to_string(&wire).unwrap();
+            let back: RegistryError = serde_json::from_str::<WireError>(&json).unwrap().into();
+            assert_eq!(back.to_string(), error.to_string());
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&error)
+            );
+        }
+    }
+}

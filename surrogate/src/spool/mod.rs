@@ -1,0 +1,272 @@
+//! The spool: a directory where accepted pushes wait, durably, until they are published.
+//!
+//! Guarantees (documented for users in `surrogate/PROTOCOL.md`):
+//!
+//! * A push is *accepted* only once its content is complete, fsynced, and matches the
+//!   digest the client declared: it arrives as `ID.push~` (never published), its request
+//!   is written as `ID.push.json`, and it is renamed to `ID.push` (then the directory is
+//!   fsynced). A crash before the rename leaves only a temp file, which is never published.
+//! * The spooler publishes every `ID.push` and records a verdict in `ID.verdict`: the
+//!   manifest digest, or the registry's error. On success the entry is removed; on failure
+//!   the content stays as `ID.failed` beside its request and verdict, never deleted.
+//! * Entries present after a crash are published after restart, exactly once: an entry
+//!   whose verdict already says "published" is only cleaned up, and republishing an entry
+//!   whose verdict was lost makes the same manifest (its creation time is fixed at
+//!   acceptance), so the registry ends in the same state either way.
+//! * The session's push answers only when the verdict is in.
+//!
+//! Files dropped the original way (`kubectl cp`, the Go client) are published too: see
+//! [`legacy`].
+
+pub mod legacy;
+pub mod spooler;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tracing::info;
+
+use crate::ByteStream;
+use crate::digest::Digest;
+use crate::error::{RegistryError, Result};
+use crate::session::wire::{PushRequest, WireError};
+
+/// Lock file the spooler holds while it runs.
+pub const LOCK_FILE: &str = ".spooler.lock";
+
+/// How long a waiting push tolerates the spooler being gone before it answers with an
+/// error (the entry stays and is published when a spooler runs again).
+const SPOOLER_GONE_GRACE: Duration = Duration::from_secs(5);
+
+/// A waiting push looks for its verdict first after this long, then twice as long each
+/// time up to [`VERDICT_POLL_MAX`]: small pushes are answered within milliseconds of their
+/// publication, long ones cost a check every quarter second.
+const VERDICT_POLL_MIN: Duration = Duration::from_millis(2);
+const VERDICT_POLL_MAX: Duration = Duration::from_millis(250);
+
+/// A push as recorded in `ID.push.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpooledPush {
+    pub request: PushRequest,
+    /// Fixed at acceptance so that a republish makes the same manifest.
+    pub created: DateTime<Utc>,
+    /// sha256 of the content.
+    pub content_digest: Digest,
+}
+
+/// The outcome of publishing an entry, as recorded in `ID.verdict`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Published { digest: Digest },
+    Failed { error: WireError },
+}
+
+/// Paths of one entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub dir: PathBuf,
+    pub id: String,
+}
+
+impl Entry {
+    pub fn temp(&self) -> PathBuf {
+        self.dir.join(format!("{}.push~", self.id))
+    }
+    pub fn data(&self) -> PathBuf {
+        self.dir.join(format!("{}.push", self.id))
+    }
+    pub fn request(&self) -> PathBuf {
+        self.dir.join(format!("{}.push.json", self.id))
+    }
+    pub fn verdict(&self) -> PathBuf {
+        self.dir.join(format!("{}.verdict", self.id))
+    }
+    pub fn failed(&self) -> PathBuf {
+        self.dir.join(format!("{}.failed", self.id))
+    }
+}
+
+/// Writes a small file atomically: temp, fsync, rename, fsync the directory.
+pub async fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("spool paths have a parent");
+    let temp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("entry")
+    ));
+    let mut file = tokio::fs::File::create(&temp).await?;
+    file.write_all(bytes).await?;
+    file.sync_all().await?;
+    tokio::fs::rename(&temp, path).await?;
+    sync_dir(dir).await
+}
+
+/// fsync of a directory, so renames in it survive a crash.
+pub async fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(|e| RegistryError::Io(std::io::Error::other(e)))??;
+    Ok(())
+}
+
+fn lock_file(dir: &Path) -> Result<std::fs::File> {
+    Ok(std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?)
+}
+
+/// Whether a spooler holds the lock on `dir`.
+pub fn spooler_running(dir: &Path) -> bool {
+    let Ok(file) = lock_file(dir) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; LOCK_NB never blocks. The shared lock, if
+    // taken, goes away when `file` is closed at the end of this function.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
+/// Takes the spooler lock on `dir`, failing if another spooler holds it. The lock lasts as
+/// long as the returned file is open.
+pub fn take_spooler_lock(dir: &Path) -> Result<std::fs::File> {
+    let file = lock_file(dir)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; LOCK_NB never blocks.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(RegistryError::Rejected(format!(
+            "another spooler is already running on {}",
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The session side of a spool: accepts pushes into the directory and waits for their
+/// verdicts.
+pub struct Spool {
+    dir: PathBuf,
+    verdict_timeout: Duration,
+}
+
+impl Spool {
+    /// A spool on `dir` (created if missing). `verdict_timeout` bounds how long a push waits
+    /// for the spooler.
+    pub fn open(dir: impl Into<PathBuf>, verdict_timeout: Duration) -> Result<Arc<Self>> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Arc::new(Self {
+            dir,
+            verdict_timeout,
+        }))
+    }
+
+    /// Accepts a push and answers with its verdict.
+    pub async fn push(&self, request: &PushRequest, mut body: ByteStream) -> Result<Digest> {
+        if !spooler_running(&self.dir) {
+            return Err(RegistryError::Unavailable(format!(
+                "no spooler is running on {}; start `reposure-surrogate spooler --directory {}`",
+                self.dir.display(),
+                self.dir.display()
+            )));
+        }
+        let id = format!(
+            "{}-{:08x}",
+            Utc::now().format("%Y%m%dT%H%M%S%.6f"),
+            rand::random::<u32>()
+        );
+        let entry = Entry {
+            dir: self.dir.clone(),
+            id,
+        };
+        let accepted = self.receive(&entry, request, &mut body).await;
+        if accepted.is_err() {
+            let _ = tokio::fs::remove_file(entry.temp()).await;
+            let _ = tokio::fs::remove_file(entry.request()).await;
+        }
+        accepted?;
+        info!(entry = %entry.id, repository = %request.repository, tag = %request.tag, "push accepted into the spool");
+        self.wait_for_verdict(&entry).await
+    }
+
+    async fn receive(
+        &self,
+        entry: &Entry,
+        request: &PushRequest,
+        body: &mut ByteStream,
+    ) -> Result<()> {
+        let mut file = tokio::fs::File::create(entry.temp()).await?;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            sha2::Digest::update(&mut hasher, &chunk);
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await?;
+        drop(file);
+        let spooled = SpooledPush {
+            request: request.clone(),
+            created: Utc::now(),
+            content_digest: Digest::from_hasher(hasher),
+        };
+        write_durably(
+            &entry.request(),
+            &serde_json::to_vec(&spooled).expect("serialises"),
+        )
+        .await?;
+        tokio::fs::rename(entry.temp(), entry.data()).await?;
+        sync_dir(&self.dir).await
+    }
+
+    async fn wait_for_verdict(&self, entry: &Entry) -> Result<Digest> {
+        let started = Instant::now();
+        let mut spooler_gone_since: Option<Instant> = None;
+        let mut poll = VERDICT_POLL_MIN;
+        loop {
+            match tokio::fs::read(entry.verdict()).await {
+                Ok(bytes) => {
+                    let verdict: Verdict = serde_json::from_slice(&bytes).map_err(|e| {
+                        RegistryError::Corrupt(format!("verdict of {}: {e}", entry.id))
+                    })?;
+                    if matches!(verdict, Verdict::Published { .. }) {
+                        let _ = tokio::fs::remove_file(entry.verdict()).await;
+                    }
+                    return match verdict {
+                        Verdict::Published { digest } => Ok(digest),
+                        Verdict::Failed { error } => Err(error.into()),
+                    };
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            if spooler_running(&self.dir) {
+                spooler_gone_since = None;
+            } else if spooler_gone_since
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+                > SPOOLER_GONE_GRACE
+            {
+                return Err(RegistryError::Unavailable(format!(
+                    "the spooler stopped before publishing; the upload is kept as {} and is published when a spooler runs again",
+                    entry.data().display()
+                )));
+            }
+            if started.elapsed() > self.verdict_timeout {
+                return Err(RegistryError::Unavailable(format!(
+                    "no verdict for {} after {}s; it stays in the spool",
+                    entry.id,
+                    self.verdict_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(VERDICT_POLL_MAX);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The spool daemon: publishes accepted pushes and records a verdict for each.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use notify::Watcher;
+use tracing::{error, info, warn};
+
+use super::legacy::{self, LegacyEntry};
+use super::{Entry, SpooledPush, Verdict, take_spooler_lock, write_durably};
+use crate::digest::verify_stream;
+use crate::error::{RegistryError, Result};
+use crate::formats::single_file::PushFormat;
+use crate::registry::{FileUpload, Registry};
+use crate::session::wire::WireError;
+
+/// Without change notifications (or if one is missed) the directory is scanned this often.
+const RESCAN: Duration = Duration::from_secs(1);
+
+/// Read size when publishing a spooled file.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// Publishes the spool in `dir` to `registry` until the process is stopped.
+pub async fn run(dir: PathBuf, registry: Arc<dyn Registry>) -> Result<()> {
+    std::fs::create_dir_all(&dir)?;
+    let _lock = take_spooler_lock(&dir)?;
+    let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |_event| {
+        let _ = wake.send(());
+    })
+    .map_err(|e| RegistryError::Io(std::io::Error::other(e)))?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| RegistryError::Io(std::io::Error::other(e)))?;
+    info!(dir = %dir.display(), registry = %registry.describe(), "spooler running");
+    let spooler = Spooler { dir, registry };
+    loop {
+        spooler.publish_pending().await;
+        tokio::select! {
+            _ = woken.recv() => {}
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+        // Coalesce the burst of events one write makes.
+        while woken.try_recv().is_ok() {}
+    }
+}
+
+struct Spooler {
+    dir: PathBuf,
+    registry: Arc<dyn Registry>,
+}
+
+impl Spooler {
+    async fn publish_pending(&self) {
+        let mut names: Vec<(std::time::SystemTime, String)> = Vec::new();
+        let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            if let Some(name) = entry.file_name().to_str() {
+                names.push((
+                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    name.to_owned(),
+                ));
+            }
+        }
+        // Oldest first, so a later push to the same tag wins.
+        names.sort();
+        for (modified, name) in names {
+            if let Some(id) = name.strip_suffix(".push") {
+                self.publish_entry(&Entry {
+                    dir: self.dir.clone(),
+                    id: id.to_owned(),
+                })
+                .await;
+            } else {
+                self.publish_legacy(&name, modified.into()).await;
+            }
+        }
+    }
+
+    async fn publish_entry(&self, entry: &Entry) {
+        // A verdict that says "published" means a crash came between publishing and
+        // cleaning up: clean up only (exactly once).
+        if let Ok(bytes) = tokio::fs::read(entry.verdict()).await
+            && let Ok(Verdict::Published { .. }) = serde_json::from_slice(&bytes)
+        {
+            let _ = tokio::fs::remove_file(entry.data()).await;
+            let _ = tokio::fs::remove_file(entry.request()).await;
+            return;
+        }
+        let result = self.publish_spooled(entry).await;
+        self.record(
+            entry,
+            &entry.verdict(),
+            &entry.data(),
+            &entry.failed(),
+            Some(entry.request()),
+            result,
+        )
+        .await;
+    }
+
+    async fn publish_spooled(&self, entry: &Entry) -> Result<crate::digest::Digest> {
+        let request: SpooledPush = serde_json::from_slice(&tokio::fs::read(entry.request()).await?)
+            .map_err(|e| RegistryError::Corrupt(format!("{}: {e}", entry.request().display())))?;
+        let body = file_stream(&entry.data()).await?;
+        // The content was checked on arrival; checking again as it leaves catches a disk
+        // that changed it in between.
+        let body = verify_stream(body, request.content_digest.clone(), request.request.size);
+        let upload = FileUpload {
+            file_name: request.request.file_name.clone(),
+            size: request.request.size,
+            format: request.request.format,
+            created: Some(request.created),
+            body,
+        };
+        self.registry
+            .push_file(&request.request.repository, &request.request.tag, upload)
+            .await
+    }
+
+    async fn publish_legacy(&self, name: &str, modified: DateTime<Utc>) {
+        let path = self.dir.join(name);
+        let verdict = self.dir.join(format!("{name}.verdict"));
+        let failed = self.dir.join(format!("{name}.failed"));
+        let result = match legacy::classify(name) {
+            LegacyEntry::NotLegacy | LegacyEntry::Temp => return,
+            LegacyEntry::Delete { repository, tag } => self
+                .registry
+                .delete_tag(&repository, &tag)
+                .await
+                .map(|()| crate::digest::Digest::of(b"")),
+            LegacyEntry::Archive { .. } => Err(RegistryError::Unsupported(
+                "image archives dropped into the spool are not supported by this version; push them with `reposure image push`".into(),
+            )),
+            LegacyEntry::File { repository, tag } => {
+                let size = match tokio::fs::metadata(&path).await {
+                    Ok(meta) => meta.len(),
+                    Err(_) => return,
+                };
+                let file_name = repository.rsplit('/').next().unwrap_or(&repository).to_owned();
+                match file_stream(&path).await {
+                    Ok(body) => {
+                        let upload = FileUpload {
+                            file_name,
+                            size,
+                            format: PushFormat::Image,
+                            created: Some(modified),
+                            body,
+                        };
+                        self.registry.push_file(&repository, &tag, upload).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        self.record(name, &verdict, &path, &failed, None, result)
+            .await;
+    }
+
+    /// Writes the verdict, then removes the entry (published) or keeps it as failed.
+    async fn record(
+        &self,
+        what: &(impl std::fmt::Display + ?Sized),
+        verdict_path: &Path,
+        data: &Path,
+        failed: &Path,
+        request: Option<PathBuf>,
+        result: Result<crate::digest::Digest>,
+    ) {
+        let verdict = match &result {
+            Ok(digest) => Verdict::Published {
+                digest: digest.clone(),
+            },
+            Err(e) => Verdict::Failed {
+                error: WireError::from(e),
+            },
+        };
+        if let Err(e) = write_durably(
+            verdict_path,
+            &serde_json::to_vec(&verdict).expect("serialises"),
+        )
+        .await
+        {
+            error!(entry = %what, error = %e, "cannot record the verdict; the entry stays");
+            return;
+        }
+        match result {
+            Ok(digest) => {
+                info!(entry = %what, %digest, "published");
+                let _ = tokio::fs::remove_file(data).await;
+                if let Some(request) = request {
+                    let _ = tokio::fs::remove_file(request).await;
+                }
+            }
+            Err(e) => {
+                warn!(entry = %what, error = %e, "publish failed; the content is kept");
+                let _ = tokio::fs::rename(data, failed).await;
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+async fn file_stream(path: &Path) -> Result<crate::ByteStream> {
+    let file = tokio::fs::File::open(path).await?;
+    Ok(
+        tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
+            .map(|r| r.map_err(RegistryError::from))
+            .boxed(),
+    )
+}
