@@ -18,5 +18,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # One build serves every test binary; the end-to-end tests run the binaries it makes.
 cargo build --workspace --bins --quiet
 cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
+# The filesystem contract again, through an in-process surrogate session and through a
+# surrogate child process (exec:), which must behave exactly like the direct sources.
+for via in session exec; do
+    echo "semantics through $via:"
+    REPOSURE_TEST_VIA=$via cargo test --quiet -p reposure-tests --test semantics 2>&1 | tee -a target/test-output.txt
+done
 # One closing line for the whole run.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt

@@ -4,7 +4,27 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::registry::Registry;
 use crate::{binary, wait_until};
+
+/// How the tests reach a registry, from `REPOSURE_TEST_VIA`: `direct` (the default),
+/// `session` (an in-process surrogate session) or `exec` (a `reposure-surrogate` child).
+pub fn via() -> String {
+    std::env::var("REPOSURE_TEST_VIA").unwrap_or_else(|_| "direct".into())
+}
+
+/// The `exec:` source that serves `url` through the surrogate binary.
+pub fn exec_source(url: &str, extra: &[&str]) -> String {
+    let mut command = format!(
+        "exec:{} serve --stdio --registry {url}",
+        binary("reposure-surrogate").display()
+    );
+    for arg in extra {
+        command.push(' ');
+        command.push_str(arg);
+    }
+    command
+}
 
 /// A mounted filesystem, unmounted on drop.
 pub struct Mount {
@@ -25,6 +45,21 @@ impl Mount {
     pub fn new(source: &str, options: &[&str]) -> Self {
         Self::try_new(source, options, &[])
             .unwrap_or_else(|f| panic!("mount {source} failed: {f:?}"))
+    }
+
+    /// Mounts `registry` the way [`via`] says.
+    pub fn of(registry: &Registry, options: &[&str]) -> Self {
+        let mut options = options.to_vec();
+        let source = match via().as_str() {
+            "direct" => registry.url(),
+            "session" => {
+                options.push("transport=session");
+                registry.url()
+            }
+            "exec" => exec_source(&registry.url(), &[]),
+            other => panic!("REPOSURE_TEST_VIA={other}: use direct, session or exec"),
+        };
+        Self::new(&source, &options)
     }
 
     /// Mounts, returning the failure instead of panicking.
