@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Measures the mount against curl on the same blobs, in one run, and prints ratios.
+#
+#   bench/run.sh [--quick] [--size MIB]
+#
+# Builds in release mode (--quick uses the debug build and 32 MiB so CI keeps the script
+# working; its figures mean nothing), starts the reference registry on 127.0.0.1, and for
+# each way of reaching it (direct, in-process session, exec: surrogate child) times
+#   cat  of a cold file through the mount  vs  curl GET of the same blob
+#   cp   of a file into the mount, until close() returns  vs  curl POST+PUT of the same bytes
+# Each figure is the best of REPS runs (machines here are noisy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size_mib=1024
+profile=release
+reps=3
+while (($#)); do
+    case $1 in
+        --quick) size_mib=32; profile=debug; reps=1 ;;
+        --size) size_mib=$2; shift ;;
+        *) echo "usage: bench/run.sh [--quick] [--size MIB]" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+scripts/install-deps.sh --tests
+if [[ $profile == release ]]; then
+    cargo build --release --quiet --bins
+else
+    cargo build --quiet --bins
+fi
+bin=target/$profile
+
+work=$(mktemp -d /var/tmp/reposure-bench.XXXXXX)
+cleanup() {
+    fusermount3 -u "$work/mnt" 2>/dev/null || true
+    [[ -n ${registry_pid:-} ]] && kill "$registry_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url=http://127.0.0.1:$port
+cat > "$work/registry.yml" <<YML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$port
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 100); do curl -sf "$url/v2/" >/dev/null && break; sleep 0.1; done
+
+head -c "$((size_mib * 1024 * 1024))" /dev/urandom >"$work/data.bin"
+digest=sha256:$(sha256sum "$work/data.bin" | cut -d' ' -f1)
+
+# elapsed COMMAND...: wall seconds of one run.
+elapsed() {
+    local start end
+    start=$(date +%s.%N)
+    "$@" >/dev/null
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc
+}
+# best SECONDS...: the smallest.
+best() { printf '%s\n' "$@" | sort -g | head -1; }
+
+curl_get() { curl -sf -o /dev/null "$url/v2/bench/raw/blobs/$digest"; }
+curl_put() {
+    local location
+    location=$(curl -sf -i -X POST "$url/v2/bench/raw/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+    case $location in http*) ;; *) location=$url$location ;; esac
+    curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' -T "$work/data.bin" "$location&digest=$digest"
+}
+curl_put
+gets=() puts=()
+for _ in $(seq "$reps"); do
+    gets+=("$(elapsed curl_get)")
+    puts+=("$(elapsed curl_put)")
+done
+t_curl_get=$(best "${gets[@]}")
+t_curl_put=$(best "${puts[@]}")
+
+# mount_as WAY: mounts the registry the way WAY says on $mountpoint.
+mountpoint=$work/mnt
+mkdir -p "$mountpoint"
+mount_as() {
+    case $1 in
+        direct) "$bin/reposure-mount" "$url" "$mountpoint" -o "log=$work/$1.log" ;;
+        session) "$bin/reposure-mount" "$url" "$mountpoint" -o "log=$work/$1.log,transport=session" ;;
+        exec) "$bin/reposure-mount" "exec:$PWD/$bin/reposure-surrogate serve --stdio --registry $url" "$mountpoint" -o "log=$work/$1.log" ;;
+    esac
+    mkdir -p "$mountpoint/bench"
+}
+unmount() { fusermount3 -u "$mountpoint" 2>/dev/null || true; }
+
+printf '%-34s %10s %10s %8s %s\n' case "ours MiB/s" "curl MiB/s" ratio goal
+row() { # NAME OURS_SECONDS CURL_SECONDS GOAL
+    awk -v n="$1" -v o="$2" -v c="$3" -v s="$size_mib" -v g="$4" \
+        'BEGIN { printf "%-34s %10.0f %10.0f %7.2fx %s\n", n, s / o, s / c, c / o, g }'
+}
+declare -A cat_seconds
+for way in direct session exec; do
+    cps=() cats=()
+    for _ in $(seq "$reps"); do
+        mount_as "$way"
+        cps+=("$(elapsed cp "$work/data.bin" "$mountpoint/bench/file")")
+        unmount
+        # A fresh mount has no page cache: the read is cold on our side (the registry's
+        # own file cache is warm, as it is for curl).
+        mount_as "$way"
+        cats+=("$(elapsed cat "$mountpoint/bench/file")")
+        unmount
+    done
+    t_cp=$(best "${cps[@]}")
+    t_cat=$(best "${cats[@]}")
+    cat_seconds[$way]=$t_cat
+    row "cat 1 file ($way)" "$t_cat" "$t_curl_get" ">= 0.8x (0.7x via surrogate)"
+    row "cp 1 file until close() ($way)" "$t_cp" "$t_curl_put" ">= 0.7x (0.5x via surrogate)"
+done
+awk -v e="${cat_seconds[exec]}" -v s="${cat_seconds[session]}" \
+    'BEGIN { printf "%-34s %29.2fx %s\n", "cat: exec vs in-process session", s / e, ">= 0.75x" }'
+echo "size ${size_mib} MiB, best of $reps, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
