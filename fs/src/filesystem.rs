@@ -1,11 +1,11 @@
 //! The filesystem core: every operation as an `async fn`, independent of FUSE.
 //!
-//! Metadata (the catalog, tag lists, resolved tags) is cached for `metadata_ttl` (1 s by
-//! default), so a change made by another client shows within that time; changes made
-//! through this mount update the caches at once. Blob content is never cached here: it is
-//! immutable, and the kernel page cache keeps it across opens while the digest is the same.
+//! Names resolve through [`Metadata`] (cached for `metadata_ttl`); each resolution is an
+//! inode of its own ([`crate::inode`]), so an open file keeps its content when the tag moves
+//! and the kernel may keep its pages across opens of the same version. Reads and writes go
+//! to per-file actors ([`ReadHandle`], [`WriteHandle`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,19 +18,28 @@ use reposure_surrogate::RegistryError;
 use reposure_surrogate::digest::Digest;
 use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::names::{DEFAULT_TAG, Reference};
-use reposure_surrogate::registry::{ImageInfo, ImageView, Registry};
+use reposure_surrogate::registry::{ImageInfo, Registry};
 use tracing::{info, warn};
 
 use crate::errno::{FsError, FsResult};
-use crate::inode::InodeTable;
-use crate::namespace::{self, Node};
+use crate::inode::{ImageName, Inode, InodeTable};
+use crate::metadata::Metadata;
+use crate::namespace;
 use crate::reader::ReadHandle;
-use crate::ttl_cache::TtlCache;
 use crate::writer::{Target, WriteHandle};
 
 /// How many tag lists (or tag resolutions) run at once when a directory is listed: enough
 /// to hide round-trip latency, few enough not to flood a registry.
 pub const LIST_PARALLELISM: usize = 16;
+
+/// How long after a directory was listed a lookup in it counts as `ls -l` looking at each
+/// entry in turn.
+const LISTING_FOLLOW_UP: Duration = Duration::from_secs(10);
+
+/// Extended attributes every image has.
+pub const XATTR_DIGEST: &str = "user.reposure.digest";
+pub const XATTR_MEDIA_TYPE: &str = "user.reposure.mediatype";
+pub const XATTR_REFERENCE: &str = "user.reposure.reference";
 
 /// Mount-wide settings.
 #[derive(Debug, Clone)]
@@ -43,6 +52,8 @@ pub struct FsConfig {
     pub metadata_ttl: Duration,
     /// Where files being written are spooled until close().
     pub spool_dir: PathBuf,
+    /// Whether single-file images read as their file (true) or as their archive.
+    pub unpack: bool,
 }
 
 impl Default for FsConfig {
@@ -52,6 +63,7 @@ impl Default for FsConfig {
             format: PushFormat::Image,
             metadata_ttl: Duration::from_secs(1),
             spool_dir: std::env::temp_dir(),
+            unpack: true,
         }
     }
 }
@@ -72,6 +84,9 @@ pub struct Attr {
     pub mtime: SystemTime,
     /// Permission bits.
     pub perm: u16,
+    /// Whether these attributes never change (an image version): the kernel may cache
+    /// them indefinitely.
+    pub immutable: bool,
 }
 
 /// A directory entry.
@@ -82,45 +97,35 @@ pub struct DirEntry {
     pub kind: NodeKind,
 }
 
+/// What a name in a directory stands for, before resolving it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Named {
+    Dir(String),
+    Image(ImageName),
+}
+
 enum Handle {
     Read(ReadHandle),
     Write {
-        node: Node,
+        name: ImageName,
         writer: Arc<WriteHandle>,
     },
 }
 
-/// Metadata shared with writers, which refresh it once they publish.
-struct Metadata {
-    catalog: TtlCache<(), Arc<Vec<String>>>,
-    tags: TtlCache<String, Arc<Vec<String>>>,
-    resolved: TtlCache<(String, String), ImageInfo>,
-    /// Directories made with mkdir that have no image yet.
-    local_dirs: Mutex<BTreeSet<String>>,
-    /// Registry directories removed with rmdir (the registry cannot delete repositories).
-    hidden_dirs: Mutex<HashSet<String>>,
+/// A directory's entries as `opendir` saw them.
+type Listing = Arc<Vec<(DirEntry, Named)>>;
+
+/// A directory listed recently, whose entries a following `ls -l` will look up.
+struct RecentListing {
+    at: std::time::Instant,
+    images: Vec<ImageName>,
+    prefetching: bool,
 }
 
-impl Metadata {
-    /// Forgets what a push or delete of `repository:tag` changed.
-    fn invalidate(&self, repository: &str, tag: &str) {
-        self.catalog.remove(&());
-        self.tags.remove(&repository.to_owned());
-        self.resolved
-            .remove(&(repository.to_owned(), tag.to_owned()));
-    }
-
-    /// Records that `repository` now has an image, so its directories are real.
-    fn published(&self, repository: &str) {
-        let mut local = self.local_dirs.lock().expect("lock");
-        let mut hidden = self.hidden_dirs.lock().expect("lock");
-        let mut path = repository;
-        while let Some((parent, _)) = path.rsplit_once('/') {
-            local.remove(parent);
-            hidden.remove(parent);
-            path = parent;
-        }
-    }
+/// A file being written, as lookups see it.
+struct Writing {
+    writer: Arc<WriteHandle>,
+    ino: u64,
 }
 
 /// The filesystem.
@@ -129,36 +134,29 @@ pub struct Filesystem {
     config: FsConfig,
     inodes: InodeTable,
     metadata: Arc<Metadata>,
-    /// Files created or opened for writing and not yet released, by node.
-    writing: Mutex<HashMap<Node, Arc<WriteHandle>>>,
+    /// Files open for writing, by name.
+    writing: Mutex<HashMap<ImageName, Writing>>,
     handles: Mutex<HashMap<u64, Handle>>,
-    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    listings: Mutex<HashMap<u64, Listing>>,
+    recent_listings: Mutex<HashMap<String, RecentListing>>,
     next_handle: AtomicU64,
-    /// The digest each file had at its last open, to keep the page cache when unchanged.
-    last_open: Mutex<HashMap<u64, Digest>>,
     mounted_at: SystemTime,
 }
 
 impl Filesystem {
     /// A filesystem over `registry`.
     pub fn new(registry: Arc<dyn Registry>, config: FsConfig) -> Self {
-        let ttl = config.metadata_ttl;
+        let metadata = Arc::new(Metadata::new(registry.clone(), config.metadata_ttl));
         Self {
             registry,
             config,
             inodes: InodeTable::default(),
-            metadata: Arc::new(Metadata {
-                catalog: TtlCache::new(ttl),
-                tags: TtlCache::new(ttl),
-                resolved: TtlCache::new(ttl),
-                local_dirs: Mutex::default(),
-                hidden_dirs: Mutex::default(),
-            }),
+            metadata,
             writing: Mutex::default(),
             handles: Mutex::default(),
             listings: Mutex::default(),
+            recent_listings: Mutex::default(),
             next_handle: AtomicU64::new(1),
-            last_open: Mutex::default(),
             mounted_at: SystemTime::now(),
         }
     }
@@ -168,67 +166,10 @@ impl Filesystem {
         &self.config
     }
 
-    async fn catalog(&self) -> FsResult<Arc<Vec<String>>> {
-        if let Some(catalog) = self.metadata.catalog.get(&()) {
-            return Ok(catalog);
-        }
-        let catalog = Arc::new(self.registry.list_repositories().await?);
-        self.metadata.catalog.insert((), catalog.clone());
-        Ok(catalog)
-    }
-
-    async fn tags(&self, repository: &str) -> FsResult<Arc<Vec<String>>> {
-        if let Some(tags) = self.metadata.tags.get(&repository.to_owned()) {
-            return Ok(tags);
-        }
-        let tags = Arc::new(self.registry.list_tags(repository).await?);
-        self.metadata
-            .tags
-            .insert(repository.to_owned(), tags.clone());
-        Ok(tags)
-    }
-
-    async fn resolve(&self, repository: &str, tag: &str) -> FsResult<ImageInfo> {
-        let key = (repository.to_owned(), tag.to_owned());
-        if let Some(info) = self.metadata.resolved.get(&key) {
-            return Ok(info);
-        }
-        let info = self
-            .registry
-            .resolve(repository, &Reference::Tag(tag.to_owned()))
-            .await?;
-        self.metadata.resolved.insert(key, info.clone());
-        Ok(info)
-    }
-
-    fn is_local_dir(&self, path: &str) -> bool {
-        self.metadata
-            .local_dirs
-            .lock()
-            .expect("lock")
-            .contains(path)
-    }
-
-    async fn is_dir(&self, path: &str) -> FsResult<bool> {
-        if path.is_empty() || self.is_local_dir(path) {
-            return Ok(true);
-        }
-        if self
-            .metadata
-            .hidden_dirs
-            .lock()
-            .expect("lock")
-            .contains(path)
-        {
-            return Ok(false);
-        }
-        Ok(namespace::is_catalog_dir(path, &self.catalog().await?))
-    }
-
     fn dir_path(&self, ino: u64) -> FsResult<String> {
-        match self.inodes.node(ino) {
-            Some(Node::Dir(path)) => Ok(path),
-            Some(Node::Image { .. }) => Err(FsError::NotDirectory),
+        match self.inodes.get(ino) {
+            Some(Inode::Dir(path)) => Ok(path),
+            Some(_) => Err(FsError::NotDirectory),
             None => Err(FsError::NotFound),
         }
     }
@@ -240,62 +181,83 @@ impl Filesystem {
             size: 0,
             mtime: self.mounted_at,
             perm: 0o755,
+            immutable: false,
         }
     }
 
-    fn file_perm(&self) -> u16 {
-        if self.config.read_only { 0o444 } else { 0o644 }
+    fn file_perm(&self, name: &ImageName) -> u16 {
+        if self.config.read_only || name.tag().is_none() {
+            0o444
+        } else {
+            0o644
+        }
     }
 
-    fn image_attr(&self, ino: u64, info: &ImageInfo) -> Attr {
+    fn image_attr(&self, ino: u64, name: &ImageName, info: &ImageInfo) -> Attr {
         Attr {
             ino,
             kind: NodeKind::File,
-            size: info.size(),
+            size: info.content(self.config.unpack).length(),
             mtime: info.created.unwrap_or(self.mounted_at),
-            perm: self.file_perm(),
+            perm: self.file_perm(name),
+            immutable: true,
         }
     }
 
-    fn writing_attr(&self, ino: u64, writer: &WriteHandle) -> Attr {
+    fn writing_attr(&self, ino: u64, name: &ImageName, size: u64) -> Attr {
         Attr {
             ino,
             kind: NodeKind::File,
-            size: writer.size(),
+            size,
             mtime: SystemTime::now(),
-            perm: self.file_perm(),
+            perm: self.file_perm(name),
+            immutable: false,
         }
     }
 
-    async fn attr_of(&self, node: &Node) -> FsResult<Attr> {
-        let ino = self.inodes.ino(node);
-        match node {
-            Node::Dir(_) => Ok(self.dir_attr(ino)),
-            Node::Image { repository, tag } => {
-                if let Some(writer) = self.writing.lock().expect("lock").get(node)
-                    && writer.is_replacing()
-                {
-                    return Ok(self.writing_attr(ino, writer));
-                }
-                let info = self.resolve(repository, tag).await?;
-                Ok(self.image_attr(ino, &info))
-            }
+    /// The attributes of an image name now: the file being written, or the version the
+    /// name resolves to.
+    async fn image_now(&self, name: &ImageName) -> FsResult<Attr> {
+        if let Some(writing) = self.writing.lock().expect("lock").get(name)
+            && writing.writer.is_replacing()
+        {
+            return Ok(self.writing_attr(writing.ino, name, writing.writer.size()));
         }
+        let info = self.metadata.resolve(name).await?;
+        let ino = self.inodes.version(name, &info);
+        Ok(self.image_attr(ino, name, &info))
     }
 
-    /// Resolves a name in a directory to a node (without checking that an image exists).
-    async fn node_for(&self, dir: &str, name: &str) -> FsResult<Node> {
+    /// What `name` in `dir` stands for.
+    async fn named(&self, dir: &str, name: &str) -> FsResult<Named> {
+        if let Some((base, digest)) = name.split_once('@') {
+            let digest = Digest::parse(digest).map_err(|e| FsError::InvalidName(e.to_string()))?;
+            return Ok(Named::Image(ImageName {
+                repository: namespace::join(dir, base),
+                reference: Reference::Digest(digest),
+            }));
+        }
         let (path, tag) = namespace::split_file_name(dir, name);
         match tag {
-            Some(tag) => Ok(Node::Image {
+            Some(tag) => Ok(Named::Image(ImageName {
                 repository: path,
-                tag,
-            }),
-            None if self.is_dir(&path).await? => Ok(Node::Dir(path)),
-            None => Ok(Node::Image {
+                reference: Reference::Tag(tag),
+            })),
+            None if self.metadata.is_dir(&path).await? => Ok(Named::Dir(path)),
+            None => Ok(Named::Image(ImageName {
                 repository: path,
-                tag: DEFAULT_TAG.to_owned(),
-            }),
+                reference: Reference::Tag(DEFAULT_TAG.to_owned()),
+            })),
+        }
+    }
+
+    /// A name that may exist: registry names, or `NAME@sha256:...`.
+    fn plausible(dir: &str, name: &str) -> bool {
+        match name.split_once('@') {
+            Some((base, digest)) => {
+                namespace::image_for_create(dir, base).is_ok() && Digest::parse(digest).is_ok()
+            }
+            None => namespace::image_for_create(dir, name).is_ok(),
         }
     }
 
@@ -305,41 +267,43 @@ impl Filesystem {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         // Names that cannot be registry names do not exist; no request is made for them
         // (shells and desktops probe for `.git`, `.Trash` and the like).
-        if namespace::image_for_create(&dir, name).is_err() {
+        if !Self::plausible(&dir, name) {
             return Err(FsError::NotFound);
         }
-        let node = self.node_for(&dir, name).await?;
-        self.attr_of(&node).await
+        self.prefetch_listed(&dir);
+        match self.named(&dir, name).await? {
+            Named::Dir(path) => Ok(self.dir_attr(self.inodes.dir(&path))),
+            Named::Image(image) => self.image_now(&image).await,
+        }
     }
 
     /// `getattr`.
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let node = self.inodes.node(ino).ok_or(FsError::NotFound)?;
-        self.attr_of(&node).await
+        match self.inodes.get(ino).ok_or(FsError::NotFound)? {
+            Inode::Dir(_) => Ok(self.dir_attr(ino)),
+            Inode::Image { name, info } => Ok(self.image_attr(ino, &name, &info)),
+            Inode::Writing { name, size } => {
+                Ok(self.writing_attr(ino, &name, size.load(Ordering::Relaxed)))
+            }
+            Inode::Listed(name) => {
+                let info = self.metadata.resolve(&name).await?;
+                Ok(Attr {
+                    ino,
+                    ..self.image_attr(ino, &name, &info)
+                })
+            }
+        }
     }
 
     /// The entries of a directory, sorted, without `.` and `..`.
-    pub async fn list(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+    async fn entries(&self, ino: u64) -> FsResult<Vec<(DirEntry, Named)>> {
         let dir = self.dir_path(ino)?;
-        let catalog = self.catalog().await?;
+        let catalog = self.metadata.catalog().await?;
         let (mut sub_dirs, images) = namespace::children(&dir, &catalog);
-        {
-            let hidden = self.metadata.hidden_dirs.lock().expect("lock");
-            sub_dirs.retain(|d| !hidden.contains(&namespace::join(&dir, d)));
-            let prefix = if dir.is_empty() {
-                String::new()
-            } else {
-                format!("{dir}/")
-            };
-            for local in self.metadata.local_dirs.lock().expect("lock").iter() {
-                if let Some(name) = local.strip_prefix(&prefix).filter(|n| !n.contains('/')) {
-                    sub_dirs.insert(name.to_owned());
-                }
-            }
-        }
+        self.metadata.adjust_sub_dirs(&dir, &mut sub_dirs);
         let tags: BTreeMap<String, Vec<String>> = futures::stream::iter(images)
             .map(|repository| async move {
-                let tags = self.tags(&repository).await?;
+                let tags = self.metadata.tags(&repository).await?;
                 Ok::<_, FsError>((repository, tags.as_ref().clone()))
             })
             .buffer_unordered(LIST_PARALLELISM)
@@ -347,35 +311,118 @@ impl Filesystem {
             .await?;
         let mut entries = namespace::listing(&dir, &sub_dirs, &tags);
         // Files being written show while they are open.
-        for node in self.writing.lock().expect("lock").keys() {
-            if let Node::Image { repository, tag } = node {
-                let (parent, name) = repository.rsplit_once('/').unwrap_or(("", repository));
-                if parent == dir {
-                    let file = if tag == DEFAULT_TAG && !sub_dirs.contains(name) {
-                        name.to_owned()
-                    } else {
-                        format!("{name}:{tag}")
-                    };
-                    entries.entry(file).or_insert_with(|| node.clone());
-                }
+        for name in self.writing.lock().expect("lock").keys() {
+            let (parent, base) = name
+                .repository
+                .rsplit_once('/')
+                .unwrap_or(("", &name.repository));
+            if parent == dir
+                && let Some(tag) = name.tag()
+            {
+                let file = if tag == DEFAULT_TAG && !sub_dirs.contains(base) {
+                    base.to_owned()
+                } else {
+                    format!("{base}:{tag}")
+                };
+                entries
+                    .entry(file)
+                    .or_insert_with(|| namespace::Node::Image {
+                        repository: name.repository.clone(),
+                        tag: tag.to_owned(),
+                    });
             }
         }
         Ok(entries
             .into_iter()
-            .map(|(name, node)| DirEntry {
-                ino: self.inodes.ino(&node),
-                kind: match node {
-                    Node::Dir(_) => NodeKind::Directory,
-                    Node::Image { .. } => NodeKind::File,
-                },
-                name,
+            .map(|(file, node)| match node {
+                namespace::Node::Dir(path) => (
+                    DirEntry {
+                        ino: self.inodes.dir(&path),
+                        name: file,
+                        kind: NodeKind::Directory,
+                    },
+                    Named::Dir(path),
+                ),
+                namespace::Node::Image { repository, tag } => {
+                    let name = ImageName {
+                        repository,
+                        reference: Reference::Tag(tag),
+                    };
+                    (
+                        DirEntry {
+                            ino: self.inodes.listed(&name),
+                            name: file,
+                            kind: NodeKind::File,
+                        },
+                        Named::Image(name),
+                    )
+                }
             })
             .collect())
     }
 
+    /// The entries of a directory, sorted, without `.` and `..`.
+    pub async fn list(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        Ok(self
+            .entries(ino)
+            .await?
+            .into_iter()
+            .map(|(entry, _)| entry)
+            .collect())
+    }
+
+    /// A lookup in a directory listed moments ago is `ls -l` (or a file manager) looking
+    /// at each entry in turn: resolve all of them now, [`LIST_PARALLELISM`] at a time, so
+    /// the lookups that follow find their answers instead of making one round trip each. A
+    /// plain `ls` makes no lookups and costs no resolutions.
+    fn prefetch_listed(&self, dir: &str) {
+        let images = {
+            let mut recent = self.recent_listings.lock().expect("lock");
+            match recent.get_mut(dir) {
+                Some(listing)
+                    if !listing.prefetching && listing.at.elapsed() < LISTING_FOLLOW_UP =>
+                {
+                    listing.prefetching = true;
+                    std::mem::take(&mut listing.images)
+                }
+                _ => return,
+            }
+        };
+        let metadata = self.metadata.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(images)
+                .for_each_concurrent(LIST_PARALLELISM, |name| {
+                    let metadata = metadata.clone();
+                    async move {
+                        let _ = metadata.resolve(&name).await;
+                    }
+                })
+                .await;
+        });
+    }
+
     /// `opendir`: takes a snapshot of the listing for consistent `readdir` offsets.
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let entries = self.list(ino).await?;
+        let entries = self.entries(ino).await?;
+        if let Some(Inode::Dir(path)) = self.inodes.get(ino) {
+            let images = entries
+                .iter()
+                .filter_map(|(_, named)| match named {
+                    Named::Image(name) => Some(name.clone()),
+                    Named::Dir(_) => None,
+                })
+                .collect();
+            let mut recent = self.recent_listings.lock().expect("lock");
+            recent.retain(|_, listing| listing.at.elapsed() < LISTING_FOLLOW_UP);
+            recent.insert(
+                path,
+                RecentListing {
+                    at: std::time::Instant::now(),
+                    images,
+                    prefetching: false,
+                },
+            );
+        }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.listings
             .lock()
@@ -385,13 +432,15 @@ impl Filesystem {
     }
 
     /// The snapshot taken by `opendir`.
-    pub fn listing(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        self.listings
+    pub fn listing(&self, fh: u64) -> FsResult<Vec<DirEntry>> {
+        let listing = self
+            .listings
             .lock()
             .expect("lock")
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle)
+            .ok_or(FsError::BadHandle)?;
+        Ok(listing.iter().map(|(entry, _)| entry.clone()).collect())
     }
 
     /// `releasedir`.
@@ -401,10 +450,10 @@ impl Filesystem {
 
     /// The parent of a directory inode (for `..`).
     pub fn parent_of(&self, ino: u64) -> u64 {
-        match self.inodes.node(ino) {
-            Some(Node::Dir(path)) => {
+        match self.inodes.get(ino) {
+            Some(Inode::Dir(path)) => {
                 let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-                self.inodes.ino(&Node::Dir(parent.to_owned()))
+                self.inodes.dir(parent)
             }
             _ => crate::inode::ROOT,
         }
@@ -416,19 +465,31 @@ impl Filesystem {
         fh
     }
 
-    fn start_writer(&self, node: &Node, new_content: bool) -> FsResult<Arc<WriteHandle>> {
-        let Node::Image { repository, tag } = node else {
-            return Err(FsError::IsDirectory);
+    /// Starts writing `name`; returns the writer and the inode lookups show for it.
+    fn start_writer(
+        &self,
+        name: &ImageName,
+        new_content: bool,
+    ) -> FsResult<(Arc<WriteHandle>, u64)> {
+        let Some(tag) = name.tag() else {
+            return Err(FsError::NotPermitted(
+                "NAME@DIGEST names are read-only".into(),
+            ));
         };
+        if self.writing.lock().expect("lock").contains_key(name) {
+            return Err(FsError::NotPermitted(
+                "the file is already open for writing".into(),
+            ));
+        }
         let metadata = self.metadata.clone();
-        let (repo, t) = (repository.clone(), tag.clone());
+        let published_name = name.clone();
         let on_published = Box::new(move |_: &Digest| {
-            metadata.invalidate(&repo, &t);
-            metadata.published(&repo);
+            metadata.invalidate(&published_name);
+            metadata.published(&published_name.repository);
         });
         let target = Target {
-            repository: repository.clone(),
-            tag: tag.clone(),
+            repository: name.repository.clone(),
+            tag: tag.to_owned(),
             format: self.config.format,
         };
         let writer = Arc::new(WriteHandle::spawn(
@@ -438,45 +499,43 @@ impl Filesystem {
             new_content,
             on_published,
         )?);
-        self.writing
-            .lock()
-            .expect("lock")
-            .insert(node.clone(), writer.clone());
-        Ok(writer)
+        let ino = self.inodes.writing(name, &writer);
+        self.writing.lock().expect("lock").insert(
+            name.clone(),
+            Writing {
+                writer: writer.clone(),
+                ino,
+            },
+        );
+        Ok((writer, ino))
     }
 
     /// `open`: returns the handle and whether the kernel may keep its cached pages.
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
-        let node = self.inodes.node(ino).ok_or(FsError::NotFound)?;
-        let Node::Image { repository, tag } = &node else {
-            return Err(FsError::IsDirectory);
+        let inode = self.inodes.get(ino).ok_or(FsError::NotFound)?;
+        let (name, info) = match inode {
+            Inode::Dir(_) => return Err(FsError::IsDirectory),
+            Inode::Image { name, info } => (name, Some(info)),
+            Inode::Listed(name) | Inode::Writing { name, .. } => (name, None),
         };
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             if self.config.read_only {
                 return Err(FsError::ReadOnly);
             }
-            if self.writing.lock().expect("lock").contains_key(&node) {
-                return Err(FsError::NotPermitted(
-                    "the file is already open for writing".into(),
-                ));
-            }
-            let writer = self.start_writer(&node, flags & libc::O_TRUNC != 0)?;
-            return Ok((self.new_handle(Handle::Write { node, writer }), false));
+            let (writer, _) = self.start_writer(&name, flags & libc::O_TRUNC != 0)?;
+            return Ok((self.new_handle(Handle::Write { name, writer }), false));
         }
-        // Opening pins the manifest: this handle reads the content the tag had now, even if
-        // the tag moves while it is open.
-        let key = (repository.clone(), tag.clone());
-        self.metadata.resolved.remove(&key);
-        let info = self.resolve(repository, tag).await?;
-        let content = match &info.view {
-            ImageView::File(content) => content.clone(),
-            ImageView::NotAFile(reason) => return Err(FsError::NotAFile(reason.clone())),
+        // An image version is immutable: it reads the content it resolved to, even if the
+        // tag moves while it is open, and the kernel may keep its pages across opens.
+        let (info, keep_cache) = match info {
+            Some(info) => (info, true),
+            None => (Arc::new(self.metadata.resolve(&name).await?), false),
         };
-        let keep_cache = {
-            let mut last = self.last_open.lock().expect("lock");
-            last.insert(ino, info.digest.clone()).as_ref() == Some(&info.digest)
+        let content = match (&info.file, self.config.unpack) {
+            (Ok(file), true) => file.clone(),
+            _ => info.archive.clone(),
         };
-        let reader = ReadHandle::spawn(self.registry.clone(), repository.clone(), content);
+        let reader = ReadHandle::spawn(self.registry.clone(), name.repository.clone(), content);
         Ok((self.new_handle(Handle::Read(reader)), keep_cache))
     }
 
@@ -493,22 +552,22 @@ impl Filesystem {
         let name = name
             .to_str()
             .ok_or_else(|| FsError::InvalidName("file names must be UTF-8".into()))?;
+        if name.contains('@') {
+            return Err(FsError::NotPermitted(
+                "NAME@DIGEST names are read-only".into(),
+            ));
+        }
         let (repository, tag) = namespace::image_for_create(&dir, name).inspect_err(|e| {
             warn!(name, error = %e, "create refused");
         })?;
-        if !name.contains(':') && self.is_dir(&repository).await? {
+        if !name.contains(':') && self.metadata.is_dir(&repository).await? {
             return Err(FsError::IsDirectory);
         }
-        let node = Node::Image { repository, tag };
-        if self.writing.lock().expect("lock").contains_key(&node) {
-            return Err(FsError::NotPermitted(
-                "the file is already open for writing".into(),
-            ));
-        }
-        let Node::Image { repository, tag } = &node else {
-            unreachable!("created nodes are images")
+        let image = ImageName {
+            repository,
+            reference: Reference::Tag(tag),
         };
-        let exists = match self.resolve(repository, tag).await {
+        let exists = match self.metadata.resolve(&image).await {
             Ok(_) => true,
             Err(FsError::Registry(RegistryError::NotFound(_))) => false,
             Err(e) => return Err(e),
@@ -517,12 +576,12 @@ impl Filesystem {
             return Err(FsError::Exists);
         }
         let new_content = !exists || flags & libc::O_TRUNC != 0;
-        let writer = self.start_writer(&node, new_content)?;
+        let (writer, _) = self.start_writer(&image, new_content)?;
         let fh = self.new_handle(Handle::Write {
-            node: node.clone(),
+            name: image.clone(),
             writer,
         });
-        Ok((self.attr_of(&node).await?, fh))
+        Ok((self.image_now(&image).await?, fh))
     }
 
     fn read_handle_future(
@@ -533,8 +592,7 @@ impl Filesystem {
     ) -> FsResult<impl Future<Output = FsResult<Bytes>> + Send + 'static + use<>> {
         match self.handles.lock().expect("lock").get(&fh) {
             Some(Handle::Read(reader)) => Ok(reader.read(offset, size)),
-            Some(Handle::Write { .. }) => Err(FsError::BadHandle),
-            None => Err(FsError::BadHandle),
+            _ => Err(FsError::BadHandle),
         }
     }
 
@@ -586,8 +644,23 @@ impl Filesystem {
     /// `release`: the last close of an open file.
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().expect("lock").remove(&fh);
-        if let Some(Handle::Write { node, .. }) = handle {
-            self.writing.lock().expect("lock").remove(&node);
+        if let Some(Handle::Write { name, writer }) = handle {
+            let mut writing = self.writing.lock().expect("lock");
+            if writing
+                .get(&name)
+                .is_some_and(|w| Arc::ptr_eq(&w.writer, &writer))
+            {
+                writing.remove(&name);
+            }
+        }
+    }
+
+    fn name_of(&self, ino: u64) -> FsResult<ImageName> {
+        match self.inodes.get(ino).ok_or(FsError::NotFound)? {
+            Inode::Dir(_) => Err(FsError::IsDirectory),
+            Inode::Image { name, .. } | Inode::Listed(name) | Inode::Writing { name, .. } => {
+                Ok(name)
+            }
         }
     }
 
@@ -602,8 +675,26 @@ impl Filesystem {
         fh: Option<u64>,
         mode_or_owner: bool,
     ) -> FsResult<Attr> {
-        let node = self.inodes.node(ino).ok_or(FsError::NotFound)?;
-        if mode_or_owner && !self.writing.lock().expect("lock").contains_key(&node) {
+        if let Some(Inode::Dir(_)) = self.inodes.get(ino) {
+            return if mode_or_owner || size.is_some() {
+                Err(FsError::NotPermitted(
+                    "directories have no mode or owner to change".into(),
+                ))
+            } else {
+                Ok(self.dir_attr(ino))
+            };
+        }
+        let name = self.name_of(ino)?;
+        let writer = match fh.map(|fh| self.writer(fh)) {
+            Some(Ok(writer)) => Some(writer),
+            _ => self
+                .writing
+                .lock()
+                .expect("lock")
+                .get(&name)
+                .map(|w| w.writer.clone()),
+        };
+        if mode_or_owner && writer.is_none() {
             return Err(FsError::NotPermitted(
                 "images have no mode or owner to change".into(),
             ));
@@ -612,21 +703,26 @@ impl Filesystem {
             if self.config.read_only {
                 return Err(FsError::ReadOnly);
             }
-            let writer = match fh.map(|fh| self.writer(fh)) {
-                Some(Ok(writer)) => writer,
-                _ => self
-                    .writing
-                    .lock()
-                    .expect("lock")
-                    .get(&node)
-                    .cloned()
-                    .ok_or_else(|| {
-                        FsError::NotPermitted("truncate an image by opening it for writing".into())
-                    })?,
-            };
+            let writer = writer.ok_or_else(|| {
+                FsError::NotPermitted("truncate an image by opening it for writing".into())
+            })?;
             writer.truncate(size).await?;
         }
-        self.attr_of(&node).await
+        self.getattr(ino).await
+    }
+
+    /// An image name in `dir` that must be a tag this mount can change.
+    async fn tag_name(&self, dir: &str, name: &str) -> FsResult<ImageName> {
+        if !Self::plausible(dir, name) {
+            return Err(FsError::NotFound);
+        }
+        match self.named(dir, name).await? {
+            Named::Dir(_) => Err(FsError::IsDirectory),
+            Named::Image(image) if image.tag().is_none() => Err(FsError::NotPermitted(
+                "NAME@DIGEST names are read-only".into(),
+            )),
+            Named::Image(image) => Ok(image),
+        }
     }
 
     /// `unlink`: deletes one tag.
@@ -636,25 +732,137 @@ impl Filesystem {
         }
         let dir = self.dir_path(parent)?;
         let name = name.to_str().ok_or(FsError::NotFound)?;
-        let node = self.node_for(&dir, name).await?;
-        let Node::Image { repository, tag } = &node else {
-            return Err(FsError::IsDirectory);
-        };
-        if self.writing.lock().expect("lock").contains_key(&node) {
+        let image = self.tag_name(&dir, name).await?;
+        if self.writing.lock().expect("lock").contains_key(&image) {
             return Err(FsError::NotPermitted("the file is open for writing".into()));
         }
-        let result = self.registry.delete_tag(repository, tag).await;
-        self.metadata.invalidate(repository, tag);
+        let tag = image.tag().expect("a tag name");
+        let result = self.registry.delete_tag(&image.repository, tag).await;
+        self.metadata.invalidate(&image);
         match result {
             Ok(()) => {
-                info!(repository, tag, "deleted tag");
+                info!(image = %image, "deleted tag");
                 Ok(())
             }
             Err(e) => {
-                warn!(repository, tag, error = %e, "delete failed");
+                warn!(image = %image, error = %e, "delete failed");
                 Err(e.into())
             }
         }
+    }
+
+    /// `rename`: retags. The target gets the source's manifest in one write (readers of
+    /// the target see the old or the new image, never a mix), then the source tag goes.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        if self.config.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let (dir, new_dir) = (self.dir_path(parent)?, self.dir_path(new_parent)?);
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let new_name = new_name
+            .to_str()
+            .ok_or_else(|| FsError::InvalidName("file names must be UTF-8".into()))?;
+        let source = self.tag_name(&dir, name).await?;
+        let target = self.new_tag_name(&new_dir, new_name).await?;
+        if source == target {
+            return Ok(());
+        }
+        if self.writing.lock().expect("lock").contains_key(&source) {
+            return Err(FsError::NotPermitted("the file is open for writing".into()));
+        }
+        if no_replace && self.metadata.resolve(&target).await.is_ok() {
+            return Err(FsError::Exists);
+        }
+        let from = Reference::Tag(source.tag().expect("a tag").to_owned());
+        let digest = self
+            .registry
+            .tag(
+                &source.repository,
+                &from,
+                &target.repository,
+                target.tag().expect("a tag"),
+            )
+            .await?;
+        self.metadata.invalidate(&target);
+        self.metadata.published(&target.repository);
+        let deleted = self
+            .registry
+            .delete_tag(&source.repository, source.tag().expect("a tag"))
+            .await;
+        self.metadata.invalidate(&source);
+        info!(from = %source, to = %target, %digest, "retagged");
+        deleted.map_err(|e| {
+            warn!(from = %source, error = %e, "the new tag is in place, but the old one could not be removed");
+            e.into()
+        })
+    }
+
+    /// A new name for an image in `dir`, validated as for create.
+    async fn new_tag_name(&self, dir: &str, name: &str) -> FsResult<ImageName> {
+        if name.contains('@') {
+            return Err(FsError::NotPermitted(
+                "NAME@DIGEST names are read-only".into(),
+            ));
+        }
+        let (repository, tag) = namespace::image_for_create(dir, name).inspect_err(|e| {
+            warn!(name, error = %e, "new name refused");
+        })?;
+        if !name.contains(':') && self.metadata.is_dir(&repository).await? {
+            return Err(FsError::IsDirectory);
+        }
+        Ok(ImageName {
+            repository,
+            reference: Reference::Tag(tag),
+        })
+    }
+
+    /// `link`: adds a tag for the very version `ino` is.
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Attr> {
+        if self.config.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let (source, info) = match self.inodes.get(ino).ok_or(FsError::NotFound)? {
+            Inode::Image { name, info } => (name, info),
+            Inode::Dir(_) => {
+                return Err(FsError::NotPermitted("directories cannot be linked".into()));
+            }
+            Inode::Listed(name) => {
+                let info = Arc::new(self.metadata.resolve(&name).await?);
+                (name, info)
+            }
+            Inode::Writing { .. } => {
+                return Err(FsError::NotPermitted(
+                    "the file is still being written".into(),
+                ));
+            }
+        };
+        let new_dir = self.dir_path(new_parent)?;
+        let new_name = new_name
+            .to_str()
+            .ok_or_else(|| FsError::InvalidName("file names must be UTF-8".into()))?;
+        let target = self.new_tag_name(&new_dir, new_name).await?;
+        if self.metadata.resolve(&target).await.is_ok() {
+            return Err(FsError::Exists);
+        }
+        self.registry
+            .tag(
+                &source.repository,
+                &Reference::Digest(info.digest.clone()),
+                &target.repository,
+                target.tag().expect("a tag"),
+            )
+            .await?;
+        self.metadata.invalidate(&target);
+        self.metadata.published(&target.repository);
+        info!(from = %source, to = %target, digest = %info.digest, "linked");
+        self.image_now(&target).await
     }
 
     /// `mkdir`: a local directory until something is pushed into it.
@@ -669,20 +877,11 @@ impl Filesystem {
         namespace::check_dir_name(name)
             .inspect_err(|e| warn!(name, error = %e, "mkdir refused"))?;
         let path = namespace::join(&dir, name);
-        if self.is_dir(&path).await? {
+        if self.metadata.is_dir(&path).await? {
             return Err(FsError::Exists);
         }
-        self.metadata
-            .hidden_dirs
-            .lock()
-            .expect("lock")
-            .remove(&path);
-        self.metadata
-            .local_dirs
-            .lock()
-            .expect("lock")
-            .insert(path.clone());
-        Ok(self.dir_attr(self.inodes.ino(&Node::Dir(path))))
+        self.metadata.make_dir(&path);
+        Ok(self.dir_attr(self.inodes.dir(&path)))
     }
 
     /// `rmdir`: only of an empty directory.
@@ -693,15 +892,30 @@ impl Filesystem {
         let dir = self.dir_path(parent)?;
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let path = namespace::join(&dir, name);
-        if !self.is_dir(&path).await? {
+        if !self.metadata.is_dir(&path).await? {
             return Err(FsError::NotFound);
         }
-        let ino = self.inodes.ino(&Node::Dir(path.clone()));
-        if !self.list(ino).await?.is_empty() {
+        if !self.list(self.inodes.dir(&path)).await?.is_empty() {
             return Err(FsError::NotEmpty);
         }
-        self.metadata.local_dirs.lock().expect("lock").remove(&path);
-        self.metadata.hidden_dirs.lock().expect("lock").insert(path);
+        self.metadata.remove_dir(&path);
         Ok(())
+    }
+
+    /// The extended attributes of `ino`: what an image is in the registry.
+    pub async fn xattrs(&self, ino: u64) -> FsResult<Vec<(&'static str, String)>> {
+        let (name, info) = match self.inodes.get(ino).ok_or(FsError::NotFound)? {
+            Inode::Image { name, info } => (name, info),
+            Inode::Listed(name) => {
+                let info = Arc::new(self.metadata.resolve(&name).await?);
+                (name, info)
+            }
+            Inode::Dir(_) | Inode::Writing { .. } => return Ok(Vec::new()),
+        };
+        Ok(vec![
+            (XATTR_DIGEST, info.digest.to_string()),
+            (XATTR_MEDIA_TYPE, info.media_type.clone()),
+            (XATTR_REFERENCE, name.to_string()),
+        ])
     }
 }

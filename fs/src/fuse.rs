@@ -32,6 +32,10 @@ const MAX_WRITE: u32 = 1024 * 1024;
 /// requests.
 const MAX_READAHEAD: u32 = 1024 * 1024;
 
+/// How long the kernel may keep the attributes of an image version: they never change
+/// (a new version is a new inode), so as long as it likes.
+const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Owner and mode settings of the mount.
 #[derive(Debug, Clone, Copy)]
 pub struct Ownership {
@@ -77,6 +81,18 @@ impl FuseAdapter {
         F: Future<Output = ()> + Send + 'static,
     {
         self.runtime.spawn(future.instrument(span));
+    }
+}
+
+/// Entry and attribute lifetimes for the kernel's caches. An image name may point at
+/// another version at any moment, so its entry is looked up again every time (the core's
+/// own cache answers within `metadata_ttl`, without a request); a version's attributes never
+/// change. Directories and files being written are trusted for `metadata_ttl`.
+fn ttls(attr: &Attr, metadata_ttl: Duration) -> (Duration, Duration) {
+    match (attr.kind, attr.immutable) {
+        (NodeKind::Directory, _) => (metadata_ttl, metadata_ttl),
+        (NodeKind::File, true) => (Duration::ZERO, IMMUTABLE_TTL),
+        (NodeKind::File, false) => (Duration::ZERO, Duration::ZERO),
     }
 }
 
@@ -132,7 +148,15 @@ impl fuser::Filesystem for FuseAdapter {
         let span = debug_span!("lookup", parent = parent.0, name = %name.to_string_lossy());
         self.spawn(span, async move {
             match core.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, ownership), Generation(0)),
+                Ok(attr) => {
+                    let (entry_ttl, attr_ttl) = ttls(&attr, ttl);
+                    reply.entry_with_ttls(
+                        &entry_ttl,
+                        &attr_ttl,
+                        &to_file_attr(&attr, ownership),
+                        Generation(0),
+                    )
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -142,7 +166,7 @@ impl fuser::Filesystem for FuseAdapter {
         let (core, ttl, ownership) = (self.core.clone(), self.ttl, self.ownership);
         self.spawn(debug_span!("getattr", ino = ino.0), async move {
             match core.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&ttl, &to_file_attr(&attr, ownership)),
+                Ok(attr) => reply.attr(&ttls(&attr, ttl).1, &to_file_attr(&attr, ownership)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -399,6 +423,65 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(fuser::RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(fuser::RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let no_replace = flags.contains(fuser::RenameFlags::RENAME_NOREPLACE);
+        let (core, name, newname) = (self.core.clone(), name.to_owned(), newname.to_owned());
+        let span = debug_span!("rename", name = %name.to_string_lossy(), newname = %newname.to_string_lossy());
+        self.answer_empty(
+            span,
+            async move {
+                core.rename(parent.0, &name, newparent.0, &newname, no_replace)
+                    .await
+            },
+            reply,
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (core, newname, ttl, ownership) = (
+            self.core.clone(),
+            newname.to_owned(),
+            self.ttl,
+            self.ownership,
+        );
+        let span = debug_span!("link", ino = ino.0, newname = %newname.to_string_lossy());
+        self.spawn(span, async move {
+            match core.link(ino.0, newparent.0, &newname).await {
+                Ok(attr) => {
+                    let (entry_ttl, attr_ttl) = ttls(&attr, ttl);
+                    reply.entry_with_ttls(
+                        &entry_ttl,
+                        &attr_ttl,
+                        &to_file_attr(&attr, ownership),
+                        Generation(0),
+                    )
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -414,20 +497,71 @@ impl fuser::Filesystem for FuseAdapter {
     fn getxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        let (core, name) = (self.core.clone(), name.to_owned());
+        self.spawn(
+            debug_span!("getxattr", ino = ino.0, name = %name.to_string_lossy()),
+            async move {
+                let value = match core.xattrs(ino.0).await {
+                    Ok(xattrs) => xattrs
+                        .into_iter()
+                        .find(|(n, _)| OsStr::new(n) == name)
+                        .map(|(_, v)| v),
+                    Err(e) => return reply.error(errno(&e)),
+                };
+                match value {
+                    None => reply.error(Errno::from_i32(libc::ENODATA)),
+                    Some(value) if size == 0 => reply.size(value.len() as u32),
+                    Some(value) if value.len() > size as usize => {
+                        reply.error(Errno::from_i32(libc::ERANGE))
+                    }
+                    Some(value) => reply.data(value.as_bytes()),
+                }
+            },
+        );
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0)
-        } else {
-            reply.data(&[])
-        }
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        let core = self.core.clone();
+        self.spawn(debug_span!("listxattr", ino = ino.0), async move {
+            let names: Vec<u8> = match core.xattrs(ino.0).await {
+                Ok(xattrs) => xattrs
+                    .iter()
+                    .flat_map(|(n, _)| n.bytes().chain([0]))
+                    .collect(),
+                Err(e) => return reply.error(errno(&e)),
+            };
+            if size == 0 {
+                reply.size(names.len() as u32)
+            } else if names.len() > size as usize {
+                reply.error(Errno::from_i32(libc::ERANGE))
+            } else {
+                reply.data(&names)
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        // The attributes describe the registry's content; copy tools that try to preserve
+        // theirs (`cp -a`) treat ENOTSUP as "not supported here" and carry on.
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {

@@ -21,6 +21,7 @@ pub mod errno;
 pub mod filesystem;
 pub mod fuse;
 pub mod inode;
+mod metadata;
 pub mod namespace;
 pub mod reader;
 mod ttl_cache;

@@ -127,7 +127,7 @@ fn prefetch(mut stream: ByteStream) -> mpsc::Receiver<Result<Bytes, RegistryErro
 
 impl Reader {
     async fn open_cursor(&self, offset: u64, window: u64) -> FsResult<Cursor> {
-        let length = self.content.length;
+        let length = self.content.length();
         let (end, verified) = if offset == 0 {
             (length, true)
         } else {
@@ -148,7 +148,7 @@ impl Reader {
     }
 
     async fn read(&mut self, offset: u64, size: u32) -> FsResult<Bytes> {
-        let length = self.content.length;
+        let length = self.content.length();
         if offset >= length || size == 0 {
             return Ok(Bytes::new());
         }
@@ -198,7 +198,7 @@ impl Reader {
             }
         }
         let cursor = self.cursor.as_mut().expect("cursor");
-        if cursor.verified && cursor.pos == self.content.length {
+        if cursor.verified && cursor.pos == self.content.length() {
             // The last bytes of the file: hear the end of the verified stream before
             // answering, so corruption fails this read instead of passing silently.
             while let Some(item) = cursor.chunks.recv().await {

@@ -95,6 +95,8 @@ impl WriteHandle {
             size: size.clone(),
             replacing: replacing.clone(),
             dirty: new_content,
+            explicit: false,
+            failed: false,
             on_published,
         };
         tokio::spawn(
@@ -119,6 +121,7 @@ impl WriteHandle {
                 // All handles are gone (release). Anything written but never flushed is
                 // pushed now rather than dropped.
                 if writer.dirty
+                    && !writer.failed
                     && let Err(e) = writer.publish(Trigger::Release).await
                 {
                     error!(error = %e, "push at release failed");
@@ -137,6 +140,11 @@ impl WriteHandle {
     /// written to); until then the file shows the image's own attributes.
     pub fn is_replacing(&self) -> bool {
         self.replacing.load(Ordering::Relaxed)
+    }
+
+    /// The byte count as it grows, for inodes that outlive the handle.
+    pub fn size_handle(&self) -> Arc<AtomicU64> {
+        self.size.clone()
     }
 
     /// Bytes written so far.
@@ -184,13 +192,19 @@ struct Writer {
     file: std::fs::File,
     size: Arc<AtomicU64>,
     replacing: Arc<AtomicBool>,
+    /// The content differs from what was last published.
     dirty: bool,
+    /// The content comes from writes or a truncation (not only from being created).
+    explicit: bool,
+    /// The last publish failed: close() reported it, and release does not try again.
+    failed: bool,
     on_published: OnPublished,
 }
 
 impl Writer {
     fn mark_dirty(&mut self) {
         self.dirty = true;
+        self.explicit = true;
         self.replacing.store(true, Ordering::Relaxed);
     }
 
@@ -234,13 +248,14 @@ impl Writer {
 
     /// Pushes the spooled content if it changed since the last push.
     ///
-    /// A `flush` before anything was written publishes nothing: programs that `dup` a
-    /// descriptor (as `dd of=` does) close one copy before writing, and an empty image
-    /// pushed then would briefly replace the tag. An empty file is published when its
-    /// last descriptor is released instead.
+    /// A `flush` of a file that was only created (nothing written or truncated yet)
+    /// publishes nothing: programs that `dup` a descriptor (as `dd of=` does) close one copy
+    /// before writing, and an empty image pushed then would briefly replace the tag. Such a
+    /// file is published when its last descriptor is released instead. A release does not
+    /// retry a publish that failed: close() already reported that failure.
     async fn publish(&mut self, trigger: Trigger) -> FsResult<()> {
         let size = self.size.load(Ordering::Relaxed);
-        if !self.dirty || (trigger == Trigger::Flush && size == 0) {
+        if !self.dirty || (trigger == Trigger::Flush && !self.explicit) {
             return Ok(());
         }
         let reader = self
@@ -271,10 +286,12 @@ impl Writer {
             Ok(digest) => {
                 info!(%digest, size, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
                 self.dirty = false;
+                self.failed = false;
                 (self.on_published)(&digest);
                 Ok(())
             }
             Err(e) => {
+                self.failed = true;
                 error!(error = %e, size, "push failed; the tag was not changed");
                 Err(FsError::PushFailed(e))
             }

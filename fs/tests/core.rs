@@ -74,12 +74,12 @@ async fn corrupt_blob_fails_the_last_read() {
             .await
             .unwrap()
     };
-    let reposure_surrogate::registry::ImageView::File(content_ref) = info.view else {
+    let Ok(reposure_surrogate::registry::FileContent::Blob { blob, .. }) = info.file else {
         panic!()
     };
-    let mut corrupt = original_blob(&store, &content_ref.blob.digest).await;
+    let mut corrupt = original_blob(&store, &blob.digest).await;
     corrupt[1000] ^= 1;
-    store.corrupt_blob(&content_ref.blob.digest, Bytes::from(corrupt));
+    store.corrupt_blob(&blob.digest, Bytes::from(corrupt));
     let error = read_file(&fs, ROOT, "victim").await.unwrap_err();
     assert_eq!(error.errno(), libc::EIO, "{error}");
 }
@@ -97,12 +97,12 @@ async fn corrupt_blob_fails_again_after_a_retry_in_pages() {
     )
     .await
     .unwrap();
-    let reposure_surrogate::registry::ImageView::File(content_ref) = info.view else {
+    let Ok(reposure_surrogate::registry::FileContent::Blob { blob, .. }) = info.file else {
         panic!()
     };
-    let mut corrupt = original_blob(&store, &content_ref.blob.digest).await;
+    let mut corrupt = original_blob(&store, &blob.digest).await;
     corrupt[100_000] ^= 1;
-    store.corrupt_blob(&content_ref.blob.digest, Bytes::from(corrupt));
+    store.corrupt_blob(&blob.digest, Bytes::from(corrupt));
     let attr = fs.lookup(ROOT, OsStr::new("victim")).await.unwrap();
     let (fh, _) = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
     assert!(fs.read(fh, 0, 200_704).await.is_err());
@@ -216,17 +216,8 @@ async fn read_failure_is_eio_and_next_open_recovers() {
         get_blob_fails: true,
         ..Default::default()
     });
-    // open resolves the tag afresh (it pins what it reads), which reads the blob's head.
-    assert_eq!(
-        fs.open(attr.ino, libc::O_RDONLY).await.unwrap_err().errno(),
-        libc::EIO
-    );
-    faulty.set(Faults::default());
+    // The version was resolved at lookup: open needs no request, the read fails.
     let (fh, _) = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
-    faulty.set(Faults {
-        get_blob_fails: true,
-        ..Default::default()
-    });
     assert_eq!(fs.read(fh, 0, 4096).await.unwrap_err().errno(), libc::EIO);
     fs.release(fh);
     faulty.set(Faults::default());

@@ -31,6 +31,7 @@ SOURCE is oci:PATH (a local OCI image layout), http://HOST[:PORT], https://HOST[
 or exec:COMMAND (a surrogate session over the command's stdin/stdout).
 Options: ro, format=image|artifact, ca=FILE, username=NAME, password_file=FILE,
 uid=N, gid=N, allow_other, log=FILE, metadata_ttl=SECONDS, spool_dir=DIR,
+unpack=true|false (false: single-file images read as image archives too),
 transport=direct|session (session: through an in-process surrogate session).
 The password may also come from the REPOSURE_PASSWORD environment variable.
 Unmount with: fusermount3 -u MOUNTPOINT";
@@ -173,6 +174,7 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
         format: options.format,
         metadata_ttl: options.metadata_ttl,
         spool_dir,
+        unpack: options.unpack,
     };
     let core = Arc::new(Filesystem::new(registry, config));
     // SAFETY: getuid/getgid cannot fail and have no preconditions.

@@ -47,6 +47,8 @@ pub struct MountOptions {
     pub spool_dir: Option<PathBuf>,
     /// Run the registry through an in-process surrogate session (diagnostics, benchmarks).
     pub in_process_session: bool,
+    /// Single-file images read as their file (true) or as their archive.
+    pub unpack: bool,
 }
 
 impl Default for MountOptions {
@@ -64,6 +66,7 @@ impl Default for MountOptions {
             metadata_ttl: Duration::from_secs(1),
             spool_dir: None,
             in_process_session: false,
+            unpack: true,
         }
     }
 }
@@ -113,6 +116,13 @@ impl MountOptions {
                     options.metadata_ttl = Duration::from_secs_f64(secs);
                 }
                 "spool_dir" => options.spool_dir = Some(value("DIR")?.into()),
+                "unpack" => {
+                    options.unpack = match value("true|false")? {
+                        "true" | "yes" | "1" => true,
+                        "false" | "no" | "0" => false,
+                        other => bail!("unpack= is true or false, not {other:?}"),
+                    }
+                }
                 "transport" => {
                     options.in_process_session = match value("direct|session")? {
                         "direct" => false,
@@ -122,7 +132,7 @@ impl MountOptions {
                 }
                 k if GENERIC.contains(&k) || k.starts_with("x-") => {}
                 other => bail!(
-                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, spool_dir=, transport="
+                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, spool_dir=, unpack=, transport="
                 ),
             }
         }

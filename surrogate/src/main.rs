@@ -18,12 +18,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
-use reposure_surrogate::formats::archive::{self, ArchivePlan};
-use reposure_surrogate::formats::manifest::{self, ManifestKind};
 use reposure_surrogate::formats::single_file::PushFormat;
-use reposure_surrogate::formats::tar_probe::padded;
 use reposure_surrogate::names::{self, Reference};
-use reposure_surrogate::registry::{FileUpload, ImageView, Registry, StoreRegistry};
+use reposure_surrogate::registry::{FileUpload, Registry, StoreRegistry};
 use reposure_surrogate::session::server::SessionServer;
 use reposure_surrogate::session::transport;
 use reposure_surrogate::source::Source;
@@ -227,7 +224,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             tokio::io::stdout().write_all(out.as_bytes()).await?;
         }
-        Command::Pull { name, unpack } => pull(&registry, &store, &name, unpack).await?,
+        Command::Pull { name, unpack } => pull(&registry, &name, unpack).await?,
         Command::Push { name, format } => {
             let (repository, reference) = image_name(&name)?;
             let Reference::Tag(tag) = reference else {
@@ -270,55 +267,25 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-async fn pull(
-    registry: &Arc<dyn Registry>,
-    store: &Arc<dyn Store>,
-    name: &str,
-    unpack: bool,
-) -> Result<()> {
+async fn pull(registry: &Arc<dyn Registry>, name: &str, unpack: bool) -> Result<()> {
     let (repository, reference) = image_name(name)?;
-    let mut stdout = tokio::io::stdout();
-    if unpack {
-        let info = registry.resolve(&repository, &reference).await?;
-        let ImageView::File(content) = info.view else {
-            bail!("{name} is not a single file; pull it without --unpack to get the image archive");
-        };
-        let mut stream = registry
-            .read(&repository, &content, 0, content.length)
-            .await?;
-        while let Some(chunk) = stream.next().await {
-            stdout.write_all(&chunk?).await?;
+    let info = registry.resolve(&repository, &reference).await?;
+    let content = match (&info.file, unpack) {
+        (Ok(file), true) => file,
+        (Err(reason), true) => {
+            bail!(
+                "{name} is not a single file ({reason}); pull it without --unpack to get the image archive"
+            )
         }
-        return Ok(stdout.flush().await?);
-    }
-    let stored = store.get_manifest(&repository, &reference).await?;
-    let ManifestKind::Image(image) = manifest::parse(&stored)? else {
-        bail!("{name} is a multi-platform index; pull one platform by digest");
+        (_, false) => &info.archive,
     };
-    let plan = ArchivePlan::new(&stored, &image, &format!("{repository}:{reference}"));
-    for entry in &plan.entries {
-        stdout.write_all(&archive::header(entry)).await?;
-        match &entry.source {
-            archive::Source::Inline(bytes) => stdout.write_all(bytes).await?,
-            archive::Source::Blob(descriptor) => {
-                let stream = store
-                    .get_blob(&repository, &descriptor.digest, 0, None)
-                    .await?;
-                let mut stream = reposure_surrogate::digest::verify_stream(
-                    stream,
-                    descriptor.digest.clone(),
-                    descriptor.size,
-                );
-                while let Some(chunk) = stream.next().await {
-                    stdout.write_all(&chunk?).await?;
-                }
-            }
-        }
-        stdout
-            .write_all(&vec![0u8; (padded(entry.size) - entry.size) as usize])
-            .await?;
+    let mut stream = registry
+        .read(&repository, content, 0, content.length())
+        .await?;
+    let mut stdout = tokio::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        stdout.write_all(&chunk?).await?;
     }
-    stdout.write_all(&[0u8; 1024]).await?;
     Ok(stdout.flush().await?)
 }
 

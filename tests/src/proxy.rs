@@ -15,6 +15,8 @@ const MAX_STALL: Duration = Duration::from_secs(60);
 pub struct StallProxy {
     pub port: u16,
     stall_blobs: Arc<AtomicBool>,
+    stall_uploads: Arc<AtomicBool>,
+    uploads_seen: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StallProxy {
@@ -23,23 +25,44 @@ impl StallProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let port = listener.local_addr().unwrap().port();
         let stall_blobs = Arc::new(AtomicBool::new(false));
-        let stall = stall_blobs.clone();
+        let stall_uploads = Arc::new(AtomicBool::new(false));
+        let uploads_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let rules = Rules {
+            blobs: stall_blobs.clone(),
+            uploads: stall_uploads.clone(),
+            uploads_seen: uploads_seen.clone(),
+        };
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let stall = stall.clone();
+                let rules = rules.clone();
                 std::thread::spawn(move || {
                     if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) {
-                        serve(client, server, stall);
+                        serve(client, server, rules);
                     }
                 });
             }
         });
-        Self { port, stall_blobs }
+        Self {
+            port,
+            stall_blobs,
+            stall_uploads,
+            uploads_seen,
+        }
     }
 
     /// Holds (or releases) every GET of a blob.
     pub fn stall_blobs(&self, stall: bool) {
         self.stall_blobs.store(stall, Ordering::SeqCst);
+    }
+
+    /// Holds (or releases) every blob upload request (PATCH, and PUT of an upload).
+    pub fn stall_uploads(&self, stall: bool) {
+        self.stall_uploads.store(stall, Ordering::SeqCst);
+    }
+
+    /// How many blob upload requests (PATCH) have arrived.
+    pub fn uploads_seen(&self) -> usize {
+        self.uploads_seen.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -48,7 +71,22 @@ impl StallProxy {
     }
 }
 
-fn serve(mut client: TcpStream, server: TcpStream, stall: Arc<AtomicBool>) {
+/// Which requests to hold.
+#[derive(Clone)]
+struct Rules {
+    blobs: Arc<AtomicBool>,
+    uploads: Arc<AtomicBool>,
+    uploads_seen: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn hold_while(flag: &AtomicBool) {
+    let started = Instant::now();
+    while flag.load(Ordering::SeqCst) && started.elapsed() < MAX_STALL {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn serve(mut client: TcpStream, server: TcpStream, rules: Rules) {
     let mut server_write = server.try_clone().expect("clone");
     let mut server_read = server;
     let mut client_write = client.try_clone().expect("clone");
@@ -72,10 +110,15 @@ fn serve(mut client: TcpStream, server: TcpStream, stall: Arc<AtomicBool>) {
         let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
         let request_line = head.lines().next().unwrap_or_default().to_owned();
         if request_line.starts_with("get ") && request_line.contains("/blobs/") {
-            let started = Instant::now();
-            while stall.load(Ordering::SeqCst) && started.elapsed() < MAX_STALL {
-                std::thread::sleep(Duration::from_millis(20));
+            hold_while(&rules.blobs);
+        }
+        if request_line.contains("/blobs/uploads/")
+            && (request_line.starts_with("patch ") || request_line.starts_with("put "))
+        {
+            if request_line.starts_with("patch ") {
+                rules.uploads_seen.fetch_add(1, Ordering::SeqCst);
             }
+            hold_while(&rules.uploads);
         }
         let content_length: usize = head
             .lines()

@@ -93,9 +93,11 @@ fn go_reposure_gzip_raw_images_read_as_the_file() {
     );
 }
 
-/// `read.not-a-file`: a two-layer image is listed and refuses open with EOPNOTSUPP.
+/// `read.archive`: a multi-layer image reads as an archive that skopeo takes both as
+/// `docker-archive:` and `oci-archive:`, straight from the mount, with the image's own
+/// manifest and layer digests.
 #[test]
-fn multi_layer_image_is_not_a_file() {
+fn multi_layer_image_reads_as_an_archive() {
     let registry = Registry::start();
     let work = tempfile::tempdir().unwrap();
     let layout = umoci_single_file_image(work.path(), "v1", "a", b"first");
@@ -118,12 +120,58 @@ fn multi_layer_image_is_not_a_file() {
     );
     skopeo_copy(
         &format!("oci:{image}"),
-        &format!("docker://{}/layers:two", registry.host()),
+        &format!("docker://{}/layers:latest", registry.host()),
     );
+    let original = reposure_tests::tools::manifest(&registry.host(), "layers:latest");
     let mount = Mount::new(&registry.url(), &[]);
-    assert_eq!(fs::metadata(mount.path("layers:two")).unwrap().len(), 0);
-    let error = fs::read(mount.path("layers:two")).unwrap_err();
-    assert_eq!(error.raw_os_error(), Some(libc::EOPNOTSUPP));
+    // skopeo reads PATH:REFERENCE, so the archive is addressed by its bare (latest) name.
+    let archive = mount.path("layers");
+    let size = fs::metadata(&archive).unwrap().len();
+    assert!(
+        size > 0 && size % 512 == 0,
+        "an archive has a known size: {size}"
+    );
+    let layers = |m: &serde_json::Value| -> Vec<String> {
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let config: serde_json::Value = serde_json::from_str(&run(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/layers:latest", registry.host()),
+        ],
+    ))
+    .unwrap();
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    // oci-archive keeps the layers as stored; docker-archive presents them uncompressed, as
+    // Docker archives do, so they match the config's diff_ids.
+    for (transport, expected) in [
+        ("oci-archive", layers(&original)),
+        ("docker-archive", diff_ids),
+    ] {
+        let out = work.path().join(transport);
+        skopeo_copy(
+            &format!("{transport}:{}", archive.display()),
+            &format!("dir:{}", out.display()),
+        );
+        let copied: serde_json::Value =
+            serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(layers(&copied), expected, "{transport}");
+    }
+    assert_eq!(fs::read(&archive).unwrap().len() as u64, size);
 }
 
 /// The oras-py client in the venv the test command prepares.

@@ -3,13 +3,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reposure_surrogate::names::Reference;
-use reposure_surrogate::registry::{FileUpload, ImageView, Registry as _};
+use reposure_surrogate::registry::{FileUpload, Registry as _};
 use reposure_surrogate::session::client::SessionClient;
 use reposure_surrogate::session::transport::ChildProcess;
 use reposure_tests::mount::{Mount, exec_source};
@@ -78,35 +78,27 @@ fn close(file: fs::File) -> Result<(), i32> {
     }
 }
 
-fn big_file(dir: &Path, mib: usize) -> PathBuf {
-    let path = dir.join("big.bin");
-    let mut file = fs::File::create(&path).unwrap();
-    let block = random_bytes(1024 * 1024);
-    for _ in 0..mib {
-        file.write_all(&block).unwrap();
-    }
-    path
-}
-
 /// `kill -9` of the session process during a push: close() fails in bounded time, no tag
 /// is created, and the next push through the same mount opens a new session and works.
 #[test]
 fn session_killed_mid_push() {
     let registry = Registry::start();
-    let mount = Mount::new(&exec_source(&registry.url(), &[]), &[]);
+    // The surrogate reaches the registry through a proxy that holds the upload, so the
+    // session is killed while the push is certainly in progress.
+    let proxy = reposure_tests::proxy::StallProxy::start(registry.port);
+    let mount = Mount::new(&exec_source(&proxy.url(), &[]), &[]);
     fs::write(mount.path("warmup"), b"session is up").unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let source = big_file(work.path(), 256);
     let mut file = fs::File::create(mount.path("interrupted")).unwrap();
-    std::io::copy(&mut fs::File::open(&source).unwrap(), &mut file).unwrap();
-    let port = registry.port.to_string();
+    file.write_all(&random_bytes(4 * 1024 * 1024)).unwrap();
+    proxy.stall_uploads(true);
+    let port = proxy.port.to_string();
     let started = Instant::now();
     let closed = std::thread::scope(|scope| {
         scope.spawn(|| {
-            // Kill the session once the upload has reached the registry.
-            wait_until(Duration::from_secs(20), || {
-                registry.log().contains("/v2/interrupted/blobs/uploads")
-            });
+            assert!(
+                wait_until(Duration::from_secs(20), || proxy.uploads_seen() > 0),
+                "the upload never started"
+            );
             let pids = pids_of("reposure-surrogate", &["serve", &port]);
             assert!(!pids.is_empty(), "no session process found");
             for pid in pids {
@@ -115,15 +107,18 @@ fn session_killed_mid_push() {
         });
         close(file)
     });
+    proxy.stall_uploads(false);
     assert_eq!(closed, Err(libc::EIO));
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "close took {:?}",
         started.elapsed()
     );
+    std::thread::sleep(Duration::from_millis(500));
     assert!(
         registry_tags(&registry.url(), "interrupted").is_empty(),
-        "a tag after a cut push"
+        "a tag after a cut push: {}",
+        mount.log()
     );
     fs::write(mount.path("after"), b"new session").unwrap();
     assert_eq!(fs::read(mount.path("after")).unwrap(), b"new session");
@@ -249,11 +244,9 @@ async fn read_all(client: &SessionClient, repository: &str, tag: &str) -> Vec<u8
         .resolve(repository, &Reference::Tag(tag.to_owned()))
         .await
         .unwrap();
-    let ImageView::File(content) = info.view else {
-        panic!("not a file")
-    };
+    let content = info.file.expect("a single file");
     let chunks: Vec<bytes::Bytes> = client
-        .read(repository, &content, 0, content.length)
+        .read(repository, &content, 0, content.length())
         .await
         .unwrap()
         .try_collect()

@@ -37,42 +37,65 @@ pub struct ArchivePlan {
 }
 
 impl ArchivePlan {
-    /// Lays out the archive of `manifest` (an image manifest) tagged `reference`
-    /// (`repository:tag`).
-    pub fn new(manifest: &StoredManifest, image: &ImageManifest, reference: &str) -> Self {
+    /// Lays out the archive whose `index.json` points at `root`. `images` are the image
+    /// manifests it holds: `root` itself for an image, or the manifests of an index.
+    /// `reference` (`repository:tag`) names the image in `manifest.json` and `index.json`.
+    pub fn new(
+        root: &StoredManifest,
+        images: &[(StoredManifest, ImageManifest)],
+        reference: Option<&str>,
+    ) -> Self {
         let blob_path = |d: &Descriptor| format!("blobs/sha256/{}", d.digest.hex());
-        let mut index_entry = Descriptor::of(&manifest.media_type, &manifest.bytes);
-        index_entry.annotations =
-            Some([(mt::ANNOTATION_REF_NAME.to_owned(), reference.to_owned())].into());
+        let mut index_entry = Descriptor::of(&root.media_type, &root.bytes);
+        if let Some(reference) = reference {
+            index_entry.annotations =
+                Some([(mt::ANNOTATION_REF_NAME.to_owned(), reference.to_owned())].into());
+        }
         let index =
             json!({ "schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": [index_entry] });
-        let docker = json!([{
-            "Config": blob_path(&image.config),
-            "RepoTags": [reference],
-            "Layers": image.layers.iter().map(blob_path).collect::<Vec<_>>(),
-        }]);
-        let inline =
-            |path: &str, bytes: Vec<u8>| (path.to_owned(), Source::Inline(Bytes::from(bytes)));
+        let docker: Vec<serde_json::Value> = images
+            .iter()
+            .enumerate()
+            .map(|(i, (_, image))| {
+                json!({
+                    "Config": blob_path(&image.config),
+                    "RepoTags": if i == 0 { reference.into_iter().collect::<Vec<_>>() } else { Vec::new() },
+                    "Layers": image.layers.iter().map(blob_path).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let inline = |path: String, bytes: Vec<u8>| (path, Source::Inline(Bytes::from(bytes)));
         let mut files = vec![
-            inline("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
             inline(
-                "index.json",
+                "oci-layout".into(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
+            inline(
+                "index.json".into(),
                 serde_json::to_vec(&index).expect("index serialises"),
             ),
             inline(
-                "manifest.json",
+                "manifest.json".into(),
                 serde_json::to_vec(&docker).expect("manifest serialises"),
             ),
-            (
-                format!("blobs/sha256/{}", manifest.digest.hex()),
-                Source::Inline(manifest.bytes.clone()),
-            ),
-            (blob_path(&image.config), Source::Blob(image.config.clone())),
         ];
-        for layer in &image.layers {
-            let path = blob_path(layer);
+        let mut add = |path: String, source: Source| {
             if !files.iter().any(|(p, _)| *p == path) {
-                files.push((path, Source::Blob(layer.clone())));
+                files.push((path, source));
+            }
+        };
+        add(
+            format!("blobs/sha256/{}", root.digest.hex()),
+            Source::Inline(root.bytes.clone()),
+        );
+        for (stored, image) in images {
+            add(
+                format!("blobs/sha256/{}", stored.digest.hex()),
+                Source::Inline(stored.bytes.clone()),
+            );
+            add(blob_path(&image.config), Source::Blob(image.config.clone()));
+            for layer in &image.layers {
+                add(blob_path(layer), Source::Blob(layer.clone()));
             }
         }
         let mut offset = 0;
@@ -144,7 +167,7 @@ mod tests {
             bytes: bytes.into(),
             media_type: mt::OCI_MANIFEST.into(),
         };
-        let plan = ArchivePlan::new(&stored, &image, "r:t");
+        let plan = ArchivePlan::new(&stored, &[(stored.clone(), image.clone())], Some("r:t"));
         let mut archive = Vec::new();
         for entry in &plan.entries {
             assert_eq!(archive.len() as u64, entry.offset);
@@ -171,5 +194,60 @@ mod tests {
             names.contains(&"manifest.json".to_string())
                 && names.contains(&"index.json".to_string())
         );
+    }
+}
+
+/// A piece of an archive byte range: bytes made here, or a range of a blob.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Bytes(Bytes),
+    Blob {
+        descriptor: Descriptor,
+        offset: u64,
+        length: u64,
+    },
+}
+
+impl ArchivePlan {
+    /// The pieces that make up `length` bytes of the archive from `offset`.
+    pub fn pieces(&self, offset: u64, length: u64) -> Vec<Piece> {
+        let end = (offset + length).min(self.size());
+        let mut pieces = Vec::new();
+        let mut emit = |start: u64, region_len: u64, make: &dyn Fn(u64, u64) -> Piece| {
+            // Intersect [start, start + region_len) with [offset, end).
+            let from = start.max(offset);
+            let to = (start + region_len).min(end);
+            if from < to {
+                pieces.push(make(from - start, to - from));
+            }
+        };
+        for entry in &self.entries {
+            let header = header(entry);
+            emit(entry.offset, BLOCK, &|at, len| {
+                Piece::Bytes(Bytes::copy_from_slice(
+                    &header[at as usize..(at + len) as usize],
+                ))
+            });
+            let data_start = entry.offset + BLOCK;
+            match &entry.source {
+                Source::Inline(bytes) => emit(data_start, entry.size, &|at, len| {
+                    Piece::Bytes(bytes.slice(at as usize..(at + len) as usize))
+                }),
+                Source::Blob(descriptor) => emit(data_start, entry.size, &|at, len| Piece::Blob {
+                    descriptor: descriptor.clone(),
+                    offset: at,
+                    length: len,
+                }),
+            }
+            let padding = padded(entry.size) - entry.size;
+            emit(data_start + entry.size, padding, &|_, len| {
+                Piece::Bytes(Bytes::from(vec![0u8; len as usize]))
+            });
+        }
+        let trailer_start = self.size() - 2 * BLOCK;
+        emit(trailer_start, 2 * BLOCK, &|_, len| {
+            Piece::Bytes(Bytes::from(vec![0u8; len as usize]))
+        });
+        pieces
     }
 }

@@ -70,6 +70,15 @@ impl ImageManifest {
     }
 }
 
+/// An image index (or Docker manifest list): the manifests it lists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexManifest {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+}
+
 /// The parts of an image config Reposure reads.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ConfigSummary {

@@ -29,6 +29,7 @@ use super::{CONNECTION_WINDOW, MAX_FRAME, PROTOCOL_VERSIONS, SEND_BUFFER, STREAM
 use crate::ByteStream;
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
+use crate::formats::manifest::{Descriptor, StoredManifest};
 use crate::names::Reference;
 use crate::registry::{FileContent, FileUpload, ImageInfo, Registry};
 
@@ -370,5 +371,114 @@ impl Registry for SessionClient {
             tag: tag.to_owned(),
         };
         self.call("/v1/delete", &body).await
+    }
+
+    async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let body = ManifestGetRequest {
+            repository: repository.to_owned(),
+            reference: reference.into(),
+        };
+        let bytes = serde_json::to_vec(&body).expect("requests serialise");
+        let response = self
+            .send(request(Method::POST, "/v1/manifest/get", full(bytes)))
+            .await?;
+        if response.status() != StatusCode::OK {
+            return Err(json_body::<()>(response).await.err().unwrap_or_else(|| {
+                RegistryError::Rejected("surrogate refused the manifest request".into())
+            }));
+        }
+        let media_type = response
+            .headers()
+            .get(HEADER_MEDIA_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| {
+                RegistryError::Unavailable(format!("session lost while reading a manifest: {e}"))
+            })?
+            .to_bytes();
+        let digest = Digest::of(&bytes);
+        if let Reference::Digest(expected) = reference
+            && *expected != digest
+        {
+            return Err(RegistryError::Corrupt(format!(
+                "manifest arrived as {digest}, expected {expected}"
+            )));
+        }
+        Ok(StoredManifest {
+            bytes,
+            digest,
+            media_type,
+        })
+    }
+
+    async fn put_blob(
+        &self,
+        repository: &str,
+        expected: &Descriptor,
+        body: ByteStream,
+    ) -> Result<()> {
+        let header = serde_json::to_string(&BlobPutRequest {
+            repository: repository.to_owned(),
+            descriptor: expected.clone(),
+        })
+        .expect("requests serialise");
+        let mut request = request(Method::POST, "/v1/blob/put", push_body(body));
+        request.headers_mut().insert(
+            HEADER_BLOB,
+            HeaderValue::from_str(&header)
+                .map_err(|_| RegistryError::invalid_name(repository, "names must be ASCII"))?,
+        );
+        json_body(self.send(request).await?).await
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &Reference,
+        manifest: &StoredManifest,
+    ) -> Result<()> {
+        let header = serde_json::to_string(&ManifestPutRequest {
+            repository: repository.to_owned(),
+            reference: reference.into(),
+            media_type: manifest.media_type.clone(),
+        })
+        .expect("requests serialise");
+        let mut request = request(
+            Method::POST,
+            "/v1/manifest/put",
+            full(manifest.bytes.clone()),
+        );
+        request.headers_mut().insert(
+            HEADER_MANIFEST,
+            HeaderValue::from_str(&header)
+                .map_err(|_| RegistryError::invalid_name(repository, "names must be ASCII"))?,
+        );
+        json_body(self.send(request).await?).await
+    }
+
+    async fn tag(
+        &self,
+        from_repository: &str,
+        from: &Reference,
+        to_repository: &str,
+        to_tag: &str,
+    ) -> Result<Digest> {
+        let body = TagRequest {
+            from_repository: from_repository.to_owned(),
+            from: from.into(),
+            to_repository: to_repository.to_owned(),
+            to_tag: to_tag.to_owned(),
+        };
+        let response: PushResponse = self.call("/v1/tag", &body).await?;
+        Ok(response.digest)
     }
 }

@@ -22,6 +22,7 @@ use super::{CONNECTION_WINDOW, MAX_FRAME, PROTOCOL_VERSIONS, SEND_BUFFER, STREAM
 use crate::ByteStream;
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
+use crate::formats::manifest::StoredManifest;
 use crate::registry::{FileUpload, Registry};
 use crate::spool::Spool;
 
@@ -96,6 +97,64 @@ impl SessionServer {
                     Ok(stream_response(stream))
                 }
                 (Method::POST, "/v1/push") => self.push(request).await,
+                (Method::POST, "/v1/manifest/get") => {
+                    let r: ManifestGetRequest = read_json(request).await?;
+                    let manifest = self
+                        .registry
+                        .get_manifest(&r.repository, &r.reference.into())
+                        .await?;
+                    Ok(Response::builder()
+                        .header(
+                            HEADER_MEDIA_TYPE,
+                            HeaderValue::from_str(&manifest.media_type).map_err(|_| {
+                                RegistryError::Corrupt(format!(
+                                    "media type {:?}",
+                                    manifest.media_type
+                                ))
+                            })?,
+                        )
+                        .body(full(manifest.bytes))
+                        .expect("valid response"))
+                }
+                (Method::POST, "/v1/manifest/put") => {
+                    let r: ManifestPutRequest = header_json(&request, HEADER_MANIFEST)?;
+                    let limited = http_body_util::Limited::new(request.into_body(), MAX_MANIFEST);
+                    let bytes = limited
+                        .collect()
+                        .await
+                        .map_err(|e| RegistryError::Rejected(format!("reading the manifest: {e}")))?
+                        .to_bytes();
+                    let manifest = StoredManifest {
+                        digest: Digest::of(&bytes),
+                        bytes,
+                        media_type: r.media_type,
+                    };
+                    self.registry
+                        .put_manifest(&r.repository, &r.reference.into(), &manifest)
+                        .await?;
+                    json(&())
+                }
+                (Method::POST, "/v1/blob/put") => {
+                    let r: BlobPutRequest = header_json(&request, HEADER_BLOB)?;
+                    let body = verified_content(request.into_body(), r.descriptor.size);
+                    self.registry
+                        .put_blob(&r.repository, &r.descriptor, body)
+                        .await?;
+                    json(&())
+                }
+                (Method::POST, "/v1/tag") => {
+                    let r: TagRequest = read_json(request).await?;
+                    let digest = self
+                        .registry
+                        .tag(
+                            &r.from_repository,
+                            &r.from.into(),
+                            &r.to_repository,
+                            &r.to_tag,
+                        )
+                        .await?;
+                    json(&PushResponse { digest })
+                }
                 (Method::POST, "/v1/delete") => {
                     let r: DeleteRequest = read_json(request).await?;
                     self.registry.delete_tag(&r.repository, &r.tag).await?;
@@ -119,15 +178,7 @@ impl SessionServer {
     }
 
     async fn push(&self, request: Request<Incoming>) -> Result<Response<Body>> {
-        let header = request
-            .headers()
-            .get(HEADER_PUSH)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                RegistryError::Rejected(format!("push without its {HEADER_PUSH} header"))
-            })?;
-        let push: PushRequest = serde_json::from_str(header)
-            .map_err(|e| RegistryError::Rejected(format!("bad {HEADER_PUSH} header: {e}")))?;
+        let push: PushRequest = header_json(&request, HEADER_PUSH)?;
         crate::names::check_repository(&push.repository)?;
         crate::names::check_tag(&push.tag)?;
         let body = verified_content(request.into_body(), push.size);
@@ -148,6 +199,20 @@ impl SessionServer {
         };
         json(&PushResponse { digest })
     }
+}
+
+/// Largest manifest accepted (registries refuse more than 4 MiB).
+const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+
+/// A request document carried in a header (when the body is content).
+fn header_json<T: DeserializeOwned>(request: &Request<Incoming>, name: &str) -> Result<T> {
+    let header = request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| RegistryError::Rejected(format!("request without its {name} header")))?;
+    serde_json::from_str(header)
+        .map_err(|e| RegistryError::Rejected(format!("bad {name} header: {e}")))
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Response<Body>> {

@@ -16,6 +16,12 @@ pub const TRAILER_ERROR: &str = "reposure-error";
 pub const TRAILER_CONTENT_DIGEST: &str = "reposure-content-digest";
 /// Request header of a push: the [`PushRequest`] as JSON.
 pub const HEADER_PUSH: &str = "reposure-push";
+/// Request header of a blob upload: the [`BlobPutRequest`] as JSON.
+pub const HEADER_BLOB: &str = "reposure-blob";
+/// Request header of a manifest upload: the [`ManifestPutRequest`] as JSON.
+pub const HEADER_MANIFEST: &str = "reposure-manifest";
+/// Answer header of a manifest download: its media type.
+pub const HEADER_MEDIA_TYPE: &str = "reposure-media-type";
 
 /// The answer to `GET /hello`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +88,37 @@ pub struct PushRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PushResponse {
     pub digest: crate::digest::Digest,
+}
+
+/// `POST /v1/manifest/get`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestGetRequest {
+    pub repository: String,
+    pub reference: WireReference,
+}
+
+/// `POST /v1/manifest/put` (in the [`HEADER_MANIFEST`] header; the body is the manifest).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestPutRequest {
+    pub repository: String,
+    pub reference: WireReference,
+    pub media_type: String,
+}
+
+/// `POST /v1/blob/put` (in the [`HEADER_BLOB`] header; the body is the blob).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobPutRequest {
+    pub repository: String,
+    pub descriptor: crate::formats::manifest::Descriptor,
+}
+
+/// `POST /v1/tag`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagRequest {
+    pub from_repository: String,
+    pub from: WireReference,
+    pub to_repository: String,
+    pub to_tag: String,
 }
 
 /// `POST /v1/delete`.

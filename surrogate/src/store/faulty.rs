@@ -117,13 +117,19 @@ impl Store for FaultyStore {
     async fn put_manifest(
         &self,
         repository: &str,
-        tag: &str,
+        reference: &Reference,
         manifest: &StoredManifest,
     ) -> Result<()> {
         if self.faults().put_manifest_fails {
             return Err(injected("manifest upload answered 500"));
         }
-        self.inner.put_manifest(repository, tag, manifest).await
+        self.inner
+            .put_manifest(repository, reference, manifest)
+            .await
+    }
+
+    async fn mount_blob(&self, repository: &str, from: &str, digest: &Digest) -> Result<bool> {
+        self.inner.mount_blob(repository, from, digest).await
     }
 
     async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {

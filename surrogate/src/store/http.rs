@@ -455,22 +455,48 @@ impl Store for HttpStore {
     async fn put_manifest(
         &self,
         repository: &str,
-        tag: &str,
+        reference: &Reference,
         manifest: &StoredManifest,
     ) -> Result<()> {
-        let what = format!("{repository}:{tag}");
+        let what = format!("{repository}:{reference}");
         let content_type = HeaderValue::from_str(&manifest.media_type)
             .map_err(|_| RegistryError::Corrupt(format!("media type {:?}", manifest.media_type)))?;
         self.oci.store_auth_if_needed(&self.host, &self.auth).await;
         self.oci
             .push_manifest_raw(
-                &self.reference(repository, &Reference::Tag(tag.to_owned())),
+                &self.reference(repository, reference),
                 manifest.bytes.clone(),
                 content_type,
             )
             .await
             .map_err(|e| map_oci(e, &what))?;
         Ok(())
+    }
+
+    async fn mount_blob(&self, repository: &str, from: &str, digest: &Digest) -> Result<bool> {
+        let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"));
+        url.query_pairs_mut()
+            .append_pair("mount", digest.as_str())
+            .append_pair("from", from);
+        let request = self.http.post(url.clone()).header("Content-Length", "0");
+        let response = self
+            .send(request, Some(repository), RegistryOperation::Push)
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                // The registry opened an upload instead of mounting: cancel it, and let the
+                // caller copy the blob.
+                if let Ok(location) = location(&url, &response) {
+                    let cancel = self.http.delete(location);
+                    let _ = self
+                        .send(cancel, Some(repository), RegistryOperation::Push)
+                        .await;
+                }
+                Ok(false)
+            }
+            _ => check_status(response, &url).await.map(|_| false),
+        }
     }
 
     async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {

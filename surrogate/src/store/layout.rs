@@ -266,7 +266,7 @@ impl Store for LayoutStore {
     async fn put_manifest(
         &self,
         repository: &str,
-        tag: &str,
+        reference: &Reference,
         manifest: &StoredManifest,
     ) -> Result<()> {
         let parsed: serde_json::Value = serde_json::from_slice(&manifest.bytes)
@@ -302,6 +302,10 @@ impl Store for LayoutStore {
         }
         let path = self.blob_path(&manifest.digest);
         write_atomically(path.parent().expect("blob dir"), &path, &manifest.bytes).await?;
+        let Reference::Tag(tag) = reference else {
+            // By digest: the manifest blob is all a layout needs.
+            return Ok(());
+        };
         let ref_name = format!("{repository}:{tag}");
         let _guard = self.index_lock.lock().await;
         let mut index = self.read_index().await?;
@@ -312,6 +316,11 @@ impl Store for LayoutStore {
         descriptor.annotations = Some([(ANNOTATION_REF_NAME.to_owned(), ref_name)].into());
         index.manifests.push(descriptor);
         self.write_index(&index).await
+    }
+
+    async fn mount_blob(&self, _repository: &str, _from: &str, digest: &Digest) -> Result<bool> {
+        // One layout holds every repository's blobs.
+        Ok(self.blob_path(digest).exists())
     }
 
     async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {

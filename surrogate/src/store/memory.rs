@@ -184,7 +184,7 @@ impl Store for MemoryStore {
     async fn put_manifest(
         &self,
         repository: &str,
-        tag: &str,
+        reference: &Reference,
         manifest: &StoredManifest,
     ) -> Result<()> {
         Self::count(&self.counts.put_manifest);
@@ -216,8 +216,15 @@ impl Store for MemoryStore {
         let repo = repositories.entry(repository.to_owned()).or_default();
         repo.manifests
             .insert(manifest.digest.clone(), manifest.clone());
-        repo.tags.insert(tag.to_owned(), manifest.digest.clone());
+        if let Reference::Tag(tag) = reference {
+            repo.tags.insert(tag.to_owned(), manifest.digest.clone());
+        }
         Ok(())
+    }
+
+    async fn mount_blob(&self, _repository: &str, _from: &str, digest: &Digest) -> Result<bool> {
+        // Blobs are shared by every repository here.
+        Ok(self.blobs.lock().expect("lock").contains_key(digest))
     }
 
     async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {

@@ -49,13 +49,18 @@ pub trait Store: Send + Sync + 'static {
     /// stream that ends in an error leaves no blob behind.
     async fn put_blob(&self, repository: &str, body: ByteStream) -> Result<(Digest, u64)>;
 
-    /// Stores a manifest under a tag. Every blob it references must already be stored.
+    /// Stores a manifest under a tag, or by its digest alone. Every blob it references must
+    /// already be stored.
     async fn put_manifest(
         &self,
         repository: &str,
-        tag: &str,
+        reference: &Reference,
         manifest: &StoredManifest,
     ) -> Result<()>;
+
+    /// Makes blob `digest` of `from` available in `repository` without moving its bytes, if
+    /// the store can; `false` means the caller must copy it.
+    async fn mount_blob(&self, repository: &str, from: &str, digest: &Digest) -> Result<bool>;
 
     /// Removes one tag. Stores that cannot (distribution 2.x) answer
     /// [`crate::RegistryError::TagDeleteUnsupported`] and the caller falls back.

@@ -1,0 +1,138 @@
+//! What the filesystem knows about the registry's names, and for how long it trusts it.
+//!
+//! The catalog, tag lists and resolved names are cached for `metadata_ttl` (1 s by
+//! default), so a change made by another client shows within that time; a change made
+//! through this mount drops what it changed at once. Local directories (made with `mkdir`
+//! before anything was pushed into them) and hidden ones (removed with `rmdir`, which the
+//! registry cannot do) live here too.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reposure_surrogate::registry::{ImageInfo, Registry};
+
+use crate::errno::FsResult;
+use crate::inode::ImageName;
+use crate::namespace;
+use crate::ttl_cache::TtlCache;
+
+/// The cached view of the registry.
+pub struct Metadata {
+    registry: Arc<dyn Registry>,
+    catalog: TtlCache<(), Arc<Vec<String>>>,
+    tags: TtlCache<String, Arc<Vec<String>>>,
+    resolved: TtlCache<ImageName, ImageInfo>,
+    local_dirs: Mutex<BTreeSet<String>>,
+    hidden_dirs: Mutex<HashSet<String>>,
+}
+
+impl Metadata {
+    pub fn new(registry: Arc<dyn Registry>, ttl: Duration) -> Self {
+        Self {
+            registry,
+            catalog: TtlCache::new(ttl),
+            tags: TtlCache::new(ttl),
+            resolved: TtlCache::new(ttl),
+            local_dirs: Mutex::default(),
+            hidden_dirs: Mutex::default(),
+        }
+    }
+
+    /// Every repository.
+    pub async fn catalog(&self) -> FsResult<Arc<Vec<String>>> {
+        if let Some(catalog) = self.catalog.get(&()) {
+            return Ok(catalog);
+        }
+        let catalog = Arc::new(self.registry.list_repositories().await?);
+        self.catalog.insert((), catalog.clone());
+        Ok(catalog)
+    }
+
+    /// A repository's tags.
+    pub async fn tags(&self, repository: &str) -> FsResult<Arc<Vec<String>>> {
+        if let Some(tags) = self.tags.get(&repository.to_owned()) {
+            return Ok(tags);
+        }
+        let tags = Arc::new(self.registry.list_tags(repository).await?);
+        self.tags.insert(repository.to_owned(), tags.clone());
+        Ok(tags)
+    }
+
+    /// What a name resolves to now (digest names never change, and are kept as long).
+    pub async fn resolve(&self, name: &ImageName) -> FsResult<ImageInfo> {
+        if let Some(info) = self.resolved.get(name) {
+            return Ok(info);
+        }
+        let info = self
+            .registry
+            .resolve(&name.repository, &name.reference)
+            .await?;
+        self.resolved.insert(name.clone(), info.clone());
+        Ok(info)
+    }
+
+    /// Forgets what a change to `name` made stale.
+    pub fn invalidate(&self, name: &ImageName) {
+        self.catalog.remove(&());
+        self.tags.remove(&name.repository);
+        self.resolved.remove(name);
+    }
+
+    /// Records that `repository` now has an image, so its directories are real.
+    pub fn published(&self, repository: &str) {
+        let mut local = self.local_dirs.lock().expect("lock");
+        let mut hidden = self.hidden_dirs.lock().expect("lock");
+        let mut path = repository;
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            local.remove(parent);
+            hidden.remove(parent);
+            path = parent;
+        }
+    }
+
+    /// Whether `path` is a directory.
+    pub async fn is_dir(&self, path: &str) -> FsResult<bool> {
+        if path.is_empty() || self.local_dirs.lock().expect("lock").contains(path) {
+            return Ok(true);
+        }
+        if self.hidden_dirs.lock().expect("lock").contains(path) {
+            return Ok(false);
+        }
+        Ok(namespace::is_catalog_dir(path, &self.catalog().await?))
+    }
+
+    /// The sub-directories of `dir` that exist only here, and those hidden by `rmdir`.
+    pub fn adjust_sub_dirs(&self, dir: &str, sub_dirs: &mut BTreeSet<String>) {
+        let hidden = self.hidden_dirs.lock().expect("lock");
+        sub_dirs.retain(|d| !hidden.contains(&namespace::join(dir, d)));
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        for local in self.local_dirs.lock().expect("lock").iter() {
+            if let Some(name) = local.strip_prefix(&prefix).filter(|n| !n.contains('/')) {
+                sub_dirs.insert(name.to_owned());
+            }
+        }
+    }
+
+    /// Makes a local directory (undoing an earlier `rmdir` of it).
+    pub fn make_dir(&self, path: &str) {
+        self.hidden_dirs.lock().expect("lock").remove(path);
+        self.local_dirs
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned());
+    }
+
+    /// Removes a directory from view.
+    pub fn remove_dir(&self, path: &str) {
+        self.local_dirs.lock().expect("lock").remove(path);
+        self.hidden_dirs
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned());
+    }
+}

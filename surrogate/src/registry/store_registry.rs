@@ -1,0 +1,468 @@
+//! [`Registry`] over a [`Store`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use super::streams::{exact_length, gunzip, window};
+use super::{Encoding, FileContent, FileUpload, ImageInfo, Registry, probe};
+use crate::ByteStream;
+use crate::digest::{Digest, verify_stream};
+use crate::error::{RegistryError, Result};
+use crate::formats::archive::{ArchivePlan, Piece};
+use crate::formats::manifest::{
+    self, Descriptor, ImageManifest, IndexManifest, ManifestKind, StoredManifest,
+};
+use crate::formats::media_types as mt;
+use crate::formats::single_file::{self, Classification, PushFormat};
+use crate::names::{self, Reference};
+use crate::store::Store;
+
+/// Manifests kept by digest (they never change): enough for the archives being read at
+/// once, small enough to ignore (manifests are a few KiB).
+const MANIFEST_CACHE: usize = 512;
+
+/// [`Registry`] over a [`Store`].
+pub struct StoreRegistry {
+    store: Arc<dyn Store>,
+    manifests: Mutex<HashMap<Digest, StoredManifest>>,
+}
+
+impl StoreRegistry {
+    /// Wraps a store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            manifests: Mutex::default(),
+        }
+    }
+
+    /// A manifest by digest, from the cache or the store.
+    async fn manifest_by_digest(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<StoredManifest> {
+        if let Some(manifest) = self.manifests.lock().expect("cache lock").get(digest) {
+            return Ok(manifest.clone());
+        }
+        let manifest = self
+            .store
+            .get_manifest(repository, &Reference::Digest(digest.clone()))
+            .await?;
+        self.remember(&manifest);
+        Ok(manifest)
+    }
+
+    fn remember(&self, manifest: &StoredManifest) {
+        let mut cache = self.manifests.lock().expect("cache lock");
+        if cache.len() >= MANIFEST_CACHE {
+            cache.clear();
+        }
+        cache.insert(manifest.digest.clone(), manifest.clone());
+    }
+
+    /// The image manifests an archive of `root` holds.
+    async fn images_of(
+        &self,
+        repository: &str,
+        root: &StoredManifest,
+    ) -> Result<Vec<(StoredManifest, ImageManifest)>> {
+        match manifest::parse(root)? {
+            ManifestKind::Image(image) => Ok(vec![(root.clone(), *image)]),
+            ManifestKind::Index => {
+                let index: IndexManifest = serde_json::from_slice(&root.bytes).map_err(|e| {
+                    RegistryError::Corrupt(format!("index {} does not parse: {e}", root.digest))
+                })?;
+                let mut images = Vec::new();
+                for child in &index.manifests {
+                    let stored = self.manifest_by_digest(repository, &child.digest).await?;
+                    // Nested indexes are rare; their own children are not followed.
+                    if let ManifestKind::Image(image) = manifest::parse(&stored)? {
+                        images.push((stored, *image));
+                    }
+                }
+                Ok(images)
+            }
+        }
+    }
+
+    async fn plan(
+        &self,
+        repository: &str,
+        root: &StoredManifest,
+        reference: Option<&str>,
+    ) -> Result<ArchivePlan> {
+        let images = self.images_of(repository, root).await?;
+        Ok(ArchivePlan::new(root, &images, reference))
+    }
+
+    /// How the image reads as one file, if it does.
+    async fn file_of(&self, repository: &str, image: &ImageManifest) -> Result<probe::Probed> {
+        match single_file::classify(image) {
+            Classification::Raw(layer) => Ok(Ok(probe::raw(&layer))),
+            Classification::Tar(layer) => probe::tar(self.store.as_ref(), repository, &layer).await,
+            Classification::Gzip(layer) => {
+                probe::gzip(self.store.as_ref(), repository, &layer).await
+            }
+            Classification::NotAFile(reason) => Ok(Err(reason)),
+        }
+    }
+
+    async fn put_bytes(&self, repository: &str, bytes: &'static [u8]) -> Result<()> {
+        let body = futures::stream::once(async move { Ok(Bytes::from_static(bytes)) }).boxed();
+        self.store.put_blob(repository, body).await.map(|_| ())
+    }
+
+    /// Makes `digest` available in `to` from `from`: a mount, or a copy where the registry
+    /// cannot mount.
+    async fn carry_blob(&self, from: &str, to: &str, descriptor: &Descriptor) -> Result<()> {
+        if self.store.mount_blob(to, from, &descriptor.digest).await? {
+            return Ok(());
+        }
+        let stream = self
+            .store
+            .get_blob(from, &descriptor.digest, 0, None)
+            .await?;
+        self.put_blob(to, descriptor, stream).await
+    }
+}
+
+/// The blobs (and child manifests) a manifest needs in its repository.
+fn referenced(manifest: &StoredManifest) -> Result<(Vec<Descriptor>, Vec<Descriptor>)> {
+    match manifest::parse(manifest)? {
+        ManifestKind::Image(image) => {
+            let mut blobs = vec![image.config.clone()];
+            blobs.extend(image.layers.iter().cloned());
+            Ok((blobs, Vec::new()))
+        }
+        ManifestKind::Index => {
+            let index: IndexManifest = serde_json::from_slice(&manifest.bytes).map_err(|e| {
+                RegistryError::Corrupt(format!("index {} does not parse: {e}", manifest.digest))
+            })?;
+            Ok((Vec::new(), index.manifests))
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for StoreRegistry {
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.store.check().await
+    }
+
+    async fn list_repositories(&self) -> Result<Vec<String>> {
+        let mut names = self.store.list_repositories().await?;
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn list_tags(&self, repository: &str) -> Result<Vec<String>> {
+        let mut tags = self.store.list_tags(repository).await?;
+        tags.retain(|t| !names::is_referrers_fallback_tag(t));
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    async fn resolve(&self, repository: &str, reference: &Reference) -> Result<ImageInfo> {
+        let manifest = self.store.get_manifest(repository, reference).await?;
+        self.remember(&manifest);
+        let archive_name = match reference {
+            Reference::Tag(tag) => Some(format!("{repository}:{tag}")),
+            Reference::Digest(_) => None,
+        };
+        let plan = self
+            .plan(repository, &manifest, archive_name.as_deref())
+            .await?;
+        let archive = FileContent::Archive {
+            manifest: manifest.digest.clone(),
+            reference: archive_name,
+            length: plan.size(),
+        };
+        let (file, created) = match manifest::parse(&manifest)? {
+            ManifestKind::Index => (Err("a multi-platform image index".to_owned()), None),
+            ManifestKind::Image(image) => (
+                self.file_of(repository, &image).await?,
+                probe::created(self.store.as_ref(), repository, &image).await,
+            ),
+        };
+        Ok(ImageInfo {
+            digest: manifest.digest,
+            media_type: manifest.media_type,
+            file,
+            archive,
+            created,
+        })
+    }
+
+    async fn read(
+        &self,
+        repository: &str,
+        content: &FileContent,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream> {
+        let length = length.min(content.length().saturating_sub(offset));
+        match content {
+            FileContent::Blob {
+                blob,
+                encoding,
+                offset: start,
+                length: file_length,
+            } => {
+                let whole_file = offset == 0 && length == *file_length;
+                match encoding {
+                    Encoding::Identity if !whole_file => {
+                        if length == 0 {
+                            return Ok(futures::stream::empty().boxed());
+                        }
+                        self.store
+                            .get_blob(repository, &blob.digest, start + offset, Some(length))
+                            .await
+                    }
+                    Encoding::Identity => {
+                        let stream = self
+                            .store
+                            .get_blob(repository, &blob.digest, 0, None)
+                            .await?;
+                        let verified = verify_stream(stream, blob.digest.clone(), blob.size);
+                        Ok(window(verified, *start, *file_length, true))
+                    }
+                    Encoding::Gzip => {
+                        // gzip cannot be entered in the middle: decode from the start. Reads
+                        // that reach the end of the file also drain the blob so its digest
+                        // is checked.
+                        let stream = self
+                            .store
+                            .get_blob(repository, &blob.digest, 0, None)
+                            .await?;
+                        let verified = verify_stream(stream, blob.digest.clone(), blob.size);
+                        let reaches_end = offset + length >= *file_length;
+                        Ok(window(
+                            gunzip(verified),
+                            start + offset,
+                            length,
+                            reaches_end,
+                        ))
+                    }
+                }
+            }
+            FileContent::Archive {
+                manifest,
+                reference,
+                ..
+            } => {
+                let root = self.manifest_by_digest(repository, manifest).await?;
+                let plan = self.plan(repository, &root, reference.as_deref()).await?;
+                let store = self.store.clone();
+                let repository = repository.to_owned();
+                let pieces = plan.pieces(offset, length);
+                Ok(futures::stream::iter(pieces)
+                    .then(move |piece| {
+                        let store = store.clone();
+                        let repository = repository.clone();
+                        async move {
+                            match piece {
+                                Piece::Bytes(bytes) => Ok::<ByteStream, RegistryError>(
+                                    futures::stream::once(async { Ok(bytes) }).boxed(),
+                                ),
+                                Piece::Blob {
+                                    descriptor,
+                                    offset,
+                                    length,
+                                } => {
+                                    let stream = store
+                                        .get_blob(
+                                            &repository,
+                                            &descriptor.digest,
+                                            offset,
+                                            Some(length),
+                                        )
+                                        .await?;
+                                    Ok(if offset == 0 && length == descriptor.size {
+                                        verify_stream(stream, descriptor.digest, descriptor.size)
+                                    } else {
+                                        stream
+                                    })
+                                }
+                            }
+                        }
+                    })
+                    .try_flatten()
+                    .boxed())
+            }
+        }
+    }
+
+    async fn push_file(&self, repository: &str, tag: &str, upload: FileUpload) -> Result<Digest> {
+        names::check_repository(repository)?;
+        names::check_tag(tag)?;
+        let created: DateTime<Utc> = upload.created.unwrap_or_else(Utc::now);
+        let body = exact_length(upload.body, upload.size);
+        let (layer, config) = match upload.format {
+            PushFormat::Image => {
+                let framing = single_file::tar_framing(&upload.file_name, upload.size, created)?;
+                let layer_stream =
+                    futures::stream::once(async move { Ok(Bytes::from(framing.header)) })
+                        .chain(body)
+                        .chain(futures::stream::once(async move {
+                            Ok(Bytes::from(framing.trailer))
+                        }))
+                        .boxed();
+                let layer = self.store.put_blob(repository, layer_stream).await?;
+                let config = single_file::image_config(&layer.0, created);
+                let descriptor = Descriptor::of(mt::OCI_CONFIG, &config);
+                let config_stream =
+                    futures::stream::once(async move { Ok(Bytes::from(config)) }).boxed();
+                self.store.put_blob(repository, config_stream).await?;
+                (layer, descriptor)
+            }
+            PushFormat::Artifact => {
+                let layer = self.store.put_blob(repository, body).await?;
+                self.put_bytes(repository, single_file::EMPTY_CONFIG)
+                    .await?;
+                (
+                    layer,
+                    Descriptor::of(mt::OCI_EMPTY, single_file::EMPTY_CONFIG),
+                )
+            }
+        };
+        let bytes = single_file::manifest(upload.format, &upload.file_name, layer, config, created);
+        let manifest = StoredManifest {
+            digest: Digest::of(&bytes),
+            bytes: Bytes::from(bytes),
+            media_type: mt::OCI_MANIFEST.to_owned(),
+        };
+        self.store
+            .put_manifest(repository, &Reference::Tag(tag.to_owned()), &manifest)
+            .await?;
+        Ok(manifest.digest)
+    }
+
+    async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {
+        match self.store.delete_tag(repository, tag).await {
+            Err(RegistryError::TagDeleteUnsupported) => {}
+            other => return other,
+        }
+        // The registry deletes manifests, not tags, and deleting the tag's manifest would
+        // remove every other tag on it. Point the tag at a manifest nobody else can have
+        // (it carries a random nonce) and delete that one instead.
+        self.store
+            .get_manifest(repository, &Reference::Tag(tag.to_owned()))
+            .await?;
+        self.put_bytes(repository, single_file::EMPTY_CONFIG)
+            .await?;
+        let nonce: u128 = rand::random();
+        let throwaway = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": mt::OCI_MANIFEST,
+            "config": Descriptor::of(mt::OCI_EMPTY, single_file::EMPTY_CONFIG),
+            "layers": [Descriptor::of(mt::OCI_EMPTY, single_file::EMPTY_CONFIG)],
+            "annotations": { "dev.reposure.deleted-tag": format!("{tag} {nonce:032x}") },
+        }))
+        .expect("manifest serialises");
+        let manifest = StoredManifest {
+            digest: Digest::of(&throwaway),
+            bytes: Bytes::from(throwaway),
+            media_type: mt::OCI_MANIFEST.to_owned(),
+        };
+        self.store
+            .put_manifest(repository, &Reference::Tag(tag.to_owned()), &manifest)
+            .await?;
+        self.store
+            .delete_manifest(repository, &manifest.digest)
+            .await
+    }
+
+    async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let manifest = self.store.get_manifest(repository, reference).await?;
+        self.remember(&manifest);
+        Ok(manifest)
+    }
+
+    async fn put_blob(
+        &self,
+        repository: &str,
+        expected: &Descriptor,
+        body: ByteStream,
+    ) -> Result<()> {
+        let verified = verify_stream(body, expected.digest.clone(), expected.size);
+        let (digest, _) = self.store.put_blob(repository, verified).await?;
+        if digest != expected.digest {
+            return Err(RegistryError::Corrupt(format!(
+                "blob stored as {digest}, expected {}",
+                expected.digest
+            )));
+        }
+        Ok(())
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &Reference,
+        manifest: &StoredManifest,
+    ) -> Result<()> {
+        names::check_repository(repository)?;
+        if let Reference::Tag(tag) = reference {
+            names::check_tag(tag)?;
+        }
+        self.store
+            .put_manifest(repository, reference, manifest)
+            .await
+    }
+
+    async fn tag(
+        &self,
+        from_repository: &str,
+        from: &Reference,
+        to_repository: &str,
+        to_tag: &str,
+    ) -> Result<Digest> {
+        names::check_repository(to_repository)?;
+        names::check_tag(to_tag)?;
+        let manifest = self.store.get_manifest(from_repository, from).await?;
+        if from_repository != to_repository {
+            let (blobs, children) = referenced(&manifest)?;
+            for blob in &blobs {
+                self.carry_blob(from_repository, to_repository, blob)
+                    .await?;
+            }
+            for child in &children {
+                let child_manifest = self
+                    .manifest_by_digest(from_repository, &child.digest)
+                    .await?;
+                let (child_blobs, _) = referenced(&child_manifest)?;
+                for blob in &child_blobs {
+                    self.carry_blob(from_repository, to_repository, blob)
+                        .await?;
+                }
+                self.store
+                    .put_manifest(
+                        to_repository,
+                        &Reference::Digest(child.digest.clone()),
+                        &child_manifest,
+                    )
+                    .await?;
+            }
+        }
+        self.store
+            .put_manifest(to_repository, &Reference::Tag(to_tag.to_owned()), &manifest)
+            .await?;
+        Ok(manifest.digest)
+    }
+}
