@@ -128,7 +128,7 @@ fn multi_layer_image_reads_as_an_archive() {
     let archive = mount.path("layers");
     let size = fs::metadata(&archive).unwrap().len();
     assert!(
-        size > 0 && size % 512 == 0,
+        size > 0 && size.is_multiple_of(512),
         "an archive has a known size: {size}"
     );
     let layers = |m: &serde_json::Value| -> Vec<String> {
