@@ -13,6 +13,7 @@ if [[ "${1:-}" == "--tests" ]]; then
     need umoci umoci
     need openssl openssl
     need curl curl
+    need attr getfattr
     need python3 python3
     if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
         packages+=(python3-venv)

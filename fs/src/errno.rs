@@ -35,9 +35,6 @@ pub enum FsError {
     /// An operation the registry model cannot express (the text says which).
     #[error("not permitted: {0}")]
     NotPermitted(String),
-    /// Reading an image that is not a single file.
-    #[error("not a single file: {0}")]
-    NotAFile(String),
     /// A file handle that is not open (or not open for this).
     #[error("bad file handle")]
     BadHandle,
@@ -61,7 +58,6 @@ impl FsError {
             FsError::NotDirectory => libc::ENOTDIR,
             FsError::Exists => libc::EEXIST,
             FsError::NotPermitted(_) => libc::EPERM,
-            FsError::NotAFile(_) => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::PushFailed(_) => libc::EIO,
             FsError::Registry(e) => match e {

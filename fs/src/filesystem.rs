@@ -97,6 +97,10 @@ pub struct DirEntry {
     pub kind: NodeKind,
 }
 
+fn tag_of(name: &ImageName) -> &str {
+    name.tag().unwrap_or(DEFAULT_TAG)
+}
+
 /// What a name in a directory stands for, before resolving it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Named {
@@ -128,6 +132,12 @@ struct Writing {
     ino: u64,
 }
 
+/// Tells the kernel that a name in a directory changed (its cached entry must go): called
+/// with the directory's inode and the file name, after the mount itself changed what a name
+/// points at. The kernel's own entry lifetime is not enough: a zero lifetime still lets it
+/// reuse an entry within the same clock tick.
+pub type Invalidator = Box<dyn Fn(u64, &str) + Send + Sync>;
+
 /// The filesystem.
 pub struct Filesystem {
     registry: Arc<dyn Registry>,
@@ -141,6 +151,7 @@ pub struct Filesystem {
     recent_listings: Mutex<HashMap<String, RecentListing>>,
     next_handle: AtomicU64,
     mounted_at: SystemTime,
+    invalidator: Arc<std::sync::OnceLock<Invalidator>>,
 }
 
 impl Filesystem {
@@ -158,7 +169,14 @@ impl Filesystem {
             recent_listings: Mutex::default(),
             next_handle: AtomicU64::new(1),
             mounted_at: SystemTime::now(),
+            invalidator: Arc::default(),
         }
+    }
+
+    /// Sets how the kernel is told about names this mount changed (set once, when the
+    /// mount is up; before that nothing is cached to invalidate).
+    pub fn set_invalidator(&self, invalidator: Invalidator) {
+        let _ = self.invalidator.set(invalidator);
     }
 
     /// The mount's settings.
@@ -483,9 +501,22 @@ impl Filesystem {
         }
         let metadata = self.metadata.clone();
         let published_name = name.clone();
+        let invalidator = self.invalidator.clone();
+        let parent = published_name
+            .repository
+            .rsplit_once('/')
+            .map_or(String::new(), |(parent, _)| parent.to_owned());
+        let parent_ino = self.inodes.dir(&parent);
         let on_published = Box::new(move |_: &Digest| {
             metadata.invalidate(&published_name);
             metadata.published(&published_name.repository);
+            if let Some(invalidate) = invalidator.get() {
+                for file_name in
+                    namespace::file_names(&published_name.repository, tag_of(&published_name))
+                {
+                    invalidate(parent_ino, &file_name);
+                }
+            }
         });
         let target = Target {
             repository: name.repository.clone(),
@@ -676,12 +707,11 @@ impl Filesystem {
         mode_or_owner: bool,
     ) -> FsResult<Attr> {
         if let Some(Inode::Dir(_)) = self.inodes.get(ino) {
-            return if mode_or_owner || size.is_some() {
-                Err(FsError::NotPermitted(
-                    "directories have no mode or owner to change".into(),
-                ))
-            } else {
-                Ok(self.dir_attr(ino))
+            // Directories exist only as names here: copy tools (`cp -a`) set their mode
+            // and owner after making them, which is accepted and changes nothing.
+            return match size {
+                Some(_) => Err(FsError::IsDirectory),
+                None => Ok(self.dir_attr(ino)),
             };
         }
         let name = self.name_of(ino)?;
@@ -769,6 +799,11 @@ impl Filesystem {
         let new_name = new_name
             .to_str()
             .ok_or_else(|| FsError::InvalidName("file names must be UTF-8".into()))?;
+        if Self::plausible(&dir, name) && matches!(self.named(&dir, name).await?, Named::Dir(_)) {
+            return Err(FsError::NotPermitted(
+                "repositories cannot be renamed; move the files in them instead".into(),
+            ));
+        }
         let source = self.tag_name(&dir, name).await?;
         let target = self.new_tag_name(&new_dir, new_name).await?;
         if source == target {

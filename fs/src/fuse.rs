@@ -150,9 +150,10 @@ impl fuser::Filesystem for FuseAdapter {
             match core.lookup(parent.0, &name).await {
                 Ok(attr) => {
                     let (entry_ttl, attr_ttl) = ttls(&attr, ttl);
+                    // fuser takes the attribute lifetime first.
                     reply.entry_with_ttls(
-                        &entry_ttl,
                         &attr_ttl,
+                        &entry_ttl,
                         &to_file_attr(&attr, ownership),
                         Generation(0),
                     )
@@ -281,7 +282,8 @@ impl fuser::Filesystem for FuseAdapter {
         self.spawn(span, async move {
             match core.create(parent.0, &name, flags).await {
                 Ok((attr, fh)) => reply.created(
-                    &ttl,
+                    // The entry must be looked up again (see `ttls`): one TTL serves both.
+                    &ttls(&attr, ttl).0,
                     &to_file_attr(&attr, ownership),
                     Generation(0),
                     FileHandle(fh),
@@ -470,9 +472,10 @@ impl fuser::Filesystem for FuseAdapter {
             match core.link(ino.0, newparent.0, &newname).await {
                 Ok(attr) => {
                     let (entry_ttl, attr_ttl) = ttls(&attr, ttl);
+                    // fuser takes the attribute lifetime first.
                     reply.entry_with_ttls(
-                        &entry_ttl,
                         &attr_ttl,
+                        &entry_ttl,
                         &to_file_attr(&attr, ownership),
                         Generation(0),
                     )

@@ -39,6 +39,17 @@ pub fn split_file_name(dir: &str, name: &str) -> (String, Option<String>) {
     }
 }
 
+/// Every file name that can stand for `repository:tag` in its directory: `NAME:TAG`, and
+/// the bare `NAME` for `latest`.
+pub fn file_names(repository: &str, tag: &str) -> Vec<String> {
+    let name = repository.rsplit('/').next().unwrap_or(repository);
+    let mut names = vec![format!("{name}:{tag}")];
+    if tag == DEFAULT_TAG {
+        names.push(name.to_owned());
+    }
+    names
+}
+
 /// Validates a name for creating an image in `dir`; returns the repository and tag.
 pub fn image_for_create(dir: &str, name: &str) -> FsResult<(String, String)> {
     let (repository, tag) = split_file_name(dir, name);

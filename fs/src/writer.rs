@@ -95,7 +95,6 @@ impl WriteHandle {
             size: size.clone(),
             replacing: replacing.clone(),
             dirty: new_content,
-            explicit: false,
             failed: false,
             on_published,
         };
@@ -194,8 +193,6 @@ struct Writer {
     replacing: Arc<AtomicBool>,
     /// The content differs from what was last published.
     dirty: bool,
-    /// The content comes from writes or a truncation (not only from being created).
-    explicit: bool,
     /// The last publish failed: close() reported it, and release does not try again.
     failed: bool,
     on_published: OnPublished,
@@ -204,7 +201,6 @@ struct Writer {
 impl Writer {
     fn mark_dirty(&mut self) {
         self.dirty = true;
-        self.explicit = true;
         self.replacing.store(true, Ordering::Relaxed);
     }
 
@@ -248,20 +244,58 @@ impl Writer {
 
     /// Pushes the spooled content if it changed since the last push.
     ///
-    /// A `flush` of a file that was only created (nothing written or truncated yet)
-    /// publishes nothing: programs that `dup` a descriptor (as `dd of=` does) close one copy
-    /// before writing, and an empty image pushed then would briefly replace the tag. Such a
-    /// file is published when its last descriptor is released instead. A release does not
-    /// retry a publish that failed: close() already reported that failure.
+    /// A `flush` while the file is empty publishes nothing: programs that `dup` a
+    /// descriptor (`dd of=`, a shell's `>`) close one copy before writing, and an empty image
+    /// pushed then would briefly replace the tag. An empty file (created, or truncated,
+    /// and never written) is published when its last descriptor is released instead. A
+    /// release does not retry a publish that failed: close() already reported that failure.
     async fn publish(&mut self, trigger: Trigger) -> FsResult<()> {
         let size = self.size.load(Ordering::Relaxed);
-        if !self.dirty || (trigger == Trigger::Flush && !self.explicit) {
+        if !self.dirty || (trigger == Trigger::Flush && size == 0) {
             return Ok(());
         }
-        let reader = self
+        let started = std::time::Instant::now();
+        let result = match self.push_as_archive().await {
+            Ok(Some(digest)) => Ok(digest),
+            Ok(None) => self.push_as_file(size).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(digest) => {
+                info!(%digest, size, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
+                self.dirty = false;
+                self.failed = false;
+                (self.on_published)(&digest);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                error!(error = %e, size, "push failed; the tag was not changed");
+                Err(FsError::PushFailed(e))
+            }
+        }
+    }
+
+    /// An image archive written to a name pushes the image it holds.
+    async fn push_as_archive(&self) -> reposure_surrogate::Result<Option<Digest>> {
+        let scratch = self
             ._spool
-            .reopen()
-            .map_err(|e| FsError::Registry(e.into()))?;
+            .path()
+            .parent()
+            .unwrap_or(std::path::Path::new("/tmp"));
+        reposure_surrogate::import::push_archive(
+            self.registry.as_ref(),
+            &self.target.repository,
+            &self.target.tag,
+            self._spool.path(),
+            scratch,
+        )
+        .await
+    }
+
+    /// Anything else is stored as a single-file image.
+    async fn push_as_file(&self, size: u64) -> reposure_surrogate::Result<Digest> {
+        let reader = self._spool.reopen()?;
         let body = tokio_stream_of(tokio::fs::File::from_std(reader), size);
         let file_name = self
             .target
@@ -277,25 +311,9 @@ impl Writer {
             format: self.target.format,
             body,
         };
-        let started = std::time::Instant::now();
-        match self
-            .registry
+        self.registry
             .push_file(&self.target.repository, &self.target.tag, upload)
             .await
-        {
-            Ok(digest) => {
-                info!(%digest, size, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
-                self.dirty = false;
-                self.failed = false;
-                (self.on_published)(&digest);
-                Ok(())
-            }
-            Err(e) => {
-                self.failed = true;
-                error!(error = %e, size, "push failed; the tag was not changed");
-                Err(FsError::PushFailed(e))
-            }
-        }
     }
 }
 

@@ -182,7 +182,7 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
         uid: options.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
         gid: options.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
     };
-    let adapter = FuseAdapter::new(core, runtime.handle().clone(), ownership);
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), ownership);
 
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
@@ -202,6 +202,11 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
     let mut session = fuser::Session::new(adapter, &args.mountpoint, &fuse_config)
         .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
 
+    let notifier = session.notifier();
+    core.set_invalidator(Box::new(move |parent, name| {
+        // An entry the kernel never cached is "not found": nothing to do.
+        let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(name));
+    }));
     let mut unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();
     runtime.spawn(async move {

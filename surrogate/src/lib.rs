@@ -19,6 +19,7 @@
 pub mod digest;
 pub mod error;
 pub mod formats;
+pub mod import;
 pub mod names;
 pub mod registry;
 pub mod session;

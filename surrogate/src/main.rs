@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use reposure_surrogate::formats::single_file::PushFormat;
+use reposure_surrogate::import;
 use reposure_surrogate::names::{self, Reference};
 use reposure_surrogate::registry::{FileUpload, Registry, StoreRegistry};
 use reposure_surrogate::session::server::SessionServer;
@@ -88,7 +89,7 @@ enum Command {
         #[arg(long)]
         unpack: bool,
     },
-    /// Push stdin as a single-file image.
+    /// Push stdin: an image archive as its image, anything else as a single-file image.
     Push {
         name: String,
         #[arg(long, default_value = "image")]
@@ -230,30 +231,44 @@ async fn run(cli: Cli) -> Result<()> {
             let Reference::Tag(tag) = reference else {
                 bail!("push to a tag, not a digest");
             };
-            // The image needs the length before the content: take stdin into a file first.
-            let mut spooled = tempfile::tempfile().context("cannot create a temporary file")?;
-            std::io::copy(&mut std::io::stdin().lock(), &mut spooled).context("reading stdin")?;
-            let size = std::io::Seek::stream_position(&mut spooled)?;
-            std::io::Seek::rewind(&mut spooled)?;
-            let body = tokio_util::io::ReaderStream::with_capacity(
-                tokio::fs::File::from_std(spooled),
-                1 << 20,
+            // The image needs the length before the content, and an image archive must be
+            // recognised before it is pushed: take stdin into a file first.
+            let mut spooled =
+                tempfile::NamedTempFile::new().context("cannot create a temporary file")?;
+            std::io::copy(&mut std::io::stdin().lock(), spooled.as_file_mut())
+                .context("reading stdin")?;
+            let scratch = std::env::temp_dir();
+            let digest = match import::push_archive(
+                registry.as_ref(),
+                &repository,
+                &tag,
+                spooled.path(),
+                &scratch,
             )
-            .map(|r| r.map_err(reposure_surrogate::RegistryError::from))
-            .boxed();
-            let file_name = repository
-                .rsplit('/')
-                .next()
-                .unwrap_or(&repository)
-                .to_owned();
-            let upload = FileUpload {
-                file_name,
-                size,
-                format,
-                created: None,
-                body,
+            .await?
+            {
+                Some(digest) => digest,
+                None => {
+                    let size = spooled.as_file().metadata()?.len();
+                    let file = tokio::fs::File::open(spooled.path()).await?;
+                    let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                        .map(|r| r.map_err(reposure_surrogate::RegistryError::from))
+                        .boxed();
+                    let file_name = repository
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&repository)
+                        .to_owned();
+                    let upload = FileUpload {
+                        file_name,
+                        size,
+                        format,
+                        created: None,
+                        body,
+                    };
+                    registry.push_file(&repository, &tag, upload).await?
+                }
             };
-            let digest = registry.push_file(&repository, &tag, upload).await?;
             println!("{repository}:{tag} {digest}");
         }
         Command::Delete { name } => {

@@ -298,3 +298,102 @@ fn oci_layout_is_shared_with_skopeo_and_umoci() {
     let listed = run("umoci", &["ls", "--layout", layout.to_str().unwrap()]);
     assert!(!listed.contains("apps/tool"), "{listed}");
 }
+
+fn manifest_digest(host: &str, reference: &str) -> String {
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/{reference}"),
+        ],
+    );
+    format!("sha256:{}", sha256_hex(raw.as_bytes()))
+}
+
+/// `push.archive`: image archives written to a name push the image: the mount's own
+/// archives (plain and gzip) and skopeo's oci-archive keep the manifest digest; a skopeo
+/// docker-archive keeps the layer contents; a tar that is not an image stays a file.
+#[test]
+fn image_archives_go_in_by_cp() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = umoci_single_file_image(work.path(), "v1", "a", b"first");
+    let image = format!("{}:v1", layout.display());
+    let bundle = work.path().join("bundle2");
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &image,
+            bundle.to_str().unwrap(),
+        ],
+    );
+    fs::write(bundle.join("rootfs/b"), b"second").unwrap();
+    run(
+        "umoci",
+        &["repack", "--image", &image, bundle.to_str().unwrap()],
+    );
+    let host = registry.host();
+    skopeo_copy(
+        &format!("oci:{image}"),
+        &format!("docker://{host}/src/app:latest"),
+    );
+    let original = manifest_digest(&host, "src/app:latest");
+    let mount = Mount::new(&registry.url(), &[]);
+    fs::create_dir(mount.path("copies")).unwrap();
+
+    // The mount's own archive, copied back in under other names.
+    fs::copy(mount.path("src/app"), mount.path("copies/plain")).unwrap();
+    assert_eq!(manifest_digest(&host, "copies/plain:latest"), original);
+    let archive = fs::read(mount.path("src/app")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &archive).unwrap();
+    fs::write(mount.path("copies/gzipped:v2"), gz.finish().unwrap()).unwrap();
+    assert_eq!(manifest_digest(&host, "copies/gzipped:v2"), original);
+
+    // skopeo's archives.
+    let oci_archive = work.path().join("app.oci.tar");
+    skopeo_copy(
+        &format!("docker://{host}/src/app:latest"),
+        &format!("oci-archive:{}", oci_archive.display()),
+    );
+    fs::copy(&oci_archive, mount.path("copies/from-oci-archive")).unwrap();
+    assert_eq!(
+        manifest_digest(&host, "copies/from-oci-archive:latest"),
+        original
+    );
+    let docker_archive = work.path().join("app.docker.tar");
+    skopeo_copy(
+        &format!("docker://{host}/src/app:latest"),
+        &format!("docker-archive:{}", docker_archive.display()),
+    );
+    fs::copy(&docker_archive, mount.path("copies/from-docker-archive")).unwrap();
+    let out = work.path().join("back");
+    skopeo_copy(
+        &format!("docker://{host}/copies/from-docker-archive:latest"),
+        &format!("dir:{}", out.display()),
+    );
+    let pushed: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(pushed["layers"].as_array().unwrap().len(), 2);
+
+    // A tar that is not an image archive is a file.
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "notes.txt", &b"hello"[..])
+        .unwrap();
+    let plain_tar = builder.into_inner().unwrap();
+    fs::write(mount.path("copies/just-a-tar"), &plain_tar).unwrap();
+    assert_eq!(
+        fs::read(mount.path("copies/just-a-tar")).unwrap(),
+        plain_tar
+    );
+}

@@ -284,9 +284,11 @@ fn chmod_chown_refused_times_accepted() {
         String::from_utf8_lossy(&cp.stderr)
     );
     assert_eq!(fs::read(mount.path("cpa")).unwrap(), b"via cp -a");
-    // Truncating an image to empty publishes the empty content.
+    // Truncating an image to empty publishes the empty content (at release).
     fs::File::create(mount.path("attrs")).unwrap();
-    assert_eq!(fs::read(mount.path("attrs")).unwrap(), b"");
+    assert!(reposure_tests::wait_until(Duration::from_secs(5), || {
+        fs::read(mount.path("attrs")).unwrap().is_empty()
+    }));
 }
 
 /// `dir.mkdir`, `dir.rmdir`: local directories, ENOTEMPTY.
@@ -586,4 +588,258 @@ fn dd_pushes_once_and_touch_creates_empty() {
         registry_tags(&registry.url(), "empty") == ["latest"]
     }));
     assert_eq!(fs::read(mount.path("empty")).unwrap(), b"");
+}
+
+/// `retag.mv`: mv puts the manifest under the new name (across repositories too) and
+/// removes the old tag only; `retag.ln`: ln adds a tag for the same manifest.
+#[test]
+fn mv_and_ln_retag() {
+    let (registry, mount) = mounted();
+    fs::create_dir(mount.path("a")).unwrap();
+    fs::create_dir(mount.path("b")).unwrap();
+    let content = random_bytes(300_000);
+    fs::write(mount.path("a/img:v1"), &content).unwrap();
+    reposure_tests::tools::skopeo_copy(
+        &format!("docker://{}/a/img:v1", registry.host()),
+        &format!("docker://{}/a/img:keep", registry.host()),
+    );
+    let digest = manifest(&registry.host(), "a/img:v1");
+    fs::rename(mount.path("a/img:v1"), mount.path("a/img:v2")).unwrap();
+    assert_eq!(registry_tags(&registry.url(), "a/img"), ["keep", "v2"]);
+    fs::rename(mount.path("a/img:v2"), mount.path("b/moved")).unwrap();
+    assert_eq!(registry_tags(&registry.url(), "a/img"), ["keep"]);
+    assert_eq!(manifest(&registry.host(), "b/moved:latest"), digest);
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("b/moved")).unwrap()),
+        sha256_hex(&content)
+    );
+    // No blob went through the mount: the registry mounted them into b/moved.
+    let log = registry.log();
+    assert!(
+        log.contains("mount=sha256"),
+        "cross-repository blob mounts expected"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("PATCH /v2/b/moved/blobs/uploads")),
+        "blob bytes were uploaded"
+    );
+
+    fs::hard_link(mount.path("b/moved"), mount.path("a/linked:v9")).unwrap();
+    assert_eq!(manifest(&registry.host(), "a/linked:v9"), digest);
+    assert_eq!(registry_tags(&registry.url(), "b/moved"), ["latest"]);
+    assert_eq!(
+        errno_of(fs::hard_link(
+            mount.path("b/moved"),
+            mount.path("a/linked:v9")
+        )),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno_of(fs::rename(mount.path("b"), mount.path("c"))),
+        libc::EPERM
+    );
+}
+
+/// `read.pinned`: a reader keeps the content it opened when the tag moves, even to the end
+/// of a file longer than the new one.
+#[test]
+fn open_file_keeps_its_content_when_the_tag_moves() {
+    let (_registry, mount) = mounted();
+    let first = random_bytes(3 * 1024 * 1024);
+    fs::write(mount.path("moving"), &first).unwrap();
+    let mut reader = fs::File::open(mount.path("moving")).unwrap();
+    let mut head = vec![0u8; 1024];
+    reader.read_exact(&mut head).unwrap();
+    fs::write(mount.path("moving"), b"replaced").unwrap();
+    fs::rename(mount.path("moving"), mount.path("moving:elsewhere")).unwrap();
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    head.extend(rest);
+    assert_eq!(sha256_hex(&head), sha256_hex(&first));
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("moving:elsewhere")).unwrap()),
+        sha256_hex(b"replaced")
+    );
+}
+
+/// `tree.digest-names`: NAME@sha256:HEX reads the manifest it names, is not listed, and is
+/// read-only.
+#[test]
+fn digest_names_are_read_only_and_unlisted() {
+    let (registry, mount) = mounted();
+    fs::write(mount.path("pinned"), b"by digest").unwrap();
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/pinned:latest", registry.host()),
+        ],
+    );
+    let digest = format!("sha256:{}", sha256_hex(raw.as_bytes()));
+    let by_digest = mount.path(&format!("pinned@{digest}"));
+    fs::write(mount.path("pinned"), b"moved on").unwrap();
+    assert_eq!(fs::read(&by_digest).unwrap(), b"by digest");
+    assert_eq!(names(mount.root()), ["pinned"]);
+    assert_eq!(errno_of(fs::write(&by_digest, b"x")), libc::EPERM);
+    assert_eq!(errno_of(fs::remove_file(&by_digest)), libc::EPERM);
+    let missing = mount.path(&format!("pinned@sha256:{}", "0".repeat(64)));
+    assert_eq!(errno_of(fs::metadata(missing)), libc::ENOENT);
+}
+
+/// `stat.xattrs`: the digest, media type and reference as extended attributes.
+#[test]
+fn extended_attributes_describe_the_image() {
+    let (registry, mount) = mounted();
+    fs::write(mount.path("described:v1"), b"x").unwrap();
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/described:v1", registry.host()),
+        ],
+    );
+    let dump = run(
+        "getfattr",
+        &[
+            "-d",
+            "-m",
+            "user.",
+            mount.path("described:v1").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        dump.contains(&format!(
+            "user.reposure.digest=\"sha256:{}\"",
+            sha256_hex(raw.as_bytes())
+        )),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("user.reposure.mediatype=\"application/vnd.oci.image.manifest.v1+json\""),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("user.reposure.reference=\"described:v1\""),
+        "{dump}"
+    );
+    let set = std::process::Command::new("setfattr")
+        .args(["-n", "user.other", "-v", "1"])
+        .arg(mount.path("described:v1"))
+        .output()
+        .unwrap();
+    assert!(!set.status.success());
+}
+
+/// `read.unpack-option`: with unpack=false a single-file image reads as its archive.
+#[test]
+fn unpack_false_shows_archives() {
+    let registry = Registry::start();
+    {
+        let mount = Mount::of(&registry, &[]);
+        fs::write(mount.path("single"), b"just a file").unwrap();
+    }
+    let mount = Mount::of(&registry, &["unpack=false"]);
+    let archive = fs::read(mount.path("single")).unwrap();
+    assert!(archive.len() > 2048 && archive.len().is_multiple_of(512));
+    let mut tar = tar::Archive::new(archive.as_slice());
+    let names: Vec<String> = tar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&"manifest.json".to_owned()) && names.contains(&"oci-layout".to_owned()),
+        "{names:?}"
+    );
+}
+
+/// `stat.ttl`: a retag by another client shows within the metadata TTL, and the mount's
+/// own retag at once.
+#[test]
+fn out_of_band_retag_shows_within_the_ttl() {
+    let (registry, mount) = mounted();
+    fs::write(mount.path("rt:one"), b"one").unwrap();
+    fs::write(mount.path("rt:two"), b"two").unwrap();
+    assert_eq!(
+        fs::read(mount.path("rt:cur")).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENOENT))
+    );
+    reposure_tests::tools::skopeo_copy(
+        &format!("docker://{}/rt:one", registry.host()),
+        &format!("docker://{}/rt:cur", registry.host()),
+    );
+    assert!(reposure_tests::wait_until(
+        Duration::from_secs(3),
+        || fs::read(mount.path("rt:cur")).ok().as_deref() == Some(b"one")
+    ));
+    reposure_tests::tools::skopeo_copy(
+        &format!("docker://{}/rt:two", registry.host()),
+        &format!("docker://{}/rt:cur", registry.host()),
+    );
+    assert!(reposure_tests::wait_until(
+        Duration::from_secs(3),
+        || fs::read(mount.path("rt:cur")).ok().as_deref() == Some(b"two")
+    ));
+    fs::hard_link(mount.path("rt:one"), mount.path("rt:mine")).unwrap();
+    assert_eq!(fs::read(mount.path("rt:mine")).unwrap(), b"one");
+}
+
+/// `dir.copy-tree`: `cp -r` and `cp -a` of a directory tree into the mount.
+#[test]
+fn copy_a_tree_in() {
+    let (registry, mount) = mounted();
+    let tree = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tree.path().join("site/assets")).unwrap();
+    fs::write(tree.path().join("site/index"), b"<html>").unwrap();
+    fs::write(tree.path().join("site/assets/logo"), random_bytes(5000)).unwrap();
+    for (flag, target) in [("-r", "viar"), ("-a", "viaa")] {
+        let out = std::process::Command::new("cp")
+            .arg(flag)
+            .arg(tree.path().join("site"))
+            .arg(mount.path(target))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cp {flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fs::read(mount.path(&format!("{target}/index"))).unwrap(),
+            b"<html>"
+        );
+        assert_eq!(
+            fs::read(mount.path(&format!("{target}/assets/logo"))).unwrap(),
+            fs::read(tree.path().join("site/assets/logo")).unwrap()
+        );
+        assert_eq!(
+            registry_tags(&registry.url(), &format!("{target}/assets/logo")),
+            ["latest"]
+        );
+    }
+}
+
+/// `cache.page-cache`: reading a file again reads the kernel's cached pages, not the
+/// registry, while its digest is unchanged.
+#[test]
+fn second_read_comes_from_the_page_cache() {
+    let (registry, mount) = mounted();
+    let content = random_bytes(2 * 1024 * 1024);
+    fs::write(mount.path("cached"), &content).unwrap();
+    assert_eq!(fs::read(mount.path("cached")).unwrap(), content);
+    let blob_gets = || {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains("GET /v2/cached/blobs/"))
+            .count()
+    };
+    let before = blob_gets();
+    assert_eq!(fs::read(mount.path("cached")).unwrap(), content);
+    assert_eq!(blob_gets(), before, "the second read went to the registry");
 }

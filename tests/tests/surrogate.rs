@@ -454,7 +454,7 @@ fn original_spool_names() {
         .join("image.tar.failed")
         .exists()));
     let verdict = fs::read_to_string(spool.path().join("image.tar.verdict")).unwrap();
-    assert!(verdict.contains("not supported"), "{verdict}");
+    assert!(verdict.contains("not one"), "{verdict}");
     assert!(spool.path().join("partial~").exists());
     assert!(registry_tags(&registry.url(), "partial").is_empty());
 }

@@ -140,15 +140,33 @@ impl Spooler {
                 .delete_tag(&repository, &tag)
                 .await
                 .map(|()| crate::digest::Digest::of(b"")),
-            LegacyEntry::Archive { .. } => Err(RegistryError::Unsupported(
-                "image archives dropped into the spool are not supported by this version; push them with `reposure image push`".into(),
-            )),
+            LegacyEntry::Archive { repository, tag } => {
+                match crate::import::push_archive(
+                    self.registry.as_ref(),
+                    &repository,
+                    &tag,
+                    &path,
+                    &self.dir,
+                )
+                .await
+                {
+                    Ok(Some(digest)) => Ok(digest),
+                    Ok(None) => Err(RegistryError::Rejected(format!(
+                        "{name} is named as an image archive but is not one (no manifest.json or OCI layout)"
+                    ))),
+                    Err(e) => Err(e),
+                }
+            }
             LegacyEntry::File { repository, tag } => {
                 let size = match tokio::fs::metadata(&path).await {
                     Ok(meta) => meta.len(),
                     Err(_) => return,
                 };
-                let file_name = repository.rsplit('/').next().unwrap_or(&repository).to_owned();
+                let file_name = repository
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&repository)
+                    .to_owned();
                 match file_stream(&path).await {
                     Ok(body) => {
                         let upload = FileUpload {
