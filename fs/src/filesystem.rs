@@ -21,11 +21,12 @@ use reposure_surrogate::names::{DEFAULT_TAG, Reference};
 use reposure_surrogate::registry::{ImageInfo, Registry};
 use tracing::{info, warn};
 
+use crate::cache::DiskCache;
 use crate::errno::{FsError, FsResult};
 use crate::inode::{ImageName, Inode, InodeTable};
 use crate::metadata::Metadata;
 use crate::namespace;
-use crate::reader::ReadHandle;
+use crate::reader::{ReadBudget, ReadContext, ReadHandle};
 use crate::writer::{Target, WriteHandle};
 
 /// How many tag lists (or tag resolutions) run at once when a directory is listed: enough
@@ -35,6 +36,10 @@ pub const LIST_PARALLELISM: usize = 16;
 /// How long after a directory was listed a lookup in it counts as `ls -l` looking at each
 /// entry in turn.
 const LISTING_FOLLOW_UP: Duration = Duration::from_secs(10);
+
+/// Read-ahead all open files share by default: room for a few files streaming at full
+/// speed while keeping the mount's memory small (the 128 MiB goal covers everything).
+pub const DEFAULT_READ_AHEAD_BUDGET: u64 = 32 * 1024 * 1024;
 
 /// Extended attributes every image has.
 pub const XATTR_DIGEST: &str = "user.reposure.digest";
@@ -54,6 +59,10 @@ pub struct FsConfig {
     pub spool_dir: PathBuf,
     /// Whether single-file images read as their file (true) or as their archive.
     pub unpack: bool,
+    /// The bytes all open files may buffer ahead of their readers together.
+    pub read_ahead_budget: u64,
+    /// A directory for verified file contents, and its size limit.
+    pub cache: Option<(PathBuf, u64)>,
 }
 
 impl Default for FsConfig {
@@ -64,6 +73,8 @@ impl Default for FsConfig {
             metadata_ttl: Duration::from_secs(1),
             spool_dir: std::env::temp_dir(),
             unpack: true,
+            read_ahead_budget: DEFAULT_READ_AHEAD_BUDGET,
+            cache: None,
         }
     }
 }
@@ -152,13 +163,23 @@ pub struct Filesystem {
     next_handle: AtomicU64,
     mounted_at: SystemTime,
     invalidator: Arc<std::sync::OnceLock<Invalidator>>,
+    read_context: ReadContext,
 }
 
 impl Filesystem {
     /// A filesystem over `registry`.
-    pub fn new(registry: Arc<dyn Registry>, config: FsConfig) -> Self {
+    pub fn new(registry: Arc<dyn Registry>, config: FsConfig) -> std::io::Result<Self> {
         let metadata = Arc::new(Metadata::new(registry.clone(), config.metadata_ttl));
-        Self {
+        let cache = match &config.cache {
+            Some((dir, limit)) => Some(DiskCache::open(dir.clone(), *limit)?),
+            None => None,
+        };
+        let read_context = ReadContext {
+            registry: registry.clone(),
+            budget: ReadBudget::new(config.read_ahead_budget),
+            cache,
+        };
+        Ok(Self {
             registry,
             config,
             inodes: InodeTable::default(),
@@ -170,7 +191,8 @@ impl Filesystem {
             next_handle: AtomicU64::new(1),
             mounted_at: SystemTime::now(),
             invalidator: Arc::default(),
-        }
+            read_context,
+        })
     }
 
     /// Sets how the kernel is told about names this mount changed (set once, when the
@@ -566,7 +588,7 @@ impl Filesystem {
             (Ok(file), true) => file.clone(),
             _ => info.archive.clone(),
         };
-        let reader = ReadHandle::spawn(self.registry.clone(), name.repository.clone(), content);
+        let reader = ReadHandle::spawn(self.read_context.clone(), name.repository.clone(), content);
         Ok((self.new_handle(Handle::Read(reader)), keep_cache))
     }
 
@@ -807,7 +829,8 @@ impl Filesystem {
         let source = self.tag_name(&dir, name).await?;
         let target = self.new_tag_name(&new_dir, new_name).await?;
         if source == target {
-            return Ok(());
+            // Renaming a name onto itself changes nothing, if the name exists.
+            return self.metadata.resolve(&source).await.map(|_| ());
         }
         if self.writing.lock().expect("lock").contains_key(&source) {
             return Err(FsError::NotPermitted("the file is open for writing".into()));

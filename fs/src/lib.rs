@@ -17,6 +17,7 @@
 //! The contract this implements is `SEMANTICS.md` at the repository root.
 
 mod actor;
+pub mod cache;
 pub mod errno;
 pub mod filesystem;
 pub mod fuse;

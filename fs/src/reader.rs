@@ -5,24 +5,30 @@
 //! takes its reads in the order the kernel sent them (they are queued synchronously from
 //! the FUSE dispatch thread) and serves them from a cursor:
 //!
-//! * A read at offset 0 opens a stream of the **whole blob**, verified against its digest:
-//!   the read that reaches the end of the file fails with EIO if the content was corrupt.
+//! * A read at offset 0 opens a stream of the **whole content**, verified against its
+//!   digest: the read that reaches the end of the file fails with EIO if the content was
+//!   corrupt. With a disk cache, that verified stream is also kept there.
 //! * A read elsewhere opens a Range request for a small window ([`FIRST_WINDOW`]); while
 //!   reads stay sequential the next window doubles up to [`MAX_WINDOW`], so a random 4 KiB
 //!   read costs one small request and a long scan costs few requests.
-//! * A background task pulls each stream ahead of the reader into a bounded queue
-//!   ([`PREFETCH_CHUNKS`]), which is the read-ahead.
+//! * A background task pulls each stream ahead of the reader into a queue, which is the
+//!   read-ahead. The bytes queued by all open files together are bounded by one budget
+//!   ([`ReadBudget`]).
+//! * Content found in the disk cache is read from there, with no request at all.
 
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use reposure_surrogate::registry::{FileContent, Registry};
 use reposure_surrogate::{ByteStream, RegistryError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{Instrument, warn};
 
 use crate::actor::ask;
+use crate::cache::{self, DiskCache, Fill};
 use crate::errno::{FsError, FsResult};
 
 /// The first Range window after a seek: small enough that a random 4 KiB read fetches well
@@ -33,10 +39,36 @@ pub const FIRST_WINDOW: u64 = 256 * 1024;
 /// transfer on a fast link.
 pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
 
-/// Chunks queued ahead of the reader per open file. Network chunks are at most a few tens
-/// of KiB and layout chunks 256 KiB, so this bounds read-ahead memory per file to a few MiB
-/// (16 MiB at worst).
-pub const PREFETCH_CHUNKS: usize = 64;
+/// Most chunks queued ahead of one reader (the byte budget usually binds first).
+const PREFETCH_CHUNKS: usize = 128;
+
+/// How often a read-ahead task waiting for budget looks again.
+const BUDGET_RETRY: Duration = Duration::from_millis(5);
+
+/// The bytes all open files may hold in their read-ahead queues together. A reader whose
+/// queue is empty may always take one chunk more, so no reader ever waits on another's
+/// idle buffer: the total stays under the budget plus one chunk per reader.
+#[derive(Clone)]
+pub struct ReadBudget {
+    kib: Arc<Semaphore>,
+}
+
+impl ReadBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Self {
+        Self {
+            kib: Arc::new(Semaphore::new((bytes / 1024).max(1) as usize)),
+        }
+    }
+
+    fn try_take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = len.div_ceil(1024).max(1) as u32;
+        self.kib.clone().try_acquire_many_owned(kib).ok()
+    }
+}
+
+/// A queued chunk and the budget it holds until consumed.
+type Queued = Result<(Bytes, Option<OwnedSemaphorePermit>), RegistryError>;
 
 struct ReadRequest {
     offset: u64,
@@ -49,15 +81,27 @@ pub struct ReadHandle {
     requests: mpsc::UnboundedSender<ReadRequest>,
 }
 
+/// What a reader needs besides its file.
+#[derive(Clone)]
+pub struct ReadContext {
+    pub registry: Arc<dyn Registry>,
+    pub budget: ReadBudget,
+    pub cache: Option<Arc<DiskCache>>,
+}
+
 impl ReadHandle {
     /// Starts the actor for one open file.
-    pub fn spawn(registry: Arc<dyn Registry>, repository: String, content: FileContent) -> Self {
+    pub fn spawn(context: ReadContext, repository: String, content: FileContent) -> Self {
         let (requests, mut queue) = mpsc::unbounded_channel::<ReadRequest>();
         let span = tracing::info_span!("read_handle", repository = %repository);
+        let key = cache::key(&content);
+        let cached = context.cache.as_ref().and_then(|c| c.get(&key));
         let mut reader = Reader {
-            registry,
+            context,
             repository,
             content,
+            key,
+            cached,
             cursor: None,
             corrupt: None,
         };
@@ -92,18 +136,25 @@ struct Cursor {
     pos: u64,
     /// File offset where this cursor's stream ends.
     end: u64,
-    /// Whether the stream covers the whole blob and is verified.
+    /// Whether the stream covers the whole content and is verified.
     verified: bool,
     /// Size of the next window when this one runs out.
     next_window: u64,
     leftover: Bytes,
-    chunks: mpsc::Receiver<Result<Bytes, RegistryError>>,
+    /// The budget the leftover chunk holds.
+    _leftover_permit: Option<OwnedSemaphorePermit>,
+    chunks: mpsc::Receiver<Queued>,
+    /// The disk cache entry this verified stream fills.
+    fill: Option<Fill>,
 }
 
 struct Reader {
-    registry: Arc<dyn Registry>,
+    context: ReadContext,
     repository: String,
     content: FileContent,
+    key: String,
+    /// The content from the disk cache, when it is there.
+    cached: Option<std::fs::File>,
     cursor: Option<Cursor>,
     /// Set once the content failed verification: every later read of this handle fails
     /// too, so a retry at another offset (the kernel retries failed read-ahead page by
@@ -111,13 +162,31 @@ struct Reader {
     corrupt: Option<String>,
 }
 
-/// Pulls a stream into a bounded queue from a task of its own.
-fn prefetch(mut stream: ByteStream) -> mpsc::Receiver<Result<Bytes, RegistryError>> {
+/// Pulls a stream into a queue from a task of its own, within the shared budget.
+fn prefetch(mut stream: ByteStream, budget: ReadBudget) -> mpsc::Receiver<Queued> {
     let (tx, rx) = mpsc::channel(PREFETCH_CHUNKS);
     tokio::spawn(async move {
         while let Some(item) = stream.next().await {
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
+            let queued = match item {
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+                Ok(chunk) => loop {
+                    if let Some(permit) = budget.try_take(chunk.len()) {
+                        break Ok((chunk, Some(permit)));
+                    }
+                    if tx.capacity() == tx.max_capacity() {
+                        // The reader has nothing queued: give it this chunk anyway.
+                        break Ok((chunk, None));
+                    }
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(BUDGET_RETRY).await;
+                },
+            };
+            if tx.send(queued).await.is_err() {
                 break;
             }
         }
@@ -134,16 +203,23 @@ impl Reader {
             ((offset + window).min(length), false)
         };
         let stream = self
+            .context
             .registry
             .read(&self.repository, &self.content, offset, end - offset)
             .await?;
+        let fill = match (&self.context.cache, verified) {
+            (Some(cache), true) => cache.fill(&self.key),
+            _ => None,
+        };
         Ok(Cursor {
             pos: offset,
             end,
             verified,
             next_window: (window * 2).min(MAX_WINDOW),
             leftover: Bytes::new(),
-            chunks: prefetch(stream),
+            _leftover_permit: None,
+            chunks: prefetch(stream, self.context.budget.clone()),
+            fill,
         })
     }
 
@@ -156,6 +232,12 @@ impl Reader {
             return Err(RegistryError::Corrupt(reason.clone()).into());
         }
         let want = u64::from(size).min(length - offset) as usize;
+        if let Some(file) = &self.cached {
+            let mut buffer = vec![0u8; want];
+            tokio::task::block_in_place(|| file.read_exact_at(&mut buffer, offset))
+                .map_err(|e| FsError::Registry(e.into()))?;
+            return Ok(Bytes::from(buffer));
+        }
         let result = self.read_at(offset, want).await;
         if let Err(error) = &result {
             self.cursor = None;
@@ -177,10 +259,19 @@ impl Reader {
                 let take = (want - out.len()).min(cursor.leftover.len());
                 out.extend_from_slice(&cursor.leftover.split_to(take));
                 cursor.pos += take as u64;
+                if cursor.leftover.is_empty() {
+                    cursor._leftover_permit = None;
+                }
                 continue;
             }
             match cursor.chunks.recv().await {
-                Some(Ok(chunk)) => cursor.leftover = chunk,
+                Some(Ok((chunk, permit))) => {
+                    if let Some(fill) = cursor.fill.as_mut() {
+                        tokio::task::block_in_place(|| fill.write(&chunk));
+                    }
+                    cursor.leftover = chunk;
+                    cursor._leftover_permit = permit;
+                }
                 Some(Err(e)) => return Err(e.into()),
                 None if cursor.pos < cursor.end => {
                     return Err(RegistryError::Corrupt(format!(
@@ -206,6 +297,9 @@ impl Reader {
                     warn!(error = %e, "content failed verification");
                     return Err(e.into());
                 }
+            }
+            if let Some(fill) = cursor.fill.take() {
+                tokio::task::block_in_place(|| fill.commit());
             }
         }
         Ok(out.freeze())

@@ -13,7 +13,7 @@ use reposure_surrogate::store::memory::{MemoryStore, TagDeletion};
 
 fn filesystem(store: Arc<MemoryStore>) -> Arc<Filesystem> {
     let registry = Arc::new(StoreRegistry::new(store));
-    Arc::new(Filesystem::new(registry, FsConfig::default()))
+    Arc::new(Filesystem::new(registry, FsConfig::default()).unwrap())
 }
 
 async fn write_file(fs: &Filesystem, parent: u64, name: &str, content: &[u8]) {
@@ -146,7 +146,7 @@ fn faulty_filesystem() -> (
         memory.clone(),
     ));
     let registry = Arc::new(StoreRegistry::new(faulty.clone()));
-    let fs = Arc::new(Filesystem::new(registry, FsConfig::default()));
+    let fs = Arc::new(Filesystem::new(registry, FsConfig::default()).unwrap());
     (memory, faulty, fs)
 }
 

@@ -32,6 +32,7 @@ or exec:COMMAND (a surrogate session over the command's stdin/stdout).
 Options: ro, format=image|artifact, ca=FILE, username=NAME, password_file=FILE,
 uid=N, gid=N, allow_other, log=FILE, metadata_ttl=SECONDS, spool_dir=DIR,
 unpack=true|false (false: single-file images read as image archives too),
+cache_dir=DIR, cache_size=SIZE (verified file contents kept on disk; default 4G),
 transport=direct|session (session: through an in-process surrogate session).
 The password may also come from the REPOSURE_PASSWORD environment variable.
 Unmount with: fusermount3 -u MOUNTPOINT";
@@ -143,9 +144,16 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
     let options = &args.options;
     let source: Source = args.source.parse()?;
     let http = http_options(options)?;
+    // glibc gives each thread its own malloc arena and keeps what is freed there; with the
+    // I/O threads below that alone can hold tens of MiB. Two arenas keep the daemon's
+    // resident memory close to what it actually uses.
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("reposure-io")
+        // Blocking work here is local file I/O (spools, caches): a few threads suffice.
+        .max_blocking_threads(16)
         .build()
         .context("cannot start the I/O runtime")?;
     let mut registry = source.open(http)?;
@@ -175,8 +183,13 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
         metadata_ttl: options.metadata_ttl,
         spool_dir,
         unpack: options.unpack,
+        cache: options
+            .cache_dir
+            .clone()
+            .map(|dir| (dir, options.cache_size)),
+        ..Default::default()
     };
-    let core = Arc::new(Filesystem::new(registry, config));
+    let core = Arc::new(Filesystem::new(registry, config).context("cannot use cache_dir=")?);
     // SAFETY: getuid/getgid cannot fail and have no preconditions.
     let ownership = Ownership {
         uid: options.uid.unwrap_or_else(|| unsafe { libc::getuid() }),

@@ -31,6 +31,31 @@ const GENERIC: &[&str] = &[
     "nodiratime",
 ];
 
+/// Disk cache size when `cache_dir=` is given without `cache_size=`.
+const DEFAULT_CACHE_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+
+/// `SIZE` with an optional K, M, G or T suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let number: u64 = digits
+        .parse()
+        .with_context(|| format!("{text:?} is not a size"))?;
+    let multiplier: u64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => bail!("{text:?}: use a number with K, M, G or T"),
+    };
+    number
+        .checked_mul(multiplier)
+        .with_context(|| format!("{text:?} is too large"))
+}
+
 /// Parsed `-o` options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MountOptions {
@@ -49,6 +74,10 @@ pub struct MountOptions {
     pub in_process_session: bool,
     /// Single-file images read as their file (true) or as their archive.
     pub unpack: bool,
+    /// A directory for verified file contents.
+    pub cache_dir: Option<PathBuf>,
+    /// Its size limit in bytes.
+    pub cache_size: u64,
 }
 
 impl Default for MountOptions {
@@ -67,6 +96,8 @@ impl Default for MountOptions {
             spool_dir: None,
             in_process_session: false,
             unpack: true,
+            cache_dir: None,
+            cache_size: DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -116,6 +147,8 @@ impl MountOptions {
                     options.metadata_ttl = Duration::from_secs_f64(secs);
                 }
                 "spool_dir" => options.spool_dir = Some(value("DIR")?.into()),
+                "cache_dir" => options.cache_dir = Some(value("DIR")?.into()),
+                "cache_size" => options.cache_size = parse_size(value("SIZE")?)?,
                 "unpack" => {
                     options.unpack = match value("true|false")? {
                         "true" | "yes" | "1" => true,
@@ -132,7 +165,7 @@ impl MountOptions {
                 }
                 k if GENERIC.contains(&k) || k.starts_with("x-") => {}
                 other => bail!(
-                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, spool_dir=, unpack=, transport="
+                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, spool_dir=, unpack=, cache_dir=, cache_size=, transport="
                 ),
             }
         }
@@ -158,6 +191,9 @@ mod tests {
         assert_eq!(o.format, PushFormat::Artifact);
         assert_eq!(o.uid, Some(5));
         assert_eq!(o.metadata_ttl, Duration::from_millis(500));
+        let o = MountOptions::parse(["cache_dir=/c,cache_size=2G"]).unwrap();
+        assert_eq!(o.cache_size, 2 << 30);
+        assert!(MountOptions::parse(["cache_size=2X"]).is_err());
     }
 
     #[test]

@@ -482,7 +482,7 @@ fn out_of_band_changes_show_within_the_ttl() {
     assert_eq!(names(mount.root()), ["oob", "oob:copy"]);
 }
 
-/// `push.bounded-memory`: pushing 512 MiB keeps the daemon's peak RSS small.
+/// `push.bounded-memory`, `cache.read-ahead`: pushing and reading 512 MiB keeps the daemon's peak RSS small.
 #[test]
 fn large_push_and_read_use_bounded_memory() {
     let (_registry, mount) = mounted();
@@ -842,4 +842,49 @@ fn second_read_comes_from_the_page_cache() {
     let before = blob_gets();
     assert_eq!(fs::read(mount.path("cached")).unwrap(), content);
     assert_eq!(blob_gets(), before, "the second read went to the registry");
+}
+
+/// `cache.disk`: with cache_dir=, a file read whole is kept on disk (verified) and a later
+/// mount reads it from there instead of the registry; past cache_size the least recently
+/// used file goes.
+#[test]
+fn disk_cache_serves_verified_content() {
+    let registry = Registry::start();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = format!("cache_dir={}", cache.path().display());
+    let first = random_bytes(2 * 1024 * 1024);
+    let second = random_bytes(2 * 1024 * 1024);
+    {
+        let mount = Mount::of(&registry, &[&cache_dir, "cache_size=3M"]);
+        fs::write(mount.path("one"), &first).unwrap();
+        fs::write(mount.path("two"), &second).unwrap();
+        assert_eq!(fs::read(mount.path("one")).unwrap(), first);
+    }
+    let entries = || fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(entries(), 1, "one verified file in the cache");
+    // Large blob reads in the registry's log (probes are a few KiB).
+    let large_gets = || {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/one/blobs/"))
+            .filter_map(|l| {
+                l.split('"')
+                    .nth(2)?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .filter(|&bytes| bytes > 64 * 1024)
+            .count()
+    };
+    let before = large_gets();
+    {
+        let mount = Mount::of(&registry, &[&cache_dir, "cache_size=3M"]);
+        assert_eq!(fs::read(mount.path("one")).unwrap(), first);
+        assert_eq!(large_gets(), before, "the cached file was downloaded again");
+        assert_eq!(fs::read(mount.path("two")).unwrap(), second);
+    }
+    assert_eq!(entries(), 1, "the least recently used file was evicted");
 }
