@@ -37,6 +37,10 @@ pub const LIST_PARALLELISM: usize = 16;
 /// entry in turn.
 const LISTING_FOLLOW_UP: Duration = Duration::from_secs(10);
 
+/// How many entries past the one looked up are resolved ahead: far enough to hide round
+/// trips, near enough that what was resolved is still fresh when the lookups get there.
+const PREFETCH_AHEAD: usize = 64;
+
 /// Read-ahead all open files share by default: room for a few files streaming at full
 /// speed while keeping the mount's memory small (the 128 MiB goal covers everything).
 pub const DEFAULT_READ_AHEAD_BUDGET: u64 = 32 * 1024 * 1024;
@@ -132,9 +136,12 @@ type Listing = Arc<Vec<(DirEntry, Named)>>;
 
 /// A directory listed recently, whose entries a following `ls -l` will look up.
 struct RecentListing {
+    /// When the directory was listed or last looked into.
     at: std::time::Instant,
-    images: Vec<ImageName>,
-    prefetching: bool,
+    /// The images in listing order, with when each was last prefetched.
+    images: Vec<(ImageName, Option<std::time::Instant>)>,
+    /// Where each file name is in `images`.
+    positions: HashMap<String, usize>,
 }
 
 /// A file being written, as lookups see it.
@@ -310,7 +317,7 @@ impl Filesystem {
         if !Self::plausible(&dir, name) {
             return Err(FsError::NotFound);
         }
-        self.prefetch_listed(&dir);
+        self.prefetch_listed(&dir, name);
         match self.named(&dir, name).await? {
             Named::Dir(path) => Ok(self.dir_attr(self.inodes.dir(&path))),
             Named::Image(image) => self.image_now(&image).await,
@@ -412,25 +419,40 @@ impl Filesystem {
     }
 
     /// A lookup in a directory listed moments ago is `ls -l` (or a file manager) looking
-    /// at each entry in turn: resolve all of them now, [`LIST_PARALLELISM`] at a time, so
-    /// the lookups that follow find their answers instead of making one round trip each. A
-    /// plain `ls` makes no lookups and costs no resolutions.
-    fn prefetch_listed(&self, dir: &str) {
-        let images = {
+    /// at each entry in turn: the next [`PREFETCH_AHEAD`] entries are resolved now,
+    /// [`LIST_PARALLELISM`] at a time, so the lookups that follow find fresh answers instead
+    /// of making one round trip each. A plain `ls` makes no lookups and costs nothing.
+    fn prefetch_listed(&self, dir: &str, name: &str) {
+        let now = std::time::Instant::now();
+        // Half the metadata lifetime: what was resolved earlier than that expires before
+        // the lookups reach it.
+        let stale_after = self.config.metadata_ttl / 2;
+        let names = {
             let mut recent = self.recent_listings.lock().expect("lock");
-            match recent.get_mut(dir) {
-                Some(listing)
-                    if !listing.prefetching && listing.at.elapsed() < LISTING_FOLLOW_UP =>
-                {
-                    listing.prefetching = true;
-                    std::mem::take(&mut listing.images)
+            let Some(listing) = recent
+                .get_mut(dir)
+                .filter(|l| l.at.elapsed() < LISTING_FOLLOW_UP)
+            else {
+                return;
+            };
+            listing.at = now;
+            let start = listing.positions.get(name).copied().unwrap_or(0);
+            let end = (start + PREFETCH_AHEAD).min(listing.images.len());
+            let mut names = Vec::new();
+            for (image, prefetched) in &mut listing.images[start..end] {
+                if prefetched.is_none_or(|at| at.elapsed() > stale_after) {
+                    *prefetched = Some(now);
+                    names.push(image.clone());
                 }
-                _ => return,
             }
+            names
         };
+        if names.is_empty() {
+            return;
+        }
         let metadata = self.metadata.clone();
         tokio::spawn(async move {
-            futures::stream::iter(images)
+            futures::stream::iter(names)
                 .for_each_concurrent(LIST_PARALLELISM, |name| {
                     let metadata = metadata.clone();
                     async move {
@@ -445,13 +467,14 @@ impl Filesystem {
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let entries = self.entries(ino).await?;
         if let Some(Inode::Dir(path)) = self.inodes.get(ino) {
-            let images = entries
-                .iter()
-                .filter_map(|(_, named)| match named {
-                    Named::Image(name) => Some(name.clone()),
-                    Named::Dir(_) => None,
-                })
-                .collect();
+            let mut images = Vec::new();
+            let mut positions = HashMap::new();
+            for (entry, named) in &entries {
+                if let Named::Image(name) = named {
+                    positions.insert(entry.name.clone(), images.len());
+                    images.push((name.clone(), None));
+                }
+            }
             let mut recent = self.recent_listings.lock().expect("lock");
             recent.retain(|_, listing| listing.at.elapsed() < LISTING_FOLLOW_UP);
             recent.insert(
@@ -459,7 +482,7 @@ impl Filesystem {
                 RecentListing {
                     at: std::time::Instant::now(),
                     images,
-                    prefetching: false,
+                    positions,
                 },
             );
         }

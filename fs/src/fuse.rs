@@ -505,6 +505,11 @@ impl fuser::Filesystem for FuseAdapter {
         size: u32,
         reply: fuser::ReplyXattr,
     ) {
+        // Tools ask every file for `security.*` and `system.*` attributes (`ls -l` does):
+        // only Reposure's own names need the image, the rest are answered at once.
+        if !name.as_encoded_bytes().starts_with(b"user.reposure.") {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
         let (core, name) = (self.core.clone(), name.to_owned());
         self.spawn(
             debug_span!("getxattr", ino = ino.0, name = %name.to_string_lossy()),

@@ -26,10 +26,19 @@ use crate::store::Store;
 /// once, small enough to ignore (manifests are a few KiB).
 const MANIFEST_CACHE: usize = 512;
 
+/// What probing a manifest found: its single file (or why none) and creation time.
+type Probe = (
+    std::result::Result<FileContent, String>,
+    Option<std::time::SystemTime>,
+);
+
 /// [`Registry`] over a [`Store`].
 pub struct StoreRegistry {
     store: Arc<dyn Store>,
     manifests: Mutex<HashMap<Digest, StoredManifest>>,
+    /// Probe results by repository and manifest digest: they cannot change, so resolving
+    /// a tag again costs one manifest request, not the layer reads a probe makes.
+    probes: Mutex<HashMap<(String, Digest), Probe>>,
 }
 
 impl StoreRegistry {
@@ -38,6 +47,7 @@ impl StoreRegistry {
         Self {
             store,
             manifests: Mutex::default(),
+            probes: Mutex::default(),
         }
     }
 
@@ -189,12 +199,25 @@ impl Registry for StoreRegistry {
             reference: archive_name,
             length: plan.size(),
         };
-        let (file, created) = match manifest::parse(&manifest)? {
-            ManifestKind::Index => (Err("a multi-platform image index".to_owned()), None),
-            ManifestKind::Image(image) => (
-                self.file_of(repository, &image).await?,
-                probe::created(self.store.as_ref(), repository, &image).await,
-            ),
+        let key = (repository.to_owned(), manifest.digest.clone());
+        let known = self.probes.lock().expect("cache lock").get(&key).cloned();
+        let (file, created) = match known {
+            Some(probe) => probe,
+            None => {
+                let probe = match manifest::parse(&manifest)? {
+                    ManifestKind::Index => (Err("a multi-platform image index".to_owned()), None),
+                    ManifestKind::Image(image) => (
+                        self.file_of(repository, &image).await?,
+                        probe::created(self.store.as_ref(), repository, &image).await,
+                    ),
+                };
+                let mut probes = self.probes.lock().expect("cache lock");
+                if probes.len() >= MANIFEST_CACHE {
+                    probes.clear();
+                }
+                probes.insert(key, probe.clone());
+                probe
+            }
         };
         Ok(ImageInfo {
             digest: manifest.digest,
