@@ -244,7 +244,13 @@ fn gunzip_to(path: &Path, scratch: &Path) -> Result<Option<tempfile::NamedTempFi
     let mut limited = decoder.take(limit + 1);
     let copied = match std::io::copy(&mut limited, output.as_file_mut()) {
         Ok(copied) => copied,
-        Err(_) => return Ok(None),
+        // Nothing decodes: not gzip after all, so a plain file.
+        Err(_) if output.as_file().metadata()?.len() == 0 => return Ok(None),
+        Err(e) => {
+            return Err(RegistryError::Rejected(format!(
+                "the gzip archive is corrupt ({e}); nothing was pushed"
+            )));
+        }
     };
     if copied > limit {
         return Err(RegistryError::Rejected(format!(

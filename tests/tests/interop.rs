@@ -397,3 +397,110 @@ fn image_archives_go_in_by_cp() {
         plain_tar
     );
 }
+
+/// Builds a tar of `(path, bytes)` entries.
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, bytes) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, *bytes).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Writes `bytes` to `path` and returns close()'s errno, if it failed.
+fn write_and_close(path: &Path, bytes: &[u8]) -> Result<(), i32> {
+    use std::os::fd::IntoRawFd;
+    let mut file = fs::File::create(path).unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+    let fd = file.into_raw_fd();
+    // SAFETY: fd is owned here and closed once.
+    match unsafe { libc::close(fd) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// `push.archive`: damaged archives (truncated, corrupt gzip, naming blobs they lack, a
+/// gzip bomb) fail close() with EIO, say why in the log, and tag nothing.
+#[test]
+fn damaged_archives_are_refused() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = umoci_single_file_image(work.path(), "v1", "a", &random_bytes(200_000));
+    let host = registry.host();
+    skopeo_copy(
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{host}/good:latest"),
+    );
+    let mount = Mount::new(&registry.url(), &[]);
+    // The image holds one file; its archive is what `unpack=false` shows.
+    let archive = fs::read(Mount::new(&registry.url(), &["unpack=false"]).path("good")).unwrap();
+
+    let truncated = &archive[..archive.len() * 2 / 3];
+    assert_eq!(
+        write_and_close(&mount.path("bad-truncated"), truncated),
+        Err(libc::EIO)
+    );
+
+    let mut corrupt = gzip(&archive);
+    let middle = corrupt.len() / 2;
+    corrupt[middle..middle + 64].fill(0x55);
+    assert_eq!(
+        write_and_close(&mount.path("bad-gzip"), &corrupt),
+        Err(libc::EIO)
+    );
+
+    let digest = "1".repeat(64);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{d}","size":2}},"layers":[]}}"#,
+        d = digest
+    );
+    let manifest_digest = sha256_hex(manifest.as_bytes());
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_digest}","size":{}}}]}}"#,
+        manifest.len()
+    );
+    let missing = tar_of(&[
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("index.json", index.as_bytes()),
+        (
+            &format!("blobs/sha256/{manifest_digest}"),
+            manifest.as_bytes(),
+        ),
+    ]);
+    assert_eq!(
+        write_and_close(&mount.path("bad-missing"), &missing),
+        Err(libc::EIO)
+    );
+    assert!(mount.log().contains("does not contain"), "{}", mount.log());
+
+    // 768 MiB of zeros compress to under a MiB: far past the 64x expansion limit.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..768 {
+        std::io::Write::write_all(&mut gz, &zeros).unwrap();
+    }
+    let bomb = gz.finish().unwrap();
+    assert_eq!(
+        write_and_close(&mount.path("bad-bomb"), &bomb),
+        Err(libc::EIO)
+    );
+    assert!(mount.log().contains("gzip bomb"), "{}", mount.log());
+
+    for name in ["bad-truncated", "bad-gzip", "bad-missing", "bad-bomb"] {
+        assert!(
+            reposure_tests::tools::registry_tags(&registry.url(), name).is_empty(),
+            "{name} was tagged"
+        );
+    }
+}
