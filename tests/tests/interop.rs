@@ -93,16 +93,11 @@ fn go_reposure_gzip_raw_images_read_as_the_file() {
     );
 }
 
-/// `read.archive`: a multi-layer image reads as an archive that skopeo takes both as
-/// `docker-archive:` and `oci-archive:`, straight from the mount, with the image's own
-/// manifest and layer digests.
-#[test]
-fn multi_layer_image_reads_as_an_archive() {
-    let registry = Registry::start();
-    let work = tempfile::tempdir().unwrap();
-    let layout = umoci_single_file_image(work.path(), "v1", "a", b"first");
+/// A two-layer image built with umoci; returns its `LAYOUT:TAG`.
+fn two_layer_image(work: &Path) -> String {
+    let layout = umoci_single_file_image(work, "v1", "a", b"first");
     let image = format!("{}:v1", layout.display());
-    let bundle = work.path().join("bundle2");
+    let bundle = work.join("bundle2");
     run(
         "umoci",
         &[
@@ -118,6 +113,17 @@ fn multi_layer_image_reads_as_an_archive() {
         "umoci",
         &["repack", "--image", &image, bundle.to_str().unwrap()],
     );
+    image
+}
+
+/// `read.archive`: a multi-layer image reads as an archive that skopeo takes both as
+/// `docker-archive:` and `oci-archive:`, straight from the mount, with the image's own
+/// manifest and layer digests.
+#[test]
+fn multi_layer_image_reads_as_an_archive() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let image = two_layer_image(work.path());
     skopeo_copy(
         &format!("oci:{image}"),
         &format!("docker://{}/layers:latest", registry.host()),
@@ -319,24 +325,7 @@ fn manifest_digest(host: &str, reference: &str) -> String {
 fn image_archives_go_in_by_cp() {
     let registry = Registry::start();
     let work = tempfile::tempdir().unwrap();
-    let layout = umoci_single_file_image(work.path(), "v1", "a", b"first");
-    let image = format!("{}:v1", layout.display());
-    let bundle = work.path().join("bundle2");
-    run(
-        "umoci",
-        &[
-            "unpack",
-            "--rootless",
-            "--image",
-            &image,
-            bundle.to_str().unwrap(),
-        ],
-    );
-    fs::write(bundle.join("rootfs/b"), b"second").unwrap();
-    run(
-        "umoci",
-        &["repack", "--image", &image, bundle.to_str().unwrap()],
-    );
+    let image = two_layer_image(work.path());
     let host = registry.host();
     skopeo_copy(
         &format!("oci:{image}"),
