@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Reposure uses, if any are missing (Debian/Ubuntu; root or
-# sudo). With --tests, also what the test suite runs: the reference registry, skopeo,
-# umoci, openssl, curl and Python's venv.
+# sudo). With --tests, also what the test suite and the benchmark run: the reference
+# registry, skopeo, umoci, openssl, curl, attr, bc, procps and Python's venv.
 set -euo pipefail
 
 packages=()
@@ -14,6 +14,8 @@ if [[ "${1:-}" == "--tests" ]]; then
     need openssl openssl
     need curl curl
     need attr getfattr
+    need bc bc
+    need procps pgrep
     need python3 python3
     if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
         packages+=(python3-venv)

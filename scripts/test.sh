@@ -24,5 +24,9 @@ for via in session exec; do
     echo "semantics through $via:"
     REPOSURE_TEST_VIA=$via cargo test --quiet -p reposure-tests --test semantics 2>&1 | tee -a target/test-output.txt
 done
+# The benchmark in its quick mode (small sizes, debug build), so the script never rots;
+# its figures mean nothing and no timing fails the run.
+echo "benchmark, quick mode:"
+bench/run.sh --quick
 # One closing line for the whole run.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt
