@@ -82,6 +82,23 @@ impl FuseAdapter {
     {
         self.runtime.spawn(future.instrument(span));
     }
+
+    /// Like [`Self::spawn`], but answers at once when the answer needs no waiting (the
+    /// core's caches have it): one poll here, on the dispatch thread, saves the hand-off to
+    /// a runtime thread that dominates a cached lookup (`ls -l` makes a few per entry). A
+    /// future that is not ready goes on in a task as usual; nothing blocks.
+    fn answer_now_or_spawn<F>(&self, span: tracing::Span, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let _runtime = self.runtime.enter();
+        let mut future = Box::pin(future.instrument(span));
+        let waker = futures::task::noop_waker();
+        let mut context = std::task::Context::from_waker(&waker);
+        if future.as_mut().poll(&mut context).is_pending() {
+            self.runtime.spawn(future);
+        }
+    }
 }
 
 /// Entry and attribute lifetimes for the kernel's caches. An image name may point at
@@ -146,7 +163,7 @@ impl fuser::Filesystem for FuseAdapter {
         let (core, name, ttl, ownership) =
             (self.core.clone(), name.to_owned(), self.ttl, self.ownership);
         let span = debug_span!("lookup", parent = parent.0, name = %name.to_string_lossy());
-        self.spawn(span, async move {
+        self.answer_now_or_spawn(span, async move {
             match core.lookup(parent.0, &name).await {
                 Ok(attr) => {
                     let (entry_ttl, attr_ttl) = ttls(&attr, ttl);

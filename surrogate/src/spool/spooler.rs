@@ -186,7 +186,10 @@ impl Spooler {
             .await;
     }
 
-    /// Writes the verdict, then removes the entry (published) or keeps it as failed.
+    /// Records the outcome. A failed entry is set aside as `.failed` before its verdict is
+    /// written, so whoever reads the verdict finds the content where the verdict says; a
+    /// published entry is removed after its verdict, so a crash in between only leaves
+    /// cleaning up to do.
     async fn record(
         &self,
         what: &(impl std::fmt::Display + ?Sized),
@@ -200,9 +203,16 @@ impl Spooler {
             Ok(digest) => Verdict::Published {
                 digest: digest.clone(),
             },
-            Err(e) => Verdict::Failed {
-                error: WireError::from(e),
-            },
+            Err(e) => {
+                warn!(entry = %what, error = %e, "publish failed; the content is kept");
+                if let Err(e) = tokio::fs::rename(data, failed).await {
+                    error!(entry = %what, error = %e, "cannot set the failed entry aside; it stays");
+                    return;
+                }
+                Verdict::Failed {
+                    error: WireError::from(e),
+                }
+            }
         };
         if let Err(e) = write_durably(
             verdict_path,
@@ -213,17 +223,11 @@ impl Spooler {
             error!(entry = %what, error = %e, "cannot record the verdict; the entry stays");
             return;
         }
-        match result {
-            Ok(digest) => {
-                info!(entry = %what, %digest, "published");
-                let _ = tokio::fs::remove_file(data).await;
-                if let Some(request) = request {
-                    let _ = tokio::fs::remove_file(request).await;
-                }
-            }
-            Err(e) => {
-                warn!(entry = %what, error = %e, "publish failed; the content is kept");
-                let _ = tokio::fs::rename(data, failed).await;
+        if let Ok(digest) = result {
+            info!(entry = %what, %digest, "published");
+            let _ = tokio::fs::remove_file(data).await;
+            if let Some(request) = request {
+                let _ = tokio::fs::remove_file(request).await;
             }
         }
     }
