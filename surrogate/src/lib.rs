@@ -17,6 +17,7 @@
 //!   same trait, which is why it is kept at the level of filesystem operations.
 
 pub mod digest;
+pub mod docker_config;
 pub mod error;
 pub mod formats;
 pub mod import;

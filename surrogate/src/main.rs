@@ -2,12 +2,15 @@
 //!
 //! * `serve --stdio`: one long-lived session over stdin/stdout (see `PROTOCOL.md`).
 //! * `spooler --directory DIR`: publishes pushes accepted into a spool directory.
+//! * `check [--spooler]`: exits 0 when the registry answers with the configured credentials
+//!   (and, with `--spooler`, a spooler holds the spool): a pod's readiness and liveness probes.
 //! * `list`, `pull`, `push`, `delete`: one-shot commands for people who only have
 //!   `kubectl exec`; each exits 0 on success and non-zero with a message otherwise.
 //!
 //! The registry connection comes from flags or, so that a pod can set them once, from
-//! `REPOSURE_REGISTRY`, `REPOSURE_CA_FILE`, `REPOSURE_USERNAME`, `REPOSURE_PASSWORD_FILE`
-//! and `REPOSURE_TOKEN_FILE`. Secrets are read from files, never from arguments.
+//! `REPOSURE_REGISTRY`, `REPOSURE_CA_FILE`, `REPOSURE_USERNAME`, `REPOSURE_PASSWORD_FILE`,
+//! `REPOSURE_TOKEN_FILE` and `REPOSURE_DOCKER_CONFIG_FILE`; the spool directory from
+//! `REPOSURE_SPOOL`. Secrets are read from files, never from arguments.
 
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
+use reposure_surrogate::docker_config::{self, DockerCredentials};
 use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::import;
 use reposure_surrogate::names::{self, Reference};
@@ -29,6 +33,9 @@ use reposure_surrogate::spool::{self, Spool};
 use reposure_surrogate::store::Store;
 use reposure_surrogate::store::http::HttpOptions;
 use tokio::io::AsyncWriteExt;
+
+/// How long `check` waits for the registry: below a probe's usual timeout.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(4);
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +67,9 @@ struct Connection {
     /// File holding a bearer token (a service-account token, say).
     #[arg(long, env = "REPOSURE_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// A Docker config (`.dockerconfigjson`) holding credentials for the registry's host.
+    #[arg(long, env = "REPOSURE_DOCKER_CONFIG_FILE", global = true)]
+    docker_config_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -70,7 +80,7 @@ enum Command {
         #[arg(long)]
         stdio: bool,
         /// Accept pushes into this spool directory (a spooler must run on it).
-        #[arg(long)]
+        #[arg(long, env = "REPOSURE_SPOOL")]
         spool: Option<PathBuf>,
         /// How long a spooled push waits for the spooler's verdict.
         #[arg(long, default_value_t = 600)]
@@ -78,8 +88,17 @@ enum Command {
     },
     /// Publish pushes accepted into a spool directory.
     Spooler {
-        #[arg(long)]
+        #[arg(long, env = "REPOSURE_SPOOL")]
         directory: PathBuf,
+    },
+    /// Exit 0 if the registry answers with the configured credentials.
+    Check {
+        /// Also require a running spooler on this spool directory.
+        #[arg(long, env = "REPOSURE_SPOOL")]
+        spooler: Option<PathBuf>,
+        /// Only check the spooler (a liveness probe must not fail when the registry does).
+        #[arg(long, requires = "spooler")]
+        spooler_only: bool,
     },
     /// List every image as REPOSITORY:TAG.
     List,
@@ -128,10 +147,32 @@ impl Connection {
             (None, Some(_)) => bail!("--password-file needs --username"),
             (None, None) => None,
         };
-        let bearer_token = match &self.token_file {
+        let mut bearer_token = match &self.token_file {
             Some(file) => Some(read_secret(file, "token")?),
             None => None,
         };
+        let mut credentials = credentials;
+        if let (Some(file), Source::Http(url)) = (&self.docker_config_file, &source) {
+            if credentials.is_some() || bearer_token.is_some() {
+                bail!("give either a Docker config or a user name/token, not both");
+            }
+            let config = std::fs::read(file)
+                .with_context(|| format!("cannot read the Docker config {}", file.display()))?;
+            let host = match url.port() {
+                Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+                None => url.host_str().unwrap_or_default().to_owned(),
+            };
+            match docker_config::credentials_for(&config, &host)? {
+                Some(DockerCredentials::Basic { username, password }) => {
+                    credentials = Some((username, password))
+                }
+                Some(DockerCredentials::Bearer(token)) => bearer_token = Some(token),
+                None => bail!(
+                    "the Docker config {} has no entry for {host}; add one under \"auths\"",
+                    file.display()
+                ),
+            }
+        }
         Ok((
             source,
             HttpOptions {
@@ -216,6 +257,26 @@ async fn run(cli: Cli) -> Result<()> {
                 .context("session failed")?;
         }
         Command::Spooler { directory } => spool::spooler::run(directory, registry).await?,
+        Command::Check {
+            spooler,
+            spooler_only,
+        } => {
+            if let Some(dir) = &spooler
+                && !spool::spooler_running(dir)
+            {
+                bail!("no spooler is running on {}", dir.display());
+            }
+            if !spooler_only {
+                tokio::time::timeout(CHECK_TIMEOUT, registry.check())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "{} did not answer within {CHECK_TIMEOUT:?}",
+                            registry.describe()
+                        )
+                    })??;
+            }
+        }
         Command::List => {
             let mut out = String::new();
             for repository in registry.list_repositories().await? {

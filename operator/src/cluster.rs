@@ -1,0 +1,266 @@
+//! The client side: from `[NAMESPACE/]NAME` to a surrogate session through the exec API.
+//!
+//! [`KubeExec`] is a session [`Connector`]: each time the session client needs a stream
+//! (at mount and after a lost session) it reads the Registry, checks its `Ready` condition,
+//! and execs `reposure-surrogate serve --stdio` in the surrogate pod the status names. So a
+//! surrogate replaced by the operator is found again on the next operation.
+//!
+//! The exec API is kube's WebSocket client: `v5.channel.k8s.io`, falling back to `v4`,
+//! where stdin cannot be half-closed. The session protocol never needs end-of-file, so
+//! both work alike. kube buffers stdin and stdout in 1 KiB pipes by default, which caps a
+//! session near 35 MiB/s; [`EXEC_BUFFER`] lifts that. The surrogate's stderr is read
+//! continuously (else its pipe fills and stalls the connection) and becomes log lines.
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::AttachParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use reposure_surrogate::error::{RegistryError, Result};
+use reposure_surrogate::session::transport::{Connection, Connector};
+use tokio::io::AsyncBufReadExt;
+use tracing::{info, warn};
+
+use crate::reconcile::pod_is_ready;
+use crate::resource::Registry;
+use crate::workload::{CONTAINER, SESSION_COMMAND};
+
+/// Bytes buffered in each direction of an exec stream (kube's default is 1 KiB).
+pub const EXEC_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Which kubeconfig and context to use; empty means what kubectl would use.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// A kubeconfig file (else `$KUBECONFIG`, else `~/.kube/config`, else in-cluster).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+    /// `-n`: overrides the context's namespace.
+    pub namespace: Option<String>,
+}
+
+/// A client, and the namespace names are resolved in.
+pub async fn client(options: &KubeOptions) -> Result<(Client, String)> {
+    let config_options = KubeConfigOptions {
+        context: options.context.clone(),
+        ..Default::default()
+    };
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
+                RegistryError::Rejected(format!("cannot read kubeconfig {}: {e}", path.display()))
+            })?;
+            Config::from_custom_kubeconfig(kubeconfig, &config_options)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None if options.context.is_some() => Config::from_kubeconfig(&config_options)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Config::infer().await.map_err(|e| e.to_string()),
+    }
+    .map_err(|e| {
+        RegistryError::Rejected(format!(
+            "no usable Kubernetes configuration ({e}); set KUBECONFIG or pass kubeconfig= / --kubeconfig"
+        ))
+    })?;
+    let namespace = options
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|e| {
+        RegistryError::Unavailable(format!("cannot create a Kubernetes client: {e}"))
+    })?;
+    Ok((client, namespace))
+}
+
+/// `[NAMESPACE/]NAME`, checked against the rules for Kubernetes names.
+pub fn parse_target(target: &str) -> Option<(Option<String>, String)> {
+    let (namespace, name) = match target.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, target),
+    };
+    let dns_label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+    };
+    if !dns_label(name) || !namespace.is_none_or(dns_label) {
+        return None;
+    }
+    Some((namespace.map(str::to_owned), name.to_owned()))
+}
+
+/// Turns an API error into one line that says what to do.
+pub fn explain(
+    error: kube::Error,
+    verb: &str,
+    resource: &str,
+    name: &str,
+    namespace: &str,
+) -> RegistryError {
+    match error {
+        kube::Error::Api(status) if status.code == 404 => RegistryError::NotFound(format!(
+            "no {resource} {name:?} in namespace {namespace} (list them with kubectl get {resource} -n {namespace})"
+        )),
+        kube::Error::Api(status) if status.code == 403 => RegistryError::Denied(format!(
+            "Kubernetes RBAC: you may not {verb} {resource} in namespace {namespace}; ask for the reposure-user Role ({})",
+            status.message
+        )),
+        kube::Error::Api(status) if status.code == 401 => RegistryError::Unauthorized(format!(
+            "the Kubernetes API refused your credentials: {}; check your kubeconfig",
+            status.message
+        )),
+        kube::Error::UpgradeConnection(kube::client::UpgradeConnectionError::ProtocolSwitch(
+            code,
+        )) if code.as_u16() == 403 => RegistryError::Denied(format!(
+            "Kubernetes RBAC: you may not {verb} {resource} in namespace {namespace}; ask for the reposure-user Role"
+        )),
+        other => RegistryError::Unavailable(format!(
+            "cannot {verb} {resource} {name:?} in namespace {namespace}: {other}"
+        )),
+    }
+}
+
+/// Opens surrogate sessions for one Registry through the exec API.
+pub struct KubeExec {
+    client: Client,
+    namespace: String,
+    registry: String,
+}
+
+impl KubeExec {
+    pub fn new(client: Client, namespace: String, registry: String) -> Self {
+        Self {
+            client,
+            namespace,
+            registry,
+        }
+    }
+
+    /// The ready surrogate pod named by the Registry's status.
+    pub async fn surrogate_pod(&self) -> Result<String> {
+        let registries: Api<Registry> = Api::namespaced(self.client.clone(), &self.namespace);
+        let registry = registries.get(&self.registry).await.map_err(|e| {
+            explain(
+                e,
+                "get",
+                "registries.reposure.puccini.cloud",
+                &self.registry,
+                &self.namespace,
+            )
+        })?;
+        let condition = registry.ready_condition();
+        let pod = registry
+            .status
+            .as_ref()
+            .and_then(|s| s.surrogate_pod.clone());
+        match (condition, pod) {
+            (Some(c), Some(pod)) if c.status == "True" => {
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+                let found = pods
+                    .get(&pod)
+                    .await
+                    .map_err(|e| explain(e, "get", "pods", &pod, &self.namespace))?;
+                if !pod_is_ready(&found) {
+                    return Err(RegistryError::Unavailable(format!(
+                        "surrogate pod {pod} of Registry {} is not ready; the operator will name a new one (kubectl get reg {} -n {})",
+                        self.registry, self.registry, self.namespace
+                    )));
+                }
+                Ok(pod)
+            }
+            (Some(c), _) => Err(RegistryError::Unavailable(format!(
+                "Registry {} is not ready: {}: {}",
+                self.registry, c.reason, c.message
+            ))),
+            (None, _) => Err(RegistryError::Unavailable(format!(
+                "Registry {} has no Ready condition yet: is the Reposure operator running in namespace {}?",
+                self.registry, self.namespace
+            ))),
+        }
+    }
+}
+
+/// Keeps the exec connection open as long as the session uses it.
+struct ExecGuard(#[allow(dead_code)] kube::api::AttachedProcess);
+
+#[async_trait]
+impl Connector for KubeExec {
+    fn describe(&self) -> String {
+        format!("kubernetes:{}/{}", self.namespace, self.registry)
+    }
+
+    async fn connect(&self) -> Result<Connection> {
+        let pod = self.surrogate_pod().await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = AttachParams {
+            container: Some(CONTAINER.to_owned()),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+            max_stdin_buf_size: Some(EXEC_BUFFER),
+            max_stdout_buf_size: Some(EXEC_BUFFER),
+            max_stderr_buf_size: Some(64 * 1024),
+        };
+        let mut process = pods
+            .exec(&pod, SESSION_COMMAND, &params)
+            .await
+            .map_err(|e| explain(e, "create", "pods/exec", &pod, &self.namespace))?;
+        info!(pod, namespace = %self.namespace, "surrogate session opened through exec");
+        if let Some(stderr) = process.stderr() {
+            let pod = pod.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    warn!(target: "surrogate", pod, "{line}");
+                }
+            });
+        }
+        if let Some(status) = process.take_status() {
+            let pod = pod.clone();
+            tokio::spawn(async move {
+                match status.await {
+                    Some(status) if status.status.as_deref() != Some("Success") => warn!(
+                        pod,
+                        reason = status.reason.as_deref().unwrap_or_default(),
+                        message = status.message.as_deref().unwrap_or_default(),
+                        "surrogate session ended"
+                    ),
+                    Some(_) => info!(pod, "surrogate session ended"),
+                    None => warn!(
+                        pod,
+                        "surrogate session ended without a status (connection lost)"
+                    ),
+                }
+            });
+        }
+        let (Some(stdin), Some(stdout)) = (process.stdin(), process.stdout()) else {
+            unreachable!("stdin and stdout were requested");
+        };
+        Ok(Connection {
+            stream: Box::pin(tokio::io::join(stdout, stdin)),
+            guard: Some(Box::new(ExecGuard(process))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(parse_target("reg"), Some((None, "reg".into())));
+        assert_eq!(
+            parse_target("team/reg"),
+            Some((Some("team".into()), "reg".into()))
+        );
+        for bad in ["", "Reg", "a/b/c", "/reg", "reg/", "-reg", "oci:/x"] {
+            assert_eq!(parse_target(bad), None, "{bad}");
+        }
+    }
+}
