@@ -18,9 +18,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # One build serves every test binary; the end-to-end tests run the binaries it makes.
 cargo build --workspace --bins --quiet
 cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
-# The filesystem contract again, through an in-process surrogate session and through a
-# surrogate child process (exec:), which must behave exactly like the direct sources.
-for via in session exec; do
+# The filesystem contract again, through an in-process surrogate session, a surrogate child
+# process (exec:), and a Registry by name through the emulated Kubernetes API server's exec
+# endpoint and the surrogate's spool: each must behave exactly like the direct sources.
+for via in session exec kubernetes; do
     echo "semantics through $via:"
     REPOSURE_TEST_VIA=$via cargo test --quiet -p reposure-tests --test semantics 2>&1 | tee -a target/test-output.txt
 done

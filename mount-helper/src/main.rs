@@ -15,6 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use reposure_fs::fuse::{FuseAdapter, Ownership};
 use reposure_fs::{Filesystem, FsConfig};
+use reposure_operator::cluster::{self, KubeExec, KubeOptions};
+use reposure_surrogate::registry::Registry;
+use reposure_surrogate::session::client::SessionClient;
 use reposure_surrogate::source::Source;
 use reposure_surrogate::store::http::HttpOptions;
 use tracing::info;
@@ -27,9 +30,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "usage: reposure-mount SOURCE MOUNTPOINT [-f] [-o OPT[,OPT...]]
 
-SOURCE is oci:PATH (a local OCI image layout), http://HOST[:PORT], https://HOST[:PORT],
-or exec:COMMAND (a surrogate session over the command's stdin/stdout).
-Options: ro, format=image|artifact, ca=FILE, username=NAME, password_file=FILE,
+SOURCE is [NAMESPACE/]NAME (a Registry of the Kubernetes cluster, reached through its
+surrogate pod with your kubeconfig), oci:PATH (a local OCI image layout),
+http://HOST[:PORT], https://HOST[:PORT], or exec:COMMAND (a surrogate session over the
+command's stdin/stdout).
+Options: kubeconfig=FILE, context=NAME (Kubernetes; else as kubectl: $KUBECONFIG,
+~/.kube/config), ro, format=image|artifact, ca=FILE, username=NAME, password_file=FILE,
 uid=N, gid=N, allow_other, log=FILE, metadata_ttl=SECONDS, spool_dir=DIR,
 unpack=true|false (false: single-file images read as image archives too),
 cache_dir=DIR, cache_size=SIZE (verified file contents kept on disk; default 4G),
@@ -139,10 +145,38 @@ fn check_mountpoint(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The registry behind SOURCE: a Kubernetes Registry by name, or a direct source.
+fn open_registry(
+    source: &str,
+    options: &MountOptions,
+    http: HttpOptions,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Arc<dyn Registry>> {
+    let parse_error = match source.parse::<Source>() {
+        Ok(source) => return Ok(source.open(http)?),
+        Err(e) => e,
+    };
+    let Some((namespace, name)) = cluster::parse_target(source) else {
+        bail!("{parse_error}, or [NAMESPACE/]NAME for a Registry of the Kubernetes cluster");
+    };
+    if http.ca_pem.is_some() || http.credentials.is_some() {
+        bail!(
+            "ca=, username= and passwords do not apply to a Kubernetes Registry: its surrogate holds the registry's CA and credentials"
+        );
+    }
+    let kube = KubeOptions {
+        kubeconfig: options.kubeconfig.clone(),
+        context: options.context.clone(),
+        namespace,
+    };
+    let (client, namespace) = runtime.block_on(cluster::client(&kube))?;
+    let connector = KubeExec::new(client, namespace, name);
+    Ok(Arc::new(SessionClient::new(Box::new(connector))))
+}
+
 /// Everything after the fork: connect, mount, serve until unmounted.
 fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
     let options = &args.options;
-    let source: Source = args.source.parse()?;
     let http = http_options(options)?;
     // glibc gives each thread its own malloc arena and keeps what is freed there; with the
     // I/O threads below that alone can hold tens of MiB. Two arenas keep the daemon's
@@ -156,7 +190,7 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
         .max_blocking_threads(16)
         .build()
         .context("cannot start the I/O runtime")?;
-    let mut registry = source.open(http)?;
+    let mut registry = open_registry(&args.source, options, http, &runtime)?;
     if options.in_process_session {
         // The whole session protocol, served by a task of this process over a pipe in
         // memory: measures what a surrogate costs apart from the process boundary.

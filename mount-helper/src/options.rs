@@ -78,6 +78,9 @@ pub struct MountOptions {
     pub cache_dir: Option<PathBuf>,
     /// Its size limit in bytes.
     pub cache_size: u64,
+    /// For a Kubernetes Registry source: the kubeconfig file and context.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
 }
 
 impl Default for MountOptions {
@@ -98,6 +101,8 @@ impl Default for MountOptions {
             unpack: true,
             cache_dir: None,
             cache_size: DEFAULT_CACHE_SIZE,
+            kubeconfig: None,
+            context: None,
         }
     }
 }
@@ -136,6 +141,8 @@ impl MountOptions {
                 "uid" => options.uid = Some(value("UID")?.parse().context("uid= takes a number")?),
                 "gid" => options.gid = Some(value("GID")?.parse().context("gid= takes a number")?),
                 "allow_other" => options.allow_other = true,
+                "kubeconfig" => options.kubeconfig = Some(value("FILE")?.into()),
+                "context" => options.context = Some(value("NAME")?.to_owned()),
                 "log" => options.log = Some(value("FILE")?.into()),
                 "metadata_ttl" => {
                     let secs: f64 = value("SECONDS")?

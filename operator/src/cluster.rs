@@ -11,6 +11,10 @@
 //! session near 35 MiB/s; [`EXEC_BUFFER`] lifts that. The surrogate's stderr is read
 //! continuously (else its pipe fills and stalls the connection) and becomes log lines.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::AttachParams;
@@ -18,7 +22,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use reposure_surrogate::error::{RegistryError, Result};
 use reposure_surrogate::session::transport::{Connection, Connector};
-use tokio::io::AsyncBufReadExt;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, ReadBuf};
 use tracing::{info, warn};
 
 use crate::reconcile::pod_is_ready;
@@ -220,6 +225,7 @@ impl Connector for KubeExec {
                 }
             });
         }
+        let (lost, lost_signal) = tokio::sync::oneshot::channel();
         if let Some(status) = process.take_status() {
             let pod = pod.clone();
             tokio::spawn(async move {
@@ -231,20 +237,69 @@ impl Connector for KubeExec {
                         "surrogate session ended"
                     ),
                     Some(_) => info!(pod, "surrogate session ended"),
-                    None => warn!(
-                        pod,
-                        "surrogate session ended without a status (connection lost)"
-                    ),
+                    None => {
+                        warn!(
+                            pod,
+                            "surrogate session ended without a status (connection lost)"
+                        );
+                        let _ = lost.send(());
+                    }
                 }
             });
         }
         let (Some(stdin), Some(stdout)) = (process.stdin(), process.stdout()) else {
             unreachable!("stdin and stdout were requested");
         };
+        let stdout = ExecStdout {
+            inner: stdout,
+            lost: Some(lost_signal),
+            is_lost: false,
+        };
         Ok(Connection {
             stream: Box::pin(tokio::io::join(stdout, stdin)),
             guard: Some(Box::new(ExecGuard(process))),
         })
+    }
+}
+
+/// The exec stream's stdout, failing once the connection is lost. kube ends its message
+/// loop on a broken connection without closing stdout, so a plain reader would wait until
+/// the session's HTTP/2 keep-alive gives up (40 s) to learn the session is gone.
+struct ExecStdout<R> {
+    inner: R,
+    /// Until the connection ends: sent to if it was lost.
+    lost: Option<tokio::sync::oneshot::Receiver<()>>,
+    is_lost: bool,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ExecStdout<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        // Whatever arrived before the loss is still delivered.
+        if let Poll::Ready(result) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+            return Poll::Ready(result);
+        }
+        if let Some(lost) = &mut this.lost {
+            let outcome = match Pin::new(lost).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(outcome) => outcome,
+            };
+            this.lost = None;
+            // Sent: lost. Dropped without a send: the session ended normally, and stdout
+            // reaches its end by itself.
+            this.is_lost = outcome.is_ok();
+        }
+        if !this.is_lost {
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the exec connection was lost",
+        )))
     }
 }
 

@@ -4,11 +4,14 @@
 //!   on 127.0.0.1, plain, with TLS from a CA made for the test, with htpasswd auth, or
 //!   with deletion disabled.
 //! * [`mount`] runs the real `reposure-mount` binary and unmounts on drop.
+//! * [`apiserver`] emulates the few Kubernetes API endpoints the client uses, with the
+//!   real surrogate behind its exec endpoint.
 //! * [`tools`] wraps the peers: skopeo, umoci, curl.
 //!
 //! Binaries are taken from the cargo target directory of the running test (so one
 //! `cargo build` serves every test binary); `REPOSURE_BIN_DIR` overrides it.
 
+pub mod apiserver;
 pub mod mount;
 pub mod proxy;
 pub mod registry;

@@ -4,11 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::apiserver::ApiServer;
 use crate::registry::Registry;
 use crate::{binary, wait_until};
 
 /// How the tests reach a registry, from `REPOSURE_TEST_VIA`: `direct` (the default),
-/// `session` (an in-process surrogate session) or `exec` (a `reposure-surrogate` child).
+/// `session` (an in-process surrogate session), `exec` (a `reposure-surrogate` child) or
+/// `kubernetes` (a Registry by name, through the emulated API server's exec endpoint and
+/// the surrogate's spool).
 pub fn via() -> String {
     std::env::var("REPOSURE_TEST_VIA").unwrap_or_else(|_| "direct".into())
 }
@@ -31,6 +34,8 @@ pub struct Mount {
     pub dir: tempfile::TempDir,
     log: PathBuf,
     mounted: bool,
+    /// The emulated cluster a `kubernetes` mount goes through.
+    cluster: Option<ApiServer>,
 }
 
 /// What `reposure-mount` said when it failed.
@@ -57,7 +62,16 @@ impl Mount {
                 registry.url()
             }
             "exec" => exec_source(&registry.url(), &[]),
-            other => panic!("REPOSURE_TEST_VIA={other}: use direct, session or exec"),
+            "kubernetes" => {
+                let mut cluster = ApiServer::start("default");
+                cluster.add_ready_registry("default", "registry", &registry.url());
+                let kubeconfig = format!("kubeconfig={}", cluster.kubeconfig().display());
+                options.push(&kubeconfig);
+                let mut mount = Self::new("registry", &options);
+                mount.cluster = Some(cluster);
+                return mount;
+            }
+            other => panic!("REPOSURE_TEST_VIA={other}: use direct, session, exec or kubernetes"),
         };
         Self::new(&source, &options)
     }
@@ -94,6 +108,7 @@ impl Mount {
             dir,
             log,
             mounted: true,
+            cluster: None,
         })
     }
 

@@ -42,6 +42,7 @@ fn cp_ls_cat_rm_round_trip() {
     assert!(entry.contains(" fuse.reposure "), "{entry}");
     let expected_source = match reposure_tests::mount::via().as_str() {
         "exec" => "exec:".to_owned(),
+        "kubernetes" => "kubernetes:default/registry".to_owned(),
         "session" => format!("session:{}", registry.url()),
         _ => registry.url(),
     };

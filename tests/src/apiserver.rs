@@ -1,0 +1,599 @@
+//! An emulated Kubernetes API server: exactly the endpoints Reposure's client uses, and
+//! nothing else.
+//!
+//! * `GET /apis/reposure.puccini.cloud/v1alpha1/namespaces/NS/registries/NAME`
+//! * `GET /api/v1/namespaces/NS/pods/NAME`
+//! * `GET /api/v1/namespaces/NS/pods/NAME/exec?command=..&container=..&stdin=true&...`,
+//!   upgraded to a WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io`.
+//!   Frames carry a channel byte (0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize, 255
+//!   close-stream in v5). The command runs as a local child process with the "pod's"
+//!   environment, as the kubelet would run it in the container; when it exits, a `Status`
+//!   (Success, or Failure with reason NonZeroExitCode) goes on channel 3 and the socket
+//!   closes.
+//!
+//! Requests must carry the kubeconfig's bearer token (else 401). Every request is
+//! recorded, so tests assert which endpoints were used; anything else gets 404.
+//!
+//! What this does not emulate: authentication other than a bearer token, admission,
+//! RBAC evaluation (a 403 is injected, not computed), watches, TLS to the API server,
+//! the kubelet's own buffering and timeouts, and a container runtime (the "pod" is a
+//! process on this machine sharing its filesystem).
+//!
+//! Faults, switchable at any time through [`Faults`]: 403 on exec or on the Registry GET,
+//! a server that speaks only v4, the connection dropped after N more stdout bytes, and
+//! no status frame when the command ends.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::binary;
+
+/// The bearer token the kubeconfig carries.
+pub const TOKEN: &str = "reposure-test-token-6f1d93c2a7";
+
+/// Faults to inject; each can be changed while the server runs.
+#[derive(Default)]
+pub struct Faults {
+    pub forbid_exec: AtomicBool,
+    pub forbid_registry_get: AtomicBool,
+    pub v4_only: AtomicBool,
+    pub no_status: AtomicBool,
+    /// Drop the next exec connection that sends this many more stdout bytes (0: off).
+    pub drop_after_stdout_bytes: AtomicU64,
+    /// Drop the next exec connection that receives this many more stdin bytes (0: off).
+    pub drop_after_stdin_bytes: AtomicU64,
+}
+
+struct State {
+    objects: Mutex<HashMap<String, Value>>,
+    faults: Faults,
+    /// The "container" environment of exec'd commands.
+    pod_env: Mutex<Vec<(String, String)>>,
+    requests: Mutex<Vec<String>>,
+    /// Processes started through exec, for tests that kill them.
+    exec_pids: Mutex<Vec<u32>>,
+}
+
+/// The server, on 127.0.0.1, with its kubeconfig; stopped on drop.
+pub struct ApiServer {
+    state: Arc<State>,
+    runtime: Option<tokio::runtime::Runtime>,
+    dir: tempfile::TempDir,
+    port: u16,
+    spooler: Option<std::process::Child>,
+}
+
+fn registry_path(namespace: &str, name: &str) -> String {
+    format!("/apis/reposure.puccini.cloud/v1alpha1/namespaces/{namespace}/registries/{name}")
+}
+
+fn pod_path(namespace: &str, name: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{name}")
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+impl ApiServer {
+    /// Starts the server; its kubeconfig's context uses `namespace` by default.
+    pub fn start(namespace: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(State {
+            objects: Mutex::new(HashMap::new()),
+            faults: Faults::default(),
+            pod_env: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
+            exec_pids: Mutex::new(Vec::new()),
+        });
+        let accept_state = state.clone();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = accept_state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("reposure-kube-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("kubeconfig"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: emulated\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: tester\n  user:\n    token: {TOKEN}\ncontexts:\n- name: emulated\n  context:\n    cluster: emulated\n    user: tester\n    namespace: {namespace}\n- name: other\n  context:\n    cluster: emulated\n    user: tester\n    namespace: other-team\ncurrent-context: emulated\n"
+            ),
+        )
+        .unwrap();
+        Self {
+            state,
+            runtime: Some(runtime),
+            dir,
+            port,
+            spooler: None,
+        }
+    }
+
+    /// The kubeconfig file.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.state.faults
+    }
+
+    /// Every request so far, as `METHOD PATH`.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Processes started through exec so far.
+    pub fn exec_pids(&self) -> Vec<u32> {
+        self.state.exec_pids.lock().unwrap().clone()
+    }
+
+    /// Stores an object at its API path.
+    pub fn put(&self, path: String, object: Value) {
+        self.state.objects.lock().unwrap().insert(path, object);
+    }
+
+    /// A Registry with a surrogate as the operator leaves it: the Registry Ready and
+    /// naming its pod, the pod Running and Ready, the pod's main process a real spooler,
+    /// and exec running the real `reposure-surrogate` against `registry_url`.
+    pub fn add_ready_registry(&mut self, namespace: &str, name: &str, registry_url: &str) {
+        let pod = format!("reposure-surrogate-{name}-7d9f8-x2k4q");
+        let spool = self.dir.path().join(format!("spool-{namespace}-{name}"));
+        std::fs::create_dir_all(&spool).unwrap();
+        let env = vec![
+            ("REPOSURE_REGISTRY".to_owned(), registry_url.to_owned()),
+            ("REPOSURE_SPOOL".to_owned(), spool.display().to_string()),
+        ];
+        *self.state.pod_env.lock().unwrap() = env.clone();
+        let spooler = std::process::Command::new(binary("reposure-surrogate"))
+            .arg("spooler")
+            .envs(env)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.spooler = Some(spooler);
+        assert!(crate::wait_until(
+            std::time::Duration::from_secs(10),
+            || { reposure_surrogate::spool::spooler_running(&spool) }
+        ));
+        self.put(
+            registry_path(namespace, name),
+            registry_object(
+                namespace,
+                name,
+                Some(&pod),
+                "True",
+                "SurrogateReady",
+                "ready",
+            ),
+        );
+        self.put(
+            pod_path(namespace, &pod),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": pod, "namespace": namespace},
+                   "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
+        );
+    }
+
+    /// A Registry whose surrogate is not ready, for the reason given.
+    pub fn add_unready_registry(&self, namespace: &str, name: &str, reason: &str, message: &str) {
+        self.put(
+            registry_path(namespace, name),
+            registry_object(namespace, name, None, "False", reason, message),
+        );
+    }
+
+    /// The spool directory of a Registry added with [`Self::add_ready_registry`].
+    pub fn spool(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir.path().join(format!("spool-{namespace}-{name}"))
+    }
+}
+
+fn registry_object(
+    namespace: &str,
+    name: &str,
+    pod: Option<&str>,
+    ready: &str,
+    reason: &str,
+    message: &str,
+) -> Value {
+    let mut status = json!({
+        "observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": message,
+                        "lastTransitionTime": "2026-11-30T00:00:00Z", "observedGeneration": 1}]
+    });
+    if let Some(pod) = pod {
+        status["surrogatePod"] = json!(pod);
+    }
+    json!({
+        "apiVersion": "reposure.puccini.cloud/v1alpha1", "kind": "Registry",
+        "metadata": {"name": name, "namespace": namespace, "generation": 1, "uid": "u-1"},
+        "spec": {"type": "oci", "direct": {"host": "http://127.0.0.1:5000"}},
+        "status": status
+    })
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(mut spooler) = self.spooler.take() {
+            let _ = spooler.kill();
+            let _ = spooler.wait();
+        }
+        for pid in self.exec_pids() {
+            // SAFETY: kill(2) of a child this server started; harmless if it already exited.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    state
+        .requests
+        .lock()
+        .unwrap()
+        .push(format!("{} {}", request.method(), path));
+    let authorized = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {TOKEN}").as_bytes());
+    if !authorized {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &status(401, "Unauthorized", "Unauthorized"),
+        );
+    }
+    if request.method() != hyper::Method::GET {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(405, "MethodNotAllowed", "not emulated"),
+        );
+    }
+    if let Some(pod_path) = path.strip_suffix("/exec") {
+        return exec(state, request, pod_path.to_owned()).await;
+    }
+    if path.contains("/registries/") && state.faults.forbid_registry_get.load(Ordering::SeqCst) {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &status(
+                403,
+                "Forbidden",
+                "registries.reposure.puccini.cloud is forbidden: User \"tester\" cannot get resource \"registries\"",
+            ),
+        );
+    }
+    match state.objects.lock().unwrap().get(&path) {
+        Some(object) => json_response(StatusCode::OK, object),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", &format!("{path} not found")),
+        ),
+    }
+}
+
+/// The exec endpoint: checks, negotiates the subprotocol, and hands the upgraded
+/// connection to [`run_exec`].
+async fn exec(
+    state: Arc<State>,
+    mut request: Request<Incoming>,
+    pod_path: String,
+) -> Response<Full<Bytes>> {
+    if !state.objects.lock().unwrap().contains_key(&pod_path) {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", "pod not found"),
+        );
+    }
+    if state.faults.forbid_exec.load(Ordering::SeqCst) {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &status(
+                403,
+                "Forbidden",
+                "pods \"x\" is forbidden: User \"tester\" cannot create resource \"pods/exec\"",
+            ),
+        );
+    }
+    let query: Vec<(String, String)> = url_pairs(request.uri().query().unwrap_or_default());
+    let command: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let offered = request
+        .headers()
+        .get(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
+    let v4_only = state.faults.v4_only.load(Ordering::SeqCst);
+    let protocol = if offered.contains(&"v5.channel.k8s.io") && !v4_only {
+        "v5.channel.k8s.io"
+    } else if offered.contains(&"v4.channel.k8s.io") {
+        "v4.channel.k8s.io"
+    } else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", "no supported subprotocol"),
+        );
+    };
+    let Some(key) = request
+        .headers()
+        .get(hyper::header::SEC_WEBSOCKET_KEY)
+        .cloned()
+    else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", "not a WebSocket upgrade"),
+        );
+    };
+    state
+        .requests
+        .lock()
+        .unwrap()
+        .push(format!("EXEC {protocol} {}", command.join(" ")));
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let socket =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            run_exec(state, socket, command, protocol == "v5.channel.k8s.io").await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "websocket")
+        .header(
+            hyper::header::SEC_WEBSOCKET_ACCEPT,
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Bytes read from the child's stdout per frame (the kubelet's copy buffer is 32 KiB; a
+/// larger one only makes the emulation faster than a real cluster).
+const FRAME: usize = 32 * 1024;
+
+/// Counts `bytes` down from an armed fault; true (and disarmed) when it reaches zero.
+fn countdown(armed: &AtomicU64, bytes: u64) -> bool {
+    let left = armed.load(Ordering::SeqCst);
+    if left == 0 {
+        return false;
+    }
+    if bytes >= left {
+        armed.store(0, Ordering::SeqCst);
+        return true;
+    }
+    armed.store(left - bytes, Ordering::SeqCst);
+    false
+}
+
+/// Runs the command and pumps the channels until it exits or the client goes away.
+async fn run_exec(
+    state: Arc<State>,
+    socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    command: Vec<String>,
+    v5: bool,
+) {
+    let program: PathBuf = match command.first().map(String::as_str) {
+        Some("reposure-surrogate") => binary("reposure-surrogate"),
+        Some(other) => Path::new(other).to_path_buf(),
+        None => return,
+    };
+    let env = state.pod_env.lock().unwrap().clone();
+    let spawned = tokio::process::Command::new(program)
+        .args(&command[1..])
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let (mut sink, mut source) = socket.split();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let failure = status(
+                500,
+                "InternalError",
+                &format!("cannot run {command:?}: {e}"),
+            );
+            let mut frame = vec![3u8];
+            frame.extend_from_slice(failure.to_string().as_bytes());
+            let _ = sink.send(Message::binary(frame)).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
+    if let Some(pid) = child.id() {
+        state.exec_pids.lock().unwrap().push(pid);
+    }
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (frames, mut outgoing) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let out_frames = frames.clone();
+    let stdout_task = tokio::spawn(async move {
+        let mut buffer = vec![0u8; FRAME];
+        loop {
+            match stdout.read(&mut buffer[1..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buffer[0] = 1;
+                    if out_frames.send(buffer[..=n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let stderr_task = tokio::spawn(async move {
+        let mut buffer = vec![0u8; FRAME];
+        loop {
+            match stderr.read(&mut buffer[1..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buffer[0] = 2;
+                    if frames.send(buffer[..=n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut outputs_done = false;
+    loop {
+        tokio::select! {
+            frame = outgoing.recv(), if !outputs_done => {
+                let Some(frame) = frame else {
+                    outputs_done = true;
+                    continue;
+                };
+                if frame[0] == 1 && countdown(&state.faults.drop_after_stdout_bytes, frame.len() as u64 - 1) {
+                    // The connection breaks: no close frame, no status; the process loses
+                    // its session as it would in a pod.
+                    let _ = child.start_kill();
+                    return;
+                }
+                if sink.send(Message::binary(frame)).await.is_err() {
+                    let _ = child.start_kill();
+                    return;
+                }
+            }
+            message = source.next() => match message {
+                Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
+                    0 => {
+                        if countdown(&state.faults.drop_after_stdin_bytes, data.len() as u64 - 1) {
+                            let _ = child.start_kill();
+                            return;
+                        }
+                        if let Some(input) = stdin.as_mut()
+                            && input.write_all(&data[1..]).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    255 if v5 && data.get(1) == Some(&0) => stdin = None,
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    let _ = child.start_kill();
+                    return;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+        if outputs_done {
+            break;
+        }
+    }
+    let _ = stdout_task.await;
+    let _ = stderr_task.await;
+    let exit = child.wait().await;
+    // Without a status the socket is dropped: the client sees the connection end.
+    if !state.faults.no_status.load(Ordering::SeqCst) {
+        let status = match exit.ok().and_then(|s| s.code()) {
+            Some(0) => {
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
+            }
+            code => {
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": format!("command terminated with non-zero exit code: {code:?}"),
+                           "reason": "NonZeroExitCode",
+                           "details": {"causes": [{"reason": "ExitCode", "message": code.unwrap_or(137).to_string()}]}})
+            }
+        };
+        let mut frame = vec![3u8];
+        frame.extend_from_slice(status.to_string().as_bytes());
+        let _ = sink.send(Message::binary(frame)).await;
+        let _ = sink.close().await;
+    }
+}
