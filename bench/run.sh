@@ -5,9 +5,12 @@
 #
 # Builds in release mode (--quick uses the debug build and 32 MiB so CI keeps the script
 # working; its figures mean nothing), starts the reference registry on 127.0.0.1, and for
-# each way of reaching it (direct, in-process session, exec: surrogate child) times
+# each way of reaching it (direct, in-process session, exec: surrogate child, and a
+# Kubernetes Registry by name through the emulated API server's exec endpoint) times
 #   cat  of a cold file through the mount  vs  curl GET of the same blob
 #   cp   of a file into the mount, until close() returns  vs  curl POST+PUT of the same bytes
+# and, for the Kubernetes way, the same bytes streamed raw through the same kind of exec
+# connection (kube-exec-raw) as a second baseline.
 # Each figure is the best of REPS runs (machines here are noisy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +39,7 @@ work=$(mktemp -d /var/tmp/reposure-bench.XXXXXX)
 cleanup() {
     fusermount3 -u "$work/mnt" 2>/dev/null || true
     [[ -n ${registry_pid:-} ]] && kill "$registry_pid" 2>/dev/null || true
+    [[ -n ${cluster_PID:-} ]] && kill "$cluster_PID" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -59,6 +63,10 @@ YML
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 registry_pid=$!
 for _ in $(seq 100); do curl -sf "$url/v2/" >/dev/null && break; sleep 0.1; done
+
+# The emulated cluster: a Registry "bench" whose surrogate pod is the real surrogate.
+coproc cluster { "$bin/reposure-emulated-cluster" "$url"; }
+read -r kubeconfig pod <&"${cluster[0]}"
 
 head -c "$((size_mib * 1024 * 1024))" /dev/urandom >"$work/data.bin"
 digest=sha256:$(sha256sum "$work/data.bin" | cut -d' ' -f1)
@@ -98,18 +106,20 @@ mount_as() {
         direct) "$bin/reposure-mount" "$url" "$mountpoint" -o "log=$work/$1.log" ;;
         session) "$bin/reposure-mount" "$url" "$mountpoint" -o "log=$work/$1.log,transport=session" ;;
         exec) "$bin/reposure-mount" "exec:$PWD/$bin/reposure-surrogate serve --stdio --registry $url" "$mountpoint" -o "log=$work/$1.log" ;;
+        kubernetes) "$bin/reposure-mount" bench "$mountpoint" -o "log=$work/$1.log,kubeconfig=$kubeconfig" ;;
     esac
     mkdir -p "$mountpoint/bench"
 }
 unmount() { fusermount3 -u "$mountpoint" 2>/dev/null || true; }
 
-printf '%-34s %10s %10s %8s %s\n' case "ours MiB/s" "curl MiB/s" ratio goal
+printf '%-34s %10s %10s %8s %s\n' case "ours MiB/s" "base MiB/s" ratio goal
+echo "(baseline: curl of the same blob, unless the case names another)"
 row() { # NAME OURS_SECONDS CURL_SECONDS GOAL
     awk -v n="$1" -v o="$2" -v c="$3" -v s="$size_mib" -v g="$4" \
         'BEGIN { printf "%-34s %10.0f %10.0f %7.2fx %s\n", n, s / o, s / c, c / o, g }'
 }
-declare -A cat_seconds
-for way in direct session exec; do
+declare -A cat_seconds cp_seconds
+for way in direct session exec kubernetes; do
     cps=() cats=()
     for _ in $(seq "$reps"); do
         mount_as "$way"
@@ -124,9 +134,19 @@ for way in direct session exec; do
     t_cp=$(best "${cps[@]}")
     t_cat=$(best "${cats[@]}")
     cat_seconds[$way]=$t_cat
+    cp_seconds[$way]=$t_cp
     row "cat 1 file ($way)" "$t_cat" "$t_curl_get" ">= 0.8x (0.7x via surrogate)"
     row "cp 1 file until close() ($way)" "$t_cp" "$t_curl_put" ">= 0.7x (0.5x via surrogate)"
 done
+# The exec connection itself: the same bytes raw through kube's client and the emulated
+# exec endpoint, with no session protocol.
+raw_reads=() raw_writes=()
+for _ in $(seq "$reps"); do
+    raw_reads+=("$("$bin/kube-exec-raw" "$kubeconfig" "$pod" read "$work/data.bin" | cut -d' ' -f2)")
+    raw_writes+=("$("$bin/kube-exec-raw" "$kubeconfig" "$pod" write "$work/data.bin" | cut -d' ' -f2)")
+done
+row "cat (kubernetes) vs raw exec" "${cat_seconds[kubernetes]}" "$(best "${raw_reads[@]}")" ">= 0.8x raw exec"
+row "cp (kubernetes) vs raw exec" "${cp_seconds[kubernetes]}" "$(best "${raw_writes[@]}")" ">= 0.8x raw exec"
 awk -v e="${cat_seconds[exec]}" -v s="${cat_seconds[session]}" \
     'BEGIN { printf "%-34s %29.2fx %s\n", "cat: exec vs in-process session", s / e, ">= 0.75x" }'
 

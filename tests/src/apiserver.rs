@@ -176,8 +176,14 @@ impl ApiServer {
 
     /// A Registry with a surrogate as the operator leaves it: the Registry Ready and
     /// naming its pod, the pod Running and Ready, the pod's main process a real spooler,
-    /// and exec running the real `reposure-surrogate` against `registry_url`.
-    pub fn add_ready_registry(&mut self, namespace: &str, name: &str, registry_url: &str) {
+    /// and exec running the real `reposure-surrogate` against `registry_url`. Returns the
+    /// pod's name.
+    pub fn add_ready_registry(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        registry_url: &str,
+    ) -> String {
         let pod = format!("reposure-surrogate-{name}-7d9f8-x2k4q");
         let spool = self.dir.path().join(format!("spool-{namespace}-{name}"));
         std::fs::create_dir_all(&spool).unwrap();
@@ -214,6 +220,7 @@ impl ApiServer {
                    "metadata": {"name": pod, "namespace": namespace},
                    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
         );
+        pod
     }
 
     /// A Registry whose surrogate is not ready, for the reason given.
@@ -529,13 +536,12 @@ async fn run_exec(
             }
         }
     });
-    let mut outputs_done = false;
     loop {
         tokio::select! {
-            frame = outgoing.recv(), if !outputs_done => {
+            frame = outgoing.recv() => {
+                // All of stdout and stderr sent: the command has ended.
                 let Some(frame) = frame else {
-                    outputs_done = true;
-                    continue;
+                    break;
                 };
                 if frame[0] == 1 && countdown(&state.faults.drop_after_stdout_bytes, frame.len() as u64 - 1) {
                     // The connection breaks: no close frame, no status; the process loses
@@ -570,9 +576,6 @@ async fn run_exec(
                 }
                 Some(Ok(_)) => {}
             },
-        }
-        if outputs_done {
-            break;
         }
     }
     let _ = stdout_task.await;

@@ -26,11 +26,12 @@ pub fn bin_dir() -> PathBuf {
         return dir.into();
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .to_path_buf()
+    // target/<profile>/deps/<test> or target/<profile>/<tool> -> target/<profile>
+    let dir = exe.parent().expect("target dir");
+    match dir.file_name() {
+        Some(name) if name == "deps" => dir.parent().expect("target dir").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// A project binary, which must have been built (`cargo build --workspace`).

@@ -319,3 +319,39 @@ fn the_api_token_is_in_no_argv_and_no_log() {
     );
     assert!(!log.contains(TOKEN), "the mount log holds the token");
 }
+
+#[test]
+fn the_emulated_exec_endpoint_streams_both_ways_and_ends_with_a_status() {
+    // What the benchmark's raw baseline relies on: a command that exits ends the stream at
+    // once (status frame, then close), in both directions.
+    let registry = Registry::start();
+    let mut api = ApiServer::start("default");
+    let pod = api.add_ready_registry("default", "raw", &registry.url());
+    let data = write_temp(&random_bytes(8 * 1024 * 1024));
+    for mode in ["read", "write"] {
+        let started = Instant::now();
+        let output = Command::new(reposure_tests::binary("kube-exec-raw"))
+            .arg(api.kubeconfig())
+            .arg(&pod)
+            .arg(mode)
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(
+            stdout.split(' ').next(),
+            Some("8388608"),
+            "{mode}: {stdout}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{mode} took {:?}",
+            started.elapsed()
+        );
+    }
+}
