@@ -185,24 +185,6 @@ impl Connection {
     }
 }
 
-/// NAME as repository and reference: `repo[:tag]` or `repo@sha256:...`.
-fn image_name(name: &str) -> Result<(String, Reference)> {
-    if let Some((repository, digest)) = name.split_once('@') {
-        names::check_repository(repository)?;
-        return Ok((
-            repository.to_owned(),
-            Reference::Digest(reposure_surrogate::digest::Digest::parse(digest)?),
-        ));
-    }
-    let (repository, tag) = match name.rsplit_once(':') {
-        Some((r, t)) if !t.contains('/') => (r, t),
-        _ => (name, names::DEFAULT_TAG),
-    };
-    names::check_repository(repository)?;
-    names::check_tag(tag)?;
-    Ok((repository.to_owned(), Reference::Tag(tag.to_owned())))
-}
-
 /// stdin and stdout as one async stream; pipes are driven by epoll directly.
 fn stdio() -> Result<Pin<Box<dyn transport::Stream>>> {
     use tokio::net::unix::pipe;
@@ -288,7 +270,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Pull { name, unpack } => pull(&registry, &name, unpack).await?,
         Command::Push { name, format } => {
-            let (repository, reference) = image_name(&name)?;
+            let (repository, reference) = names::parse_image(&name)?;
             let Reference::Tag(tag) = reference else {
                 bail!("push to a tag, not a digest");
             };
@@ -333,7 +315,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{repository}:{tag} {digest}");
         }
         Command::Delete { name } => {
-            let (repository, reference) = image_name(&name)?;
+            let (repository, reference) = names::parse_image(&name)?;
             let Reference::Tag(tag) = reference else {
                 bail!("delete a tag, not a digest");
             };
@@ -344,7 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn pull(registry: &Arc<dyn Registry>, name: &str, unpack: bool) -> Result<()> {
-    let (repository, reference) = image_name(name)?;
+    let (repository, reference) = names::parse_image(name)?;
     let info = registry.resolve(&repository, &reference).await?;
     let content = match (&info.file, unpack) {
         (Ok(file), true) => file,

@@ -133,6 +133,25 @@ impl std::fmt::Display for Reference {
     }
 }
 
+/// An image name as people write it: `REPOSITORY[:TAG]` (the tag defaults to `latest`) or
+/// `REPOSITORY@sha256:HEX`, checked against the naming rules.
+pub fn parse_image(name: &str) -> Result<(String, Reference)> {
+    if let Some((repository, digest)) = name.split_once('@') {
+        check_repository(repository)?;
+        return Ok((
+            repository.to_owned(),
+            Reference::Digest(crate::digest::Digest::parse(digest)?),
+        ));
+    }
+    let (repository, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (name, DEFAULT_TAG),
+    };
+    check_repository(repository)?;
+    check_tag(tag)?;
+    Ok((repository.to_owned(), Reference::Tag(tag.to_owned())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,11 @@
 //! An emulated Kubernetes API server: exactly the endpoints Reposure's client uses, and
 //! nothing else.
 //!
-//! * `GET /apis/reposure.puccini.cloud/v1alpha1/namespaces/NS/registries/NAME`
-//! * `GET /api/v1/namespaces/NS/pods/NAME`
+//! * `GET` of an object (`/apis/reposure.puccini.cloud/v1alpha1/namespaces/NS/registries/NAME`,
+//!   `/api/v1/namespaces/NS/pods/NAME`, ...) and of a collection (with equality label
+//!   selectors); server-side apply (`PATCH`, the object stored as applied, `uid` and
+//!   `generation` kept by the server, status left alone; and `PATCH .../status`);
+//!   `DELETE`; and `GET .../pods/NAME/log` — the generic store the CLI's commands use.
 //! * `GET /api/v1/namespaces/NS/pods/NAME/exec?command=..&container=..&stdin=true&...`,
 //!   upgraded to a WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io`.
 //!   Frames carry a channel byte (0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize, 255
@@ -15,7 +18,9 @@
 //! recorded, so tests assert which endpoints were used; anything else gets 404.
 //!
 //! What this does not emulate: authentication other than a bearer token, admission,
-//! RBAC evaluation (a 403 is injected, not computed), watches, TLS to the API server,
+//! RBAC evaluation (a 403 is injected, not computed), watches, field managers and the
+//! merging of applied configurations (an apply replaces the object), garbage collection,
+//! controllers (nothing becomes ready unless a test says so), TLS to the API server,
 //! the kubelet's own buffering and timeouts, and a container runtime (the "pod" is a
 //! process on this machine sharing its filesystem).
 //!
@@ -61,6 +66,8 @@ pub struct Faults {
 
 struct State {
     objects: Mutex<HashMap<String, Value>>,
+    /// Pod logs by pod path.
+    logs: Mutex<HashMap<String, String>>,
     faults: Faults,
     /// The "container" environment of exec'd commands.
     pod_env: Mutex<Vec<(String, String)>>,
@@ -105,6 +112,7 @@ impl ApiServer {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State {
             objects: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
             faults: Faults::default(),
             pod_env: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
@@ -167,6 +175,32 @@ impl ApiServer {
     /// Processes started through exec so far.
     pub fn exec_pids(&self) -> Vec<u32> {
         self.state.exec_pids.lock().unwrap().clone()
+    }
+
+    /// An object at its API path, as stored.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.state.objects.lock().unwrap().get(path).cloned()
+    }
+
+    /// The API paths of every stored object.
+    pub fn paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.state.objects.lock().unwrap().keys().cloned().collect();
+        paths.sort();
+        paths
+    }
+
+    /// Removes an object.
+    pub fn state_remove(&self, path: &str) {
+        self.state.objects.lock().unwrap().remove(path);
+    }
+
+    /// Sets the log a pod serves.
+    pub fn set_log(&self, namespace: &str, pod: &str, log: &str) {
+        self.state
+            .logs
+            .lock()
+            .unwrap()
+            .insert(pod_path(namespace, pod), log.to_owned());
     }
 
     /// Stores an object at its API path.
@@ -302,16 +336,11 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
             &status(401, "Unauthorized", "Unauthorized"),
         );
     }
-    if request.method() != hyper::Method::GET {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &status(405, "MethodNotAllowed", "not emulated"),
-        );
+    if path.ends_with("/exec") {
+        let pod_path = path.trim_end_matches("/exec").to_owned();
+        return exec(state, request, pod_path).await;
     }
-    if let Some(pod_path) = path.strip_suffix("/exec") {
-        return exec(state, request, pod_path.to_owned()).await;
-    }
-    if path.contains("/registries/") && state.faults.forbid_registry_get.load(Ordering::SeqCst) {
+    if path.contains("/registries") && state.faults.forbid_registry_get.load(Ordering::SeqCst) {
         return json_response(
             StatusCode::FORBIDDEN,
             &status(
@@ -321,13 +350,140 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
             ),
         );
     }
-    match state.objects.lock().unwrap().get(&path) {
-        Some(object) => json_response(StatusCode::OK, object),
-        None => json_response(
-            StatusCode::NOT_FOUND,
-            &status(404, "NotFound", &format!("{path} not found")),
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let method = request.method().clone();
+    let body = match http_body_util::BodyExt::collect(request.into_body()).await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &status(400, "BadRequest", "unreadable body"),
+            );
+        }
+    };
+    let mut objects = state.objects.lock().unwrap();
+    match method {
+        hyper::Method::GET if path.ends_with("/log") => {
+            match state
+                .logs
+                .lock()
+                .unwrap()
+                .get(path.trim_end_matches("/log"))
+            {
+                Some(log) => Response::builder()
+                    .header("content-type", "text/plain")
+                    .body(Full::new(Bytes::from(log.clone())))
+                    .unwrap(),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &status(404, "NotFound", "no such pod"),
+                ),
+            }
+        }
+        hyper::Method::GET => {
+            if let Some(object) = objects.get(&path) {
+                return json_response(StatusCode::OK, object);
+            }
+            if is_collection(&path) {
+                let selector = url_pairs(&query)
+                    .into_iter()
+                    .find(|(k, _)| k == "labelSelector")
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                let prefix = format!("{path}/");
+                let mut items: Vec<(&String, &Value)> = objects
+                    .iter()
+                    .filter(|(key, object)| {
+                        key.strip_prefix(&prefix)
+                            .is_some_and(|name| !name.contains('/'))
+                            && matches_labels(object, &selector)
+                    })
+                    .collect();
+                items.sort_by_key(|(key, _)| key.as_str());
+                let items: Vec<Value> = items.into_iter().map(|(_, o)| o.clone()).collect();
+                return json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                );
+            }
+            json_response(
+                StatusCode::NOT_FOUND,
+                &status(404, "NotFound", &format!("{path} not found")),
+            )
+        }
+        hyper::Method::PATCH => {
+            let Ok(applied) = serde_json::from_slice::<Value>(&body) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &status(400, "BadRequest", "the patch is not JSON"),
+                );
+            };
+            if let Some(object_path) = path.strip_suffix("/status") {
+                let Some(object) = objects.get_mut(object_path) else {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        &status(404, "NotFound", "no such object"),
+                    );
+                };
+                object["status"] = applied["status"].clone();
+                return json_response(StatusCode::OK, object);
+            }
+            // Server-side apply of the main resource: the object as applied, with what
+            // the server owns (uid, generation) kept, and the status left alone.
+            let previous = objects.get(&path).cloned();
+            let mut object = applied;
+            let generation = match &previous {
+                Some(p) if p["spec"] == object["spec"] => {
+                    p["metadata"]["generation"].as_i64().unwrap_or(1)
+                }
+                Some(p) => p["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+                None => 1,
+            };
+            object["metadata"]["generation"] = json!(generation);
+            object["metadata"]["uid"] = previous
+                .as_ref()
+                .map(|p| p["metadata"]["uid"].clone())
+                .unwrap_or_else(|| json!(format!("uid-{}", objects.len() + 1)));
+            if let Some(status) = previous.as_ref().and_then(|p| p.get("status")) {
+                object["status"] = status.clone();
+            }
+            objects.insert(path.clone(), object.clone());
+            json_response(StatusCode::OK, &object)
+        }
+        hyper::Method::DELETE => match objects.remove(&path) {
+            Some(_) => json_response(
+                StatusCode::OK,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &status(404, "NotFound", &format!("{path} not found")),
+            ),
+        },
+        _ => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(405, "MethodNotAllowed", "not emulated"),
         ),
     }
+}
+
+/// `/api/v1/[namespaces/NS/]RESOURCE` or `/apis/GROUP/VERSION/[namespaces/NS/]RESOURCE`.
+fn is_collection(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let rest = match segments.first() {
+        Some(&"api") => &segments[2.min(segments.len())..],
+        Some(&"apis") => &segments[3.min(segments.len())..],
+        _ => return false,
+    };
+    matches!(rest, [_] | ["namespaces", _, _])
+}
+
+/// Whether an object's labels satisfy `k=v,k=v` (equality selectors only).
+fn matches_labels(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (key, value) = term.split_once('=').unwrap_or((term, ""));
+        object["metadata"]["labels"][key].as_str() == Some(value)
+    })
 }
 
 /// The exec endpoint: checks, negotiates the subprotocol, and hands the upgraded

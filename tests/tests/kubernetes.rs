@@ -34,6 +34,7 @@ fn exec_count(api: &ApiServer) -> usize {
         .count()
 }
 
+/// `source.kubernetes`: mount a Registry by name, then cp, cat, ls, rm.
 #[test]
 fn mount_by_name_then_cp_cat_ls_rm() {
     let registry = Registry::start();
@@ -166,6 +167,7 @@ fn a_connection_dropped_mid_read_never_returns_wrong_data_and_reconnects() {
     assert_eq!(exec_count(&api), execs + 1, "{:?}", api.requests());
 }
 
+/// `source.kubernetes`: a lost session fails the push in flight and tags nothing.
 #[test]
 fn a_connection_dropped_mid_push_fails_close_and_tags_nothing() {
     let registry = Registry::start();
@@ -233,6 +235,7 @@ fn a_session_that_ends_without_a_status_frame_is_reopened() {
     assert!(mnt.log().contains("without a status"), "{}", mnt.log());
 }
 
+/// `source.kubernetes`: a missing or unready Registry and RBAC refusals.
 #[test]
 fn refusals_are_one_line_errors_that_say_what_to_do() {
     let registry = Registry::start();

@@ -13,7 +13,7 @@ use reposure_surrogate::registry::{FileUpload, Registry as _};
 use reposure_surrogate::session::client::SessionClient;
 use reposure_surrogate::session::transport::ChildProcess;
 use reposure_tests::mount::{Mount, exec_source};
-use reposure_tests::registry::Registry;
+use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::tools::{registry_tags, skopeo_copy};
 use reposure_tests::{binary, random_bytes, sha256_hex, wait_until};
 
@@ -457,4 +457,127 @@ fn original_spool_names() {
     assert!(verdict.contains("not one"), "{verdict}");
     assert!(spool.path().join("partial~").exists());
     assert!(registry_tags(&registry.url(), "partial").is_empty());
+}
+
+/// Runs the surrogate configured the way the operator's pod spec configures it: by
+/// `REPOSURE_*` environment variables only.
+fn surrogate_in_pod(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    Command::new(binary("reposure-surrogate"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// The pod's probes: readiness (`check`: the registry answers with the configured
+/// credentials) and liveness (`check --spooler-only`: the spooler holds its lock).
+#[test]
+fn check_is_the_pods_readiness_and_liveness() {
+    let registry = Registry::start();
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap();
+    let url = registry.url();
+    let env = [
+        ("REPOSURE_REGISTRY", url.as_str()),
+        ("REPOSURE_SPOOL", spool_dir),
+    ];
+    assert!(surrogate_in_pod(&env, &["check"]).status.success());
+    // No spooler yet: liveness fails, saying why.
+    let dead = surrogate_in_pod(&env, &["check", "--spooler-only"]);
+    assert!(!dead.status.success());
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("no spooler is running"));
+    let _spooler = spooler(&registry, spool.path());
+    assert!(
+        surrogate_in_pod(&env, &["check", "--spooler-only"])
+            .status
+            .success()
+    );
+    // An unreachable registry: unready, within the probe's time, while liveness holds.
+    let unreachable = format!("http://127.0.0.1:{}", reposure_tests::free_port());
+    let env = [
+        ("REPOSURE_REGISTRY", unreachable.as_str()),
+        ("REPOSURE_SPOOL", spool_dir),
+    ];
+    let started = Instant::now();
+    assert!(!surrogate_in_pod(&env, &["check"]).status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        surrogate_in_pod(&env, &["check", "--spooler-only"])
+            .status
+            .success()
+    );
+}
+
+/// The credentials of a `kubernetes.io/dockerconfigjson` Secret, mounted as a file.
+#[test]
+fn docker_config_credentials_from_a_file() {
+    let registry = Registry::start_with(RegistryConfig {
+        credentials: Some(("alice".into(), "s3cr3t-pw".into())),
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.json");
+    let auth = |user_password: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(user_password)
+    };
+    let url = registry.url();
+    let write_config = |user_password: &str| {
+        fs::write(
+            &config,
+            format!(
+                r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+                registry.host(),
+                auth(user_password)
+            ),
+        )
+        .unwrap();
+    };
+    let config_path = config.to_str().unwrap();
+    let env = [
+        ("REPOSURE_REGISTRY", url.as_str()),
+        ("REPOSURE_DOCKER_CONFIG_FILE", config_path),
+    ];
+
+    write_config("alice:s3cr3t-pw");
+    assert!(surrogate_in_pod(&env, &["check"]).status.success());
+    let pushed = Command::new(binary("reposure-surrogate"))
+        .args(["push", "team/app:v1"])
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"payload")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    write_config("alice:wrong");
+    let refused = surrogate_in_pod(&env, &["check"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("refused the credentials") && !message.contains("wrong"),
+        "{message}"
+    );
+
+    fs::write(
+        &config,
+        r#"{"auths": {"elsewhere:5000": {"auth": "eDp5"}}}"#,
+    )
+    .unwrap();
+    let missing = surrogate_in_pod(&env, &["check"]);
+    let message = String::from_utf8_lossy(&missing.stderr);
+    assert!(message.contains("has no entry for 127.0.0.1:"), "{message}");
 }

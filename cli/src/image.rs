@@ -1,0 +1,277 @@
+//! `reposure image push|pull|list|delete|tag`: synchronous, with honest exit codes.
+//!
+//! Each command returns only once the registry has done it (a push: the manifest is
+//! committed), and fails with the registry's reason otherwise. Pulls write to a temporary
+//! file next to `-o FILE` and rename it at the end, so a failed pull leaves no partial file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use futures::StreamExt;
+use reposure_surrogate::formats::single_file::PushFormat;
+use reposure_surrogate::import;
+use reposure_surrogate::names::{self, Reference};
+use reposure_surrogate::registry::{FileUpload, Registry};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::exit::Usage;
+use crate::output::{Format, print_data};
+use crate::progress;
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Push a file as a single-file image, or an image archive (.tar, .tar.gz, .tgz:
+    /// recognised by content) as its image.
+    #[command(
+        after_help = "Examples:\n  reposure image push myregistry myrepo/hello hello.txt\n  reposure image push oci:/var/lib/images web:v2 saved-image.tar\n  reposure image push http://127.0.0.1:5000 tools/jq:1.7 ./jq"
+    )]
+    Push {
+        registry: String,
+        /// REPOSITORY[:TAG] (TAG defaults to latest).
+        name: String,
+        path: PathBuf,
+        /// How a plain file is stored: a single-layer image, or an ORAS-style artifact.
+        #[arg(long, default_value = "image")]
+        format: PushFormat,
+    },
+    /// Pull an image: the file it holds (--unpack) or its image archive.
+    #[command(
+        after_help = "Examples:\n  reposure image pull myregistry myrepo/hello --unpack > hello.txt\n  reposure image pull myregistry web:v2 -o web.tar"
+    )]
+    Pull {
+        registry: String,
+        /// REPOSITORY[:TAG] or REPOSITORY@sha256:HEX.
+        name: String,
+        /// Write the single file the image holds, not the image archive.
+        #[arg(long)]
+        unpack: bool,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// List every image as REPOSITORY:TAG.
+    List {
+        registry: String,
+        /// Output format.
+        #[arg(short = 'o', long = "output", default_value = "names")]
+        format: Format,
+    },
+    /// Delete one tag, or with --all every tag of every repository.
+    Delete {
+        registry: String,
+        /// REPOSITORY[:TAG].
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Point DST at the image SRC points at (blobs are mounted, not copied).
+    Tag {
+        registry: String,
+        /// REPOSITORY[:TAG] or REPOSITORY@sha256:HEX.
+        source: String,
+        /// REPOSITORY[:TAG].
+        destination: String,
+    },
+}
+
+impl ImageCommand {
+    pub fn registry(&self) -> &str {
+        match self {
+            Self::Push { registry, .. }
+            | Self::Pull { registry, .. }
+            | Self::List { registry, .. }
+            | Self::Delete { registry, .. }
+            | Self::Tag { registry, .. } => registry,
+        }
+    }
+}
+
+fn tag_of(name: &str) -> Result<(String, String)> {
+    match names::parse_image(name)? {
+        (repository, Reference::Tag(tag)) => Ok((repository, tag)),
+        (_, Reference::Digest(_)) => bail!(Usage(format!("{name}: give a tag, not a digest"))),
+    }
+}
+
+pub async fn run(command: ImageCommand, registry: Arc<dyn Registry>, quiet: bool) -> Result<()> {
+    match command {
+        ImageCommand::Push {
+            name, path, format, ..
+        } => push(registry.as_ref(), &name, &path, format, quiet).await,
+        ImageCommand::Pull {
+            name,
+            unpack,
+            output,
+            ..
+        } => pull(registry.as_ref(), &name, unpack, output.as_deref(), quiet).await,
+        ImageCommand::List { format, .. } => list(registry.as_ref(), format).await,
+        ImageCommand::Delete { name, all, .. } => {
+            let targets = match (name, all) {
+                (Some(name), _) => vec![tag_of(&name)?],
+                (None, _) => all_tags(registry.as_ref()).await?,
+            };
+            for (repository, tag) in targets {
+                registry
+                    .delete_tag(&repository, &tag)
+                    .await
+                    .with_context(|| format!("cannot delete {repository}:{tag}"))?;
+                eprintln!("deleted {repository}:{tag}");
+            }
+            Ok(())
+        }
+        ImageCommand::Tag {
+            source,
+            destination,
+            ..
+        } => {
+            let (from_repository, from) = names::parse_image(&source)?;
+            let (to_repository, to_tag) = tag_of(&destination)?;
+            let digest = registry
+                .tag(&from_repository, &from, &to_repository, &to_tag)
+                .await
+                .with_context(|| format!("cannot tag {source} as {destination}"))?;
+            println!("{to_repository}:{to_tag} {digest}");
+            Ok(())
+        }
+    }
+}
+
+async fn push(
+    registry: &dyn Registry,
+    name: &str,
+    path: &Path,
+    format: PushFormat,
+    quiet: bool,
+) -> Result<()> {
+    let (repository, tag) = tag_of(name)?;
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !metadata.is_file() {
+        bail!(Usage(format!("{} is not a file", path.display())));
+    }
+    let scratch = std::env::temp_dir();
+    let digest = match import::push_archive(registry, &repository, &tag, path, &scratch)
+        .await
+        .with_context(|| format!("cannot push {} as {name}", path.display()))?
+    {
+        Some(digest) => digest,
+        None => {
+            let bar = progress::bar(metadata.len(), "push", quiet);
+            let file = tokio::fs::File::open(path).await?;
+            let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                .map(|r| r.map_err(reposure_surrogate::RegistryError::from))
+                .boxed();
+            let file_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("file")
+                .to_owned();
+            let upload = FileUpload {
+                file_name,
+                size: metadata.len(),
+                format,
+                created: None,
+                body: progress::counted(body, bar.clone()),
+            };
+            let pushed = registry.push_file(&repository, &tag, upload).await;
+            bar.finish_and_clear();
+            pushed.with_context(|| format!("cannot push {} as {name}", path.display()))?
+        }
+    };
+    println!("{repository}:{tag} {digest}");
+    Ok(())
+}
+
+async fn pull(
+    registry: &dyn Registry,
+    name: &str,
+    unpack: bool,
+    output: Option<&Path>,
+    quiet: bool,
+) -> Result<()> {
+    let (repository, reference) = names::parse_image(name)?;
+    let info = registry
+        .resolve(&repository, &reference)
+        .await
+        .with_context(|| format!("cannot pull {name}"))?;
+    let content = match (&info.file, unpack) {
+        (Ok(file), true) => file,
+        (Err(reason), true) => bail!(
+            "{name} is not a single file ({reason}); pull it without --unpack to get the image archive"
+        ),
+        (_, false) => &info.archive,
+    };
+    let bar = progress::bar(content.length(), "pull", quiet);
+    let stream = registry
+        .read(&repository, content, 0, content.length())
+        .await
+        .with_context(|| format!("cannot pull {name}"))?;
+    let mut stream = progress::counted(stream, bar.clone());
+    match output {
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let temporary = tempfile::Builder::new()
+                .prefix(".reposure-pull-")
+                .tempfile_in(dir)
+                .with_context(|| format!("cannot write in {}", dir.display()))?;
+            let mut file = tokio::fs::File::from_std(temporary.reopen()?);
+            while let Some(chunk) = stream.next().await {
+                file.write_all(&chunk.with_context(|| format!("cannot pull {name}"))?)
+                    .await?;
+            }
+            file.sync_all().await?;
+            temporary
+                .persist(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        None => {
+            let mut stdout = tokio::io::stdout();
+            while let Some(chunk) = stream.next().await {
+                stdout
+                    .write_all(&chunk.with_context(|| format!("cannot pull {name}"))?)
+                    .await?;
+            }
+            stdout.flush().await?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ImageName {
+    repository: String,
+    tag: String,
+}
+
+async fn all_tags(registry: &dyn Registry) -> Result<Vec<(String, String)>> {
+    let mut all = Vec::new();
+    for repository in registry.list_repositories().await? {
+        for tag in registry.list_tags(&repository).await? {
+            all.push((repository.clone(), tag));
+        }
+    }
+    Ok(all)
+}
+
+async fn list(registry: &dyn Registry, format: Format) -> Result<()> {
+    let images: Vec<ImageName> = all_tags(registry)
+        .await
+        .context("cannot list images")?
+        .into_iter()
+        .map(|(repository, tag)| ImageName { repository, tag })
+        .collect();
+    print_data(&images, format, |images| {
+        images
+            .iter()
+            .map(|i| format!("{}:{}\n", i.repository, i.tag))
+            .collect()
+    })
+}

@@ -1,0 +1,194 @@
+//! `reposure`: the command line of Reposure.
+//!
+//! The same binary is `kubectl reposure` when installed as `kubectl-reposure`, and the
+//! mount(8) helper when installed as `mount.fuse.reposure` (`mount -t fuse.reposure
+//! NS/REGISTRY /mnt/reg`, fstab entries). `reposure mount` is `reposure-mount`.
+//!
+//! Commands that change things are synchronous and exit non-zero with the reason when they
+//! fail; the exit code tells the failure class ([`exit`]). Logs go to stderr, so pulls can
+//! go to stdout; progress bars appear only on a terminal.
+
+mod exit;
+mod image;
+mod kubernetes;
+mod operator;
+mod output;
+mod progress;
+mod registry;
+mod simple;
+mod target;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand};
+use reposure_operator::cluster::{self, KubeOptions};
+
+use crate::image::ImageCommand;
+use crate::operator::OperatorCommand;
+use crate::registry::RegistryCommand;
+use crate::simple::SimpleCommand;
+use crate::target::DirectOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "reposure",
+    version,
+    about = "Use a Kubernetes cluster's container registry as a filesystem, and manage it",
+    after_help = "Also `kubectl reposure` (installed as kubectl-reposure) and the mount helper `mount.fuse.reposure`.\n\nExit codes: 0 success, 1 failed, 2 usage, 3 not found, 4 access refused, 5 unavailable.\n\nExamples:\n  reposure operator install --wait\n  reposure simple install --wait\n  reposure registry create default --provider simple --wait\n  reposure image push default myrepo/hello hello.txt\n  reposure mount default /mnt/reg"
+)]
+struct Cli {
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The namespace (default: the context's).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// No progress bars.
+    #[arg(short = 'q', long, global = true)]
+    quiet: bool,
+    #[command(flatten)]
+    direct: DirectOptions,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The operator that runs a surrogate next to each Registry.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Registry resources.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// The reference registry, for test clusters.
+    #[command(subcommand)]
+    Simple(SimpleCommand),
+    /// Images of a Registry (by name), or of a direct source: oci:PATH, http(s)://HOST.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Mount a registry: reposure mount SOURCE MOUNTPOINT [-f] [-o OPTS] (see reposure-mount --help).
+    #[command(disable_help_flag = true)]
+    Mount {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print a shell completion script.
+    Completion { shell: clap_complete::Shell },
+    /// Print the version.
+    Version,
+}
+
+/// Options mount(8) passes to helpers that are not ours: no mtab (-n), sloppy (-s),
+/// verbose (-v).
+const MOUNT8_FLAGS: &[&str] = &["-n", "-s", "-v"];
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().collect();
+    let program = std::path::Path::new(&args[0])
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("reposure")
+        .to_owned();
+    if program == "mount.fuse.reposure" {
+        args.remove(0);
+        args.retain(|a| !MOUNT8_FLAGS.contains(&a.as_str()));
+        reposure_mount::main(args);
+    }
+    let cli = Cli::parse();
+    let kube = KubeOptions {
+        kubeconfig: cli.kubeconfig.clone(),
+        context: cli.context.clone(),
+        namespace: cli.namespace.clone(),
+    };
+    // Before any thread: the mount daemonizes by forking.
+    if let Command::Mount { args } = cli.command {
+        reposure_mount::main(mount_args(args, &kube));
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REPOSURE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    if let Err(error) = runtime.block_on(run(cli.command, kube, cli.direct, cli.quiet)) {
+        let message = error
+            .chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(": ");
+        eprintln!("reposure: {message}");
+        std::process::exit(exit::code(&error));
+    }
+}
+
+/// `reposure [--kubeconfig F] [--context C] [-n NS] mount SOURCE DIR ...` in
+/// `reposure-mount`'s terms.
+fn mount_args(mut args: Vec<String>, kube: &KubeOptions) -> Vec<String> {
+    if let (Some(namespace), Some(source)) = (&kube.namespace, args.first_mut())
+        && cluster::parse_target(source).is_some_and(|(ns, _)| ns.is_none())
+        && source
+            .parse::<reposure_surrogate::source::Source>()
+            .is_err()
+    {
+        *source = format!("{namespace}/{source}");
+    }
+    let mut options = Vec::new();
+    if let Some(kubeconfig) = &kube.kubeconfig {
+        options.push(format!("kubeconfig={}", kubeconfig.display()));
+    }
+    if let Some(context) = &kube.context {
+        options.push(format!("context={context}"));
+    }
+    if !options.is_empty() {
+        args.push("-o".into());
+        args.push(options.join(","));
+    }
+    args
+}
+
+async fn run(
+    command: Command,
+    kube: KubeOptions,
+    direct: DirectOptions,
+    quiet: bool,
+) -> Result<()> {
+    match command {
+        Command::Image(command) => {
+            let registry = target::open(command.registry(), &direct, &kube).await?;
+            image::run(command, registry, quiet).await
+        }
+        Command::Operator(command) => {
+            let (client, namespace) = cluster::client(&kube).await?;
+            operator::run(command, client, &namespace).await
+        }
+        Command::Registry(command) => {
+            let (client, namespace) = cluster::client(&kube).await?;
+            registry::run(command, client, &namespace).await
+        }
+        Command::Simple(command) => {
+            let (client, namespace) = cluster::client(&kube).await?;
+            simple::run(command, client, &namespace).await
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "reposure",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Version => {
+            println!("reposure {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Mount { .. } => unreachable!("mount runs before the runtime starts"),
+    }
+}

@@ -1,0 +1,188 @@
+//! `reposure operator install|uninstall|logs`.
+//!
+//! Install applies the CRD and the namespace's operator objects with server-side apply, so
+//! it is idempotent and upgrades in place. Uninstall removes the namespace's operator and
+//! never the CRD (deleting it deletes every namespace's Registries) unless `--crd` is given.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::ObjectMeta;
+use kube::{Api, Client};
+use reposure_operator::cluster::explain;
+use reposure_operator::manifests::{self, OPERATOR, USER_ROLE};
+
+use crate::kubernetes::{self, Scope};
+
+/// The RoleBinding that gives the operator an extra ClusterRole (`--role`).
+const EXTRA_BINDING: &str = "reposure-operator-extra";
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Install or upgrade the operator in the namespace (and the CRD in the cluster).
+    #[command(
+        after_help = "Examples:\n  reposure operator install --wait\n  reposure -n team operator install --surrogate-image registry.example/reposure-surrogate:0.1.0"
+    )]
+    Install {
+        /// Also bind this ClusterRole to the operator, in this namespace only.
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long, env = "REPOSURE_OPERATOR_IMAGE", default_value = manifests::OPERATOR_IMAGE)]
+        operator_image: String,
+        #[arg(long, env = "REPOSURE_SURROGATE_IMAGE", default_value = manifests::SURROGATE_IMAGE)]
+        surrogate_image: String,
+    },
+    /// Remove the namespace's operator (the CRD and Registries stay unless --crd).
+    Uninstall {
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Also delete the CRD, and with it every Registry in every namespace.
+        #[arg(long)]
+        crd: bool,
+    },
+    /// Print the operator's log.
+    Logs {
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+}
+
+pub async fn run(command: OperatorCommand, client: Client, namespace: &str) -> Result<()> {
+    let scope = Scope { namespace };
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let roles: Api<Role> = Api::namespaced(client.clone(), namespace);
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match command {
+        OperatorCommand::Install {
+            role,
+            wait,
+            timeout,
+            operator_image,
+            surrogate_image,
+        } => {
+            kubernetes::apply(
+                &crds,
+                &reposure_operator::resource::crd(),
+                &Scope {
+                    namespace: "(cluster)",
+                },
+            )
+            .await?;
+            let (account, binding, deployment) =
+                manifests::operator_objects(namespace, &operator_image, &surrogate_image);
+            kubernetes::apply(&accounts, &account, &scope).await?;
+            kubernetes::apply(&roles, &manifests::operator_role(namespace), &scope).await?;
+            kubernetes::apply(&bindings, &binding, &scope).await?;
+            kubernetes::apply(&roles, &manifests::user_role(namespace), &scope).await?;
+            if let Some(cluster_role) = role {
+                let extra = RoleBinding {
+                    metadata: ObjectMeta {
+                        name: Some(EXTRA_BINDING.into()),
+                        namespace: Some(namespace.into()),
+                        ..Default::default()
+                    },
+                    role_ref: RoleRef {
+                        api_group: "rbac.authorization.k8s.io".into(),
+                        kind: "ClusterRole".into(),
+                        name: cluster_role,
+                    },
+                    subjects: Some(vec![Subject {
+                        kind: "ServiceAccount".into(),
+                        name: OPERATOR.into(),
+                        namespace: Some(namespace.into()),
+                        ..Default::default()
+                    }]),
+                };
+                kubernetes::apply(&bindings, &extra, &scope).await?;
+            }
+            kubernetes::apply(&deployments, &deployment, &scope).await?;
+            eprintln!(
+                "operator applied in namespace {namespace}; bind people to the Role {USER_ROLE} to let them mount"
+            );
+            if wait {
+                kubernetes::wait_for(
+                    Duration::from_secs(timeout),
+                    "the operator becoming available",
+                    || async {
+                        let deployment = deployments
+                            .get(OPERATOR)
+                            .await
+                            .map_err(|e| explain(e, "get", "deployments", OPERATOR, namespace))?;
+                        let available = deployment
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.available_replicas)
+                            .unwrap_or(0);
+                        Ok(if available > 0 {
+                            Ok(())
+                        } else {
+                            Err("no available replica yet".to_owned())
+                        })
+                    },
+                )
+                .await?;
+                eprintln!("operator is available");
+            }
+        }
+        OperatorCommand::Uninstall { wait, timeout, crd } => {
+            kubernetes::delete(&deployments, OPERATOR, &scope).await?;
+            kubernetes::delete(&bindings, EXTRA_BINDING, &scope).await?;
+            kubernetes::delete(&bindings, OPERATOR, &scope).await?;
+            kubernetes::delete(&roles, OPERATOR, &scope).await?;
+            kubernetes::delete(&roles, USER_ROLE, &scope).await?;
+            kubernetes::delete(&accounts, OPERATOR, &scope).await?;
+            if crd {
+                let name = reposure_operator::resource::crd()
+                    .metadata
+                    .name
+                    .unwrap_or_default();
+                kubernetes::delete(
+                    &crds,
+                    &name,
+                    &Scope {
+                        namespace: "(cluster)",
+                    },
+                )
+                .await?;
+            }
+            if wait {
+                kubernetes::wait_for(
+                    Duration::from_secs(timeout),
+                    "the operator going away",
+                    || async {
+                        Ok(match deployments.get_opt(OPERATOR).await? {
+                            None => Ok(()),
+                            Some(_) => Err("its Deployment still exists".to_owned()),
+                        })
+                    },
+                )
+                .await?;
+            }
+            eprintln!("operator removed from namespace {namespace}");
+        }
+        OperatorCommand::Logs { follow } => {
+            let pods: Api<Pod> = Api::namespaced(client, namespace);
+            let pod = kubernetes::pod_with_labels(
+                &pods,
+                &format!("app.kubernetes.io/name={OPERATOR}"),
+                &scope,
+            )
+            .await?;
+            kubernetes::print_pod_log(&pods, &pod, follow, &scope).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! `reposure simple install|uninstall|host`: the reference registry for test clusters.
+//!
+//! One Deployment of `registry:2` (deletion enabled) with its storage on a
+//! PersistentVolumeClaim, and a Service, all named `reposure-simple`. `--authentication`
+//! makes a CA and a serving certificate (no cert-manager needed) into a `kubernetes.io/tls`
+//! Secret that also holds `ca.crt`; `--authorization` makes htpasswd credentials with a
+//! random password, and a `kubernetes.io/dockerconfigjson` Secret for Registries to use.
+//! Secrets that exist are kept, so installing again never changes a certificate or password
+//! clients already hold. Uninstall keeps the data volume unless `--delete-data`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ObjectMeta;
+use kube::{Api, Client};
+use reposure_operator::cluster::explain;
+
+use crate::kubernetes::{self, Scope};
+
+/// The name of every object of the simple registry.
+pub const NAME: &str = "reposure-simple";
+pub const PORT: u16 = 5000;
+/// The TLS Secret (`tls.crt`, `tls.key`, `ca.crt`).
+pub const AUTHENTICATION_SECRET: &str = "reposure-simple-authentication";
+/// The dockerconfigjson Secret for Registries.
+pub const AUTHORIZATION_SECRET: &str = "reposure-simple-authorization";
+/// The registry's own htpasswd file.
+const HTPASSWD_SECRET: &str = "reposure-simple-htpasswd";
+const USER: &str = "reposure";
+/// Reference registry 2.8, the version the project is tested against.
+const IMAGE: &str = "docker.io/library/registry:2.8.3";
+const STORAGE: &str = "10Gi";
+
+#[derive(Subcommand, Debug)]
+pub enum SimpleCommand {
+    /// Install (or update) the simple registry in the namespace.
+    #[command(
+        after_help = "Examples:\n  reposure simple install --wait\n  reposure simple install --authentication --authorization --wait\n  reposure registry create default --provider simple --wait"
+    )]
+    Install {
+        /// Serve HTTPS with a generated CA and certificate.
+        #[arg(long)]
+        authentication: bool,
+        /// Require a user name and a generated password.
+        #[arg(long)]
+        authorization: bool,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long, default_value = IMAGE)]
+        image: String,
+    },
+    /// Remove the simple registry (its data volume stays unless --delete-data).
+    Uninstall {
+        #[arg(long)]
+        delete_data: bool,
+    },
+    /// Print the registry's in-cluster address.
+    Host,
+}
+
+/// `reposure-simple.NAMESPACE.svc:5000`.
+pub fn host(namespace: &str) -> String {
+    format!("{NAME}.{namespace}.svc:{PORT}")
+}
+
+fn meta(name: &str, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/name".into(),
+            NAME.into(),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn secret(name: &str, namespace: &str, type_: &str, data: &[(&str, Vec<u8>)]) -> Secret {
+    Secret {
+        metadata: meta(name, namespace),
+        type_: Some(type_.into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.clone())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// A CA and a certificate for the Service's names, as PEM: (ca, cert, key).
+fn certificates(namespace: &str) -> Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "reposure-simple CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let ca_pem = ca.pem();
+    let names = vec![
+        NAME.to_owned(),
+        format!("{NAME}.{namespace}"),
+        format!("{NAME}.{namespace}.svc"),
+        format!("{NAME}.{namespace}.svc.cluster.local"),
+    ];
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name.push(DnType::CommonName, NAME);
+    let key = KeyPair::generate()?;
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((ca_pem, cert.pem(), key.serialize_pem()))
+}
+
+fn random_password() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 24)
+}
+
+fn docker_config(host: &str, user: &str, password: &str) -> Vec<u8> {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    serde_json::json!({"auths": {host: {"username": user, "password": password, "auth": auth}}})
+        .to_string()
+        .into_bytes()
+}
+
+fn deployment(namespace: &str, image: &str, tls: bool, htpasswd: bool) -> Deployment {
+    let labels = BTreeMap::from([("app.kubernetes.io/name".to_owned(), NAME.to_owned())]);
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
+    let mut env_vars = vec![
+        env("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+        env("REGISTRY_HTTP_ADDR", &format!(":{PORT}")),
+    ];
+    let mut volumes = vec![Volume {
+        name: "data".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: NAME.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "data".into(),
+        mount_path: "/var/lib/registry".into(),
+        ..Default::default()
+    }];
+    let mut secret_mount = |volume: &str, secret: &str, path: &str| {
+        volumes.push(Volume {
+            name: volume.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: volume.into(),
+            mount_path: path.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    };
+    if tls {
+        secret_mount("tls", AUTHENTICATION_SECRET, "/certs");
+        env_vars.push(env("REGISTRY_HTTP_TLS_CERTIFICATE", "/certs/tls.crt"));
+        env_vars.push(env("REGISTRY_HTTP_TLS_KEY", "/certs/tls.key"));
+    }
+    if htpasswd {
+        secret_mount("htpasswd", HTPASSWD_SECRET, "/auth");
+        env_vars.push(env("REGISTRY_AUTH", "htpasswd"));
+        env_vars.push(env("REGISTRY_AUTH_HTPASSWD_REALM", "reposure"));
+        env_vars.push(env("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"));
+    }
+    let probe = Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(PORT.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(NAME, namespace),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            // One registry process owns the volume.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "registry".into(),
+                        image: Some(image.into()),
+                        env: Some(env_vars),
+                        ports: Some(vec![ContainerPort {
+                            container_port: PORT.into(),
+                            ..Default::default()
+                        }]),
+                        volume_mounts: Some(mounts),
+                        readiness_probe: Some(probe),
+                        ..Default::default()
+                    }],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub async fn run(command: SimpleCommand, client: Client, namespace: &str) -> Result<()> {
+    let scope = Scope { namespace };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let exists = |name: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt(name)
+                .await
+                .map(|s| s.is_some())
+                .map_err(|e| explain(e, "get", "secrets", name, namespace))
+        }
+    };
+    match command {
+        SimpleCommand::Install {
+            authentication,
+            authorization,
+            wait,
+            timeout,
+            image,
+        } => {
+            if authentication && !exists(AUTHENTICATION_SECRET).await? {
+                let (ca, cert, key) =
+                    certificates(namespace).context("cannot make the certificates")?;
+                let tls = secret(
+                    AUTHENTICATION_SECRET,
+                    namespace,
+                    "kubernetes.io/tls",
+                    &[
+                        ("tls.crt", cert.into_bytes()),
+                        ("tls.key", key.into_bytes()),
+                        ("ca.crt", ca.into_bytes()),
+                    ],
+                );
+                kubernetes::apply(&secrets, &tls, &scope).await?;
+            }
+            if authorization && !exists(AUTHORIZATION_SECRET).await? {
+                let password = random_password();
+                let hash = bcrypt::hash(&password, bcrypt::DEFAULT_COST)
+                    .context("cannot hash the password")?;
+                let htpasswd = secret(
+                    HTPASSWD_SECRET,
+                    namespace,
+                    "Opaque",
+                    &[("htpasswd", format!("{USER}:{hash}\n").into_bytes())],
+                );
+                kubernetes::apply(&secrets, &htpasswd, &scope).await?;
+                let config = secret(
+                    AUTHORIZATION_SECRET,
+                    namespace,
+                    "kubernetes.io/dockerconfigjson",
+                    &[(
+                        ".dockerconfigjson",
+                        docker_config(&host(namespace), USER, &password),
+                    )],
+                );
+                kubernetes::apply(&secrets, &config, &scope).await?;
+                eprintln!(
+                    "user {USER}; its password is in Secret {AUTHORIZATION_SECRET}:\n  kubectl get secret {AUTHORIZATION_SECRET} -n {namespace} -o jsonpath='{{.data.\\.dockerconfigjson}}' | base64 -d"
+                );
+            }
+            let claim = PersistentVolumeClaim {
+                metadata: meta(NAME, namespace),
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".into(),
+                            Quantity(STORAGE.into()),
+                        )])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            kubernetes::apply(&claims, &claim, &scope).await?;
+            let tls = authentication || exists(AUTHENTICATION_SECRET).await?;
+            let htpasswd = authorization || exists(HTPASSWD_SECRET).await?;
+            kubernetes::apply(
+                &deployments,
+                &deployment(namespace, &image, tls, htpasswd),
+                &scope,
+            )
+            .await?;
+            let service = Service {
+                metadata: meta(NAME, namespace),
+                spec: Some(ServiceSpec {
+                    selector: Some(BTreeMap::from([(
+                        "app.kubernetes.io/name".into(),
+                        NAME.into(),
+                    )])),
+                    ports: Some(vec![ServicePort {
+                        name: Some(if tls { "https" } else { "http" }.into()),
+                        port: PORT.into(),
+                        target_port: Some(IntOrString::Int(PORT.into())),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            kubernetes::apply(&services, &service, &scope).await?;
+            eprintln!("simple registry applied: {}", host(namespace));
+            if wait {
+                kubernetes::wait_for(
+                    Duration::from_secs(timeout),
+                    "the simple registry becoming available",
+                    || async {
+                        let deployment = deployments
+                            .get(NAME)
+                            .await
+                            .map_err(|e| explain(e, "get", "deployments", NAME, namespace))?;
+                        let available = deployment
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.available_replicas)
+                            .unwrap_or(0);
+                        Ok(if available > 0 {
+                            Ok(())
+                        } else {
+                            Err("no available replica yet".to_owned())
+                        })
+                    },
+                )
+                .await?;
+            }
+        }
+        SimpleCommand::Uninstall { delete_data } => {
+            kubernetes::delete(&deployments, NAME, &scope).await?;
+            kubernetes::delete(&services, NAME, &scope).await?;
+            for name in [AUTHENTICATION_SECRET, AUTHORIZATION_SECRET, HTPASSWD_SECRET] {
+                kubernetes::delete(&secrets, name, &scope).await?;
+            }
+            if delete_data {
+                kubernetes::delete(&claims, NAME, &scope).await?;
+            } else {
+                eprintln!(
+                    "kept the data volume (PersistentVolumeClaim {NAME}); --delete-data removes it"
+                );
+            }
+        }
+        SimpleCommand::Host => println!("{}", host(namespace)),
+    }
+    Ok(())
+}
