@@ -226,6 +226,8 @@ fn image_commands_through_a_cluster_registry() {
     );
     let pulled = run(&["image", "pull", "team/cluster", "apps/data", "--unpack"]);
     assert_eq!(sha256_hex(&pulled.stdout), sha256_hex(&content));
+    ok(&run(&["image", "delete", "team/cluster", "apps/data"]));
+    assert!(registry_tags(&registry.url(), "apps/data").is_empty());
     // The CLI's own exit codes through the cluster: a missing Registry is "not found".
     failed(
         &run(&["image", "list", "team/missing"]),
@@ -456,12 +458,16 @@ fn operator_install_is_idempotent_and_uninstall_keeps_the_crd() {
     ok(&run(&install));
     let after: Vec<Value> = expected.iter().map(|p| api.get(p).unwrap()).collect();
     assert_eq!(before, after);
-    // --wait fails while no replica is available, saying so.
+    // --wait fails while no replica is available, saying so, and succeeds once one is.
     failed(
         &run(&["operator", "install", "--wait", "--timeout", "1"]),
         5,
         "no available replica",
     );
+    let mut available = api.get(namespaced[1]).unwrap();
+    available["status"] = json!({"availableReplicas": 1});
+    api.put(namespaced[1].into(), available);
+    ok(&run(&["operator", "install", "--wait", "--timeout", "5"]));
 
     api.set_log(NS, "reposure-operator-abc", "reconciled\n");
     api.put(
@@ -585,6 +591,16 @@ fn simple_install_makes_working_credentials_and_keeps_them() {
         ok(&run(&["simple", "host"])),
         "reposure-simple.team.svc:5000\n"
     );
+    let path = "/apis/apps/v1/namespaces/team/deployments/reposure-simple";
+    failed(
+        &run(&["simple", "install", "--wait", "--timeout", "1"]),
+        5,
+        "no available replica",
+    );
+    let mut available = api.get(path).unwrap();
+    available["status"] = json!({"availableReplicas": 1});
+    api.put(path.into(), available);
+    ok(&run(&["simple", "install", "--wait", "--timeout", "5"]));
     // A Registry for it uses both secrets.
     ok(&run(&[
         "registry",
@@ -725,4 +741,33 @@ fn completion_version_and_help() {
     std::os::unix::fs::symlink(binary("reposure"), &plugin).unwrap();
     let version = Command::new(&plugin).arg("version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("reposure 0."));
+}
+
+/// On a terminal, push and pull draw a progress bar (bytes, rate, ETA); piped, they do not
+/// (checked in `image_commands_against_a_direct_registry`).
+#[test]
+fn progress_bars_on_a_terminal() {
+    let registry = Registry::start();
+    let file = temp_file(&random_bytes(256 * 1024 * 1024));
+    // script(1) gives the command a pseudo-terminal and records what it drew.
+    let typescript = tempfile::NamedTempFile::new().unwrap();
+    let command = format!(
+        "{} image push {} big/file {}",
+        binary("reposure").display(),
+        registry.url(),
+        file.path().display()
+    );
+    let status = Command::new("script")
+        .args(["-q", "-e", "-c", &command])
+        .arg(typescript.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let drawn = String::from_utf8_lossy(&fs::read(typescript.path()).unwrap()).into_owned();
+    assert!(
+        drawn.contains("push") && drawn.contains("ETA") && drawn.contains("MiB"),
+        "{drawn}"
+    );
+    assert_eq!(registry_tags(&registry.url(), "big/file"), ["latest"]);
 }
