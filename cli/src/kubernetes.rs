@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{AsyncBufReadExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -79,6 +80,36 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits until the Deployment `name` has an available replica.
+pub async fn wait_available(
+    deployments: &Api<Deployment>,
+    name: &str,
+    timeout: Duration,
+    scope: &Scope<'_>,
+) -> Result<()> {
+    wait_for(
+        timeout,
+        &format!("Deployment {name} becoming available"),
+        || async {
+            let deployment = deployments
+                .get(name)
+                .await
+                .map_err(|e| explain(e, "get", "deployments", name, scope.namespace))?;
+            let available = deployment
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            Ok(if available > 0 {
+                Ok(())
+            } else {
+                Err("no available replica yet".to_owned())
+            })
+        },
+    )
+    .await
 }
 
 /// Prints a pod's log (of its one container), following it with `follow`.

@@ -14,7 +14,6 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ObjectMeta;
 use kube::{Api, Client};
-use reposure_operator::cluster::explain;
 use reposure_operator::manifests::{self, OPERATOR, USER_ROLE};
 
 use crate::kubernetes::{self, Scope};
@@ -113,25 +112,11 @@ pub async fn run(command: OperatorCommand, client: Client, namespace: &str) -> R
                 "operator applied in namespace {namespace}; bind people to the Role {USER_ROLE} to let them mount"
             );
             if wait {
-                kubernetes::wait_for(
+                kubernetes::wait_available(
+                    &deployments,
+                    OPERATOR,
                     Duration::from_secs(timeout),
-                    "the operator becoming available",
-                    || async {
-                        let deployment = deployments
-                            .get(OPERATOR)
-                            .await
-                            .map_err(|e| explain(e, "get", "deployments", OPERATOR, namespace))?;
-                        let available = deployment
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.available_replicas)
-                            .unwrap_or(0);
-                        Ok(if available > 0 {
-                            Ok(())
-                        } else {
-                            Err("no available replica yet".to_owned())
-                        })
-                    },
+                    &scope,
                 )
                 .await?;
                 eprintln!("operator is available");

@@ -14,19 +14,18 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaimVolumeSource, PodSpec, Probe, Secret, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 use kube::{Api, Client};
 use reposure_operator::cluster::explain;
+use reposure_operator::objects::single_pod_deployment;
 
 use crate::kubernetes::{self, Scope};
 
@@ -200,45 +199,24 @@ fn deployment(namespace: &str, image: &str, tls: bool, htpasswd: bool) -> Deploy
         period_seconds: Some(5),
         ..Default::default()
     };
-    Deployment {
-        metadata: meta(NAME, namespace),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            // One registry process owns the volume.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
+    let pod = PodSpec {
+        containers: vec![Container {
+            name: "registry".into(),
+            image: Some(image.into()),
+            env: Some(env_vars),
+            ports: Some(vec![ContainerPort {
+                container_port: PORT.into(),
                 ..Default::default()
-            }),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "registry".into(),
-                        image: Some(image.into()),
-                        env: Some(env_vars),
-                        ports: Some(vec![ContainerPort {
-                            container_port: PORT.into(),
-                            ..Default::default()
-                        }]),
-                        volume_mounts: Some(mounts),
-                        readiness_probe: Some(probe),
-                        ..Default::default()
-                    }],
-                    volumes: Some(volumes),
-                    ..Default::default()
-                }),
-            },
+            }]),
+            volume_mounts: Some(mounts),
+            readiness_probe: Some(probe),
             ..Default::default()
-        }),
+        }],
+        volumes: Some(volumes),
         ..Default::default()
-    }
+    };
+    // One registry process owns the volume.
+    single_pod_deployment(meta(NAME, namespace), labels, None, pod)
 }
 
 pub async fn run(command: SimpleCommand, client: Client, namespace: &str) -> Result<()> {
@@ -349,25 +327,11 @@ pub async fn run(command: SimpleCommand, client: Client, namespace: &str) -> Res
             kubernetes::apply(&services, &service, &scope).await?;
             eprintln!("simple registry applied: {}", host(namespace));
             if wait {
-                kubernetes::wait_for(
+                kubernetes::wait_available(
+                    &deployments,
+                    NAME,
                     Duration::from_secs(timeout),
-                    "the simple registry becoming available",
-                    || async {
-                        let deployment = deployments
-                            .get(NAME)
-                            .await
-                            .map_err(|e| explain(e, "get", "deployments", NAME, namespace))?;
-                        let available = deployment
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.available_replicas)
-                            .unwrap_or(0);
-                        Ok(if available > 0 {
-                            Ok(())
-                        } else {
-                            Err("no available replica yet".to_owned())
-                        })
-                    },
+                    &scope,
                 )
                 .await?;
             }

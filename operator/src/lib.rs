@@ -4,6 +4,7 @@
 //! * [`endpoint`]: how a Registry's spec becomes the URL the surrogate uses (HTTP or HTTPS).
 //! * [`workload`]: the surrogate Deployment kept next to each Registry.
 //! * [`reconcile`] and [`controller`]: the operator (`reposure-operator run`).
+//! * [`objects`]: building blocks of the Deployments.
 //! * [`manifests`]: what installing the operator applies (CRD, RBAC, Deployment).
 //! * [`cluster`]: the client side, from `[NAMESPACE/]NAME` to a surrogate session through
 //!   the pods/exec API ([`cluster::KubeExec`]).
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod controller;
 pub mod endpoint;
 pub mod manifests;
+pub mod objects;
 pub mod reconcile;
 pub mod resource;
 pub mod workload;

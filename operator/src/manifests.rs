@@ -12,15 +12,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, SecurityContext, ServiceAccount,
+    Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
+use crate::objects::{restricted_security_context, single_pod_deployment};
 use crate::resource::{GROUP, crd};
 
 /// The operator's name: its ServiceAccount, Role, RoleBinding and Deployment.
@@ -114,71 +115,42 @@ pub fn operator_objects(
         }]),
     };
     let labels = BTreeMap::from([("app.kubernetes.io/name".to_owned(), OPERATOR.to_owned())]);
-    let deployment = Deployment {
-        metadata: meta(OPERATOR, namespace),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            // One operator at a time (there is no leader election).
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..Default::default()
-            }),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(OPERATOR.into()),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        ..Default::default()
-                    }),
-                    containers: vec![Container {
-                        name: "operator".into(),
-                        image: Some(operator_image.into()),
-                        command: Some(vec!["reposure-operator".into(), "run".into()]),
-                        env: Some(vec![
-                            EnvVar {
-                                name: "REPOSURE_NAMESPACE".into(),
-                                value_from: Some(EnvVarSource {
-                                    field_ref: Some(ObjectFieldSelector {
-                                        field_path: "metadata.namespace".into(),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            },
-                            EnvVar {
-                                name: "REPOSURE_SURROGATE_IMAGE".into(),
-                                value: Some(surrogate_image.into()),
-                                ..Default::default()
-                            },
-                        ]),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            read_only_root_filesystem: Some(true),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                ..Default::default()
-                            }),
+    let pod = PodSpec {
+        service_account_name: Some(OPERATOR.into()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            ..Default::default()
+        }),
+        containers: vec![Container {
+            name: "operator".into(),
+            image: Some(operator_image.into()),
+            command: Some(vec!["reposure-operator".into(), "run".into()]),
+            env: Some(vec![
+                EnvVar {
+                    name: "REPOSURE_NAMESPACE".into(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.namespace".into(),
                             ..Default::default()
                         }),
                         ..Default::default()
-                    }],
+                    }),
                     ..Default::default()
-                }),
-            },
+                },
+                EnvVar {
+                    name: "REPOSURE_SURROGATE_IMAGE".into(),
+                    value: Some(surrogate_image.into()),
+                    ..Default::default()
+                },
+            ]),
+            security_context: Some(restricted_security_context()),
             ..Default::default()
-        }),
+        }],
         ..Default::default()
     };
+    // One operator at a time: there is no leader election.
+    let deployment = single_pod_deployment(meta(OPERATOR, namespace), labels, None, pod);
     (account, binding, deployment)
 }
 

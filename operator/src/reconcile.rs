@@ -109,14 +109,11 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
             surrogate_readiness(&ctx.client, &namespace, &spec).await?
         }
     };
-    let requeue = match (&readiness.ready, readiness.surrogate_pod.is_some()) {
-        (true, _) => Action::requeue(READY_RECHECK),
-        (false, _)
-            if readiness.reason == "SurrogateStarting"
-                || readiness.reason == "SurrogateNotReady" =>
-        {
-            Action::requeue(STARTING_RECHECK)
-        }
+    let requeue = match readiness.reason {
+        _ if readiness.ready => Action::requeue(READY_RECHECK),
+        // The pod may become ready without any watched object changing.
+        "SurrogateStarting" | "SurrogateNotReady" => Action::requeue(STARTING_RECHECK),
+        // A spec or Secret problem: the watches bring the fix.
         _ => Action::await_change(),
     };
     apply_status(&ctx.client, &registry, &namespace, readiness).await?;

@@ -15,21 +15,22 @@
 //! * The spool is an `emptyDir`: it survives container restarts, not the pod's deletion.
 //!   A push is acknowledged only once published, so what a client was told succeeded is
 //!   never lost with the pod; a push in flight fails with EIO.
-//! * Readiness is `reposure-surrogate check` (the registry answers with the configured
-//!   credentials); liveness is `check --spooler-only` (the spooler still holds its lock), so
+//! * Readiness is `reposure-surrogate check` (the spooler runs, and the registry answers with
+//!   the configured credentials); liveness is `check --spooler-only` (the spooler still holds its lock), so
 //!   an unreachable registry makes the pod unready without restarting it.
-//! * `Recreate`: two spoolers never publish from two pods' spools at once.
+//! * One pod, replaced with `Recreate`: two spoolers never publish from two pods' spools at once.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, ExecAction, KeyToPath, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    Container, EnvVar, ExecAction, KeyToPath, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use crate::objects::{restricted_security_context, single_pod_deployment};
 
 /// Name of the surrogate container (the exec target).
 pub const CONTAINER: &str = "surrogate";
@@ -223,65 +224,37 @@ pub fn deployment(spec: &SurrogateSpec) -> Deployment {
             )])),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
+        security_context: Some(restricted_security_context()),
+        ..Default::default()
+    };
+    let metadata = ObjectMeta {
+        name: Some(deployment_name(&spec.registry_name)),
+        namespace: Some(spec.namespace.clone()),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![spec.owner.clone()]),
+        ..Default::default()
+    };
+    let annotations = BTreeMap::from([(
+        SECRETS_DIGEST_ANNOTATION.to_owned(),
+        spec.secrets_digest.clone(),
+    )]);
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(USER_ID),
+            run_as_group: Some(USER_ID),
+            fs_group: Some(USER_ID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
     };
-    Deployment {
-        metadata: ObjectMeta {
-            name: Some(deployment_name(&spec.registry_name)),
-            namespace: Some(spec.namespace.clone()),
-            labels: Some(labels.clone()),
-            owner_references: Some(vec![spec.owner.clone()]),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..Default::default()
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        SECRETS_DIGEST_ANNOTATION.to_owned(),
-                        spec.secrets_digest.clone(),
-                    )])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(USER_ID),
-                        run_as_group: Some(USER_ID),
-                        fs_group: Some(USER_ID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    single_pod_deployment(metadata, labels, Some(annotations), pod)
 }

@@ -50,6 +50,16 @@ fn failed(output: &Output, code: i32, says: &str) {
     assert!(stderr.trim_end().ends_with(errors[0]), "{stderr}");
 }
 
+/// Runs the CLI with the emulated cluster's kubeconfig.
+fn against(api: &ApiServer) -> impl Fn(&[&str]) -> Output {
+    let kubeconfig = api.kubeconfig();
+    move |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", path_str(&kubeconfig)];
+        all.extend_from_slice(args);
+        reposure(&all)
+    }
+}
+
 fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     fs::write(file.path(), bytes).unwrap();
@@ -200,15 +210,9 @@ fn image_commands_through_a_cluster_registry() {
     let registry = Registry::start();
     let mut api = ApiServer::start("default");
     api.add_ready_registry("team", "cluster", &registry.url());
-    let kubeconfig = api.kubeconfig();
-    let k = ["--kubeconfig", path_str(&kubeconfig)];
     let content = random_bytes(2 * 1024 * 1024);
     let file = temp_file(&content);
-    let run = |args: &[&str]| {
-        let mut all = k.to_vec();
-        all.extend_from_slice(args);
-        reposure(&all)
-    };
+    let run = against(&api);
     ok(&run(&[
         "-n",
         "team",
@@ -245,12 +249,7 @@ fn registry_path(name: &str) -> String {
 #[test]
 fn registry_commands_apply_and_delete_registries() {
     let api = ApiServer::start(NS);
-    let kubeconfig = api.kubeconfig();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--kubeconfig", path_str(&kubeconfig)];
-        all.extend_from_slice(args);
-        reposure(&all)
-    };
+    let run = against(&api);
     ok(&run(&[
         "registry",
         "create",
@@ -412,12 +411,7 @@ fn registry_commands_apply_and_delete_registries() {
 #[test]
 fn operator_install_is_idempotent_and_uninstall_keeps_the_crd() {
     let api = ApiServer::start(NS);
-    let kubeconfig = api.kubeconfig();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--kubeconfig", path_str(&kubeconfig)];
-        all.extend_from_slice(args);
-        reposure(&all)
-    };
+    let run = against(&api);
     let install = [
         "operator",
         "install",
@@ -487,12 +481,7 @@ fn operator_install_is_idempotent_and_uninstall_keeps_the_crd() {
 #[test]
 fn simple_install_makes_working_credentials_and_keeps_them() {
     let api = ApiServer::start(NS);
-    let kubeconfig = api.kubeconfig();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--kubeconfig", path_str(&kubeconfig)];
-        all.extend_from_slice(args);
-        reposure(&all)
-    };
+    let run = against(&api);
     let installed = run(&["simple", "install", "--authentication", "--authorization"]);
     ok(&installed);
     assert!(

@@ -482,17 +482,22 @@ fn check_is_the_pods_readiness_and_liveness() {
         ("REPOSURE_REGISTRY", url.as_str()),
         ("REPOSURE_SPOOL", spool_dir),
     ];
-    assert!(surrogate_in_pod(&env, &["check"]).status.success());
-    // No spooler yet: liveness fails, saying why.
-    let dead = surrogate_in_pod(&env, &["check", "--spooler-only"]);
-    assert!(!dead.status.success());
-    assert!(String::from_utf8_lossy(&dead.stderr).contains("no spooler is running"));
+    // No spooler yet: neither live nor ready (a session could not publish a push), and
+    // each says why.
+    for probe in [&["check", "--spooler-only"][..], &["check"][..]] {
+        let dead = surrogate_in_pod(&env, probe);
+        assert!(!dead.status.success());
+        assert!(String::from_utf8_lossy(&dead.stderr).contains("no spooler is running"));
+    }
     let _spooler = spooler(&registry, spool.path());
-    assert!(
-        surrogate_in_pod(&env, &["check", "--spooler-only"])
-            .status
-            .success()
-    );
+    for probe in [&["check", "--spooler-only"][..], &["check"][..]] {
+        let ok = surrogate_in_pod(&env, probe);
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
     // An unreachable registry: unready, within the probe's time, while liveness holds.
     let unreachable = format!("http://127.0.0.1:{}", reposure_tests::free_port());
     let env = [
@@ -545,7 +550,12 @@ fn docker_config_credentials_from_a_file() {
     ];
 
     write_config("alice:s3cr3t-pw");
-    assert!(surrogate_in_pod(&env, &["check"]).status.success());
+    let ready = surrogate_in_pod(&env, &["check"]);
+    assert!(
+        ready.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
     let pushed = Command::new(binary("reposure-surrogate"))
         .args(["push", "team/app:v1"])
         .env_clear()
