@@ -53,6 +53,9 @@ pub enum ImageCommand {
         output: Option<PathBuf>,
     },
     /// List every image as REPOSITORY:TAG.
+    #[command(
+        after_help = "Examples:\n  reposure image list myregistry\n  reposure image list team/myregistry -o json\n  reposure image list oci:/var/lib/images"
+    )]
     List {
         registry: String,
         /// Output format.
@@ -60,6 +63,9 @@ pub enum ImageCommand {
         format: Format,
     },
     /// Delete one tag, or with --all every tag of every repository.
+    #[command(
+        after_help = "Examples:\n  reposure image delete myregistry myrepo/hello:v1\n  reposure image delete http://127.0.0.1:5000 --all"
+    )]
     Delete {
         registry: String,
         /// REPOSITORY[:TAG].
@@ -69,6 +75,9 @@ pub enum ImageCommand {
         all: bool,
     },
     /// Point DST at the image SRC points at (blobs are mounted, not copied).
+    #[command(
+        after_help = "Examples:\n  reposure image tag myregistry web:v2 web:stable\n  reposure image tag myregistry web@sha256:0123... prod/web:v2"
+    )]
     Tag {
         registry: String,
         /// REPOSITORY[:TAG] or REPOSITORY@sha256:HEX.

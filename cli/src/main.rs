@@ -77,8 +77,12 @@ enum Command {
         args: Vec<String>,
     },
     /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  reposure completion bash > /etc/bash_completion.d/reposure\n  reposure completion zsh > \"${fpath[1]}/_reposure\""
+    )]
     Completion { shell: clap_complete::Shell },
     /// Print the version.
+    #[command(after_help = "Examples:\n  reposure version")]
     Version,
 }
 
@@ -190,5 +194,33 @@ async fn run(
             Ok(())
         }
         Command::Mount { .. } => unreachable!("mount runs before the runtime starts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` of every command shows examples.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let leaf = !command.has_subcommands();
+            let help = command
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if leaf && command.get_name() != "mount" && !help.contains("Examples:") {
+                missing.push(path.clone());
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without examples: {missing:?}");
+        Cli::command().debug_assert();
     }
 }

@@ -41,6 +41,9 @@ pub enum OperatorCommand {
         surrogate_image: String,
     },
     /// Remove the namespace's operator (the CRD and Registries stay unless --crd).
+    #[command(
+        after_help = "Examples:\n  reposure operator uninstall --wait\n  reposure operator uninstall --crd   # also every Registry in every namespace"
+    )]
     Uninstall {
         #[arg(long)]
         wait: bool,
@@ -51,6 +54,9 @@ pub enum OperatorCommand {
         crd: bool,
     },
     /// Print the operator's log.
+    #[command(
+        after_help = "Examples:\n  reposure operator logs\n  reposure -n team operator logs -f"
+    )]
     Logs {
         #[arg(short = 'f', long)]
         follow: bool,

@@ -49,6 +49,9 @@ pub enum RegistryCommand {
         timeout: u64,
     },
     /// Delete a Registry (its surrogate goes with it), or all of the namespace's.
+    #[command(
+        after_help = "Examples:\n  reposure registry delete default\n  reposure registry delete --all"
+    )]
     Delete {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
@@ -56,11 +59,17 @@ pub enum RegistryCommand {
         all: bool,
     },
     /// List the namespace's Registries.
+    #[command(
+        after_help = "Examples:\n  reposure registry list\n  reposure -n team registry list -o yaml"
+    )]
     List {
         #[arg(short = 'o', long = "output", default_value = "names")]
         format: Format,
     },
     /// Show a Registry: its spec and status.
+    #[command(
+        after_help = "Examples:\n  reposure registry describe default\n  reposure registry describe default -o json"
+    )]
     Describe {
         name: String,
         #[arg(short = 'o', long = "output", default_value = "yaml")]
@@ -68,8 +77,14 @@ pub enum RegistryCommand {
     },
     /// Print one fact about a Registry: the URL its surrogate uses, its CA certificate, or
     /// the user name of its credentials.
+    #[command(
+        after_help = "Examples:\n  reposure registry info default host\n  reposure registry info default cert > ca.crt\n  reposure registry info default username"
+    )]
     Info { name: String, what: InfoItem },
     /// Print the log of a Registry's surrogate.
+    #[command(
+        after_help = "Examples:\n  reposure registry logs default\n  reposure registry logs default -f"
+    )]
     Logs {
         name: String,
         #[arg(short = 'f', long)]

@@ -64,11 +64,15 @@ pub enum SimpleCommand {
         image: String,
     },
     /// Remove the simple registry (its data volume stays unless --delete-data).
+    #[command(
+        after_help = "Examples:\n  reposure simple uninstall\n  reposure simple uninstall --delete-data"
+    )]
     Uninstall {
         #[arg(long)]
         delete_data: bool,
     },
     /// Print the registry's in-cluster address.
+    #[command(after_help = "Examples:\n  reposure simple host")]
     Host,
 }
 
