@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages Reposure uses, if any are missing (Debian/Ubuntu; root or
 # sudo). With --tests, also what the test suite and the benchmark run: the reference
-# registry, skopeo, umoci, openssl, curl, attr, bc, procps and Python's venv.
+# registry, skopeo, umoci, openssl, curl, attr, bc, procps, Python's venv, and oras-py in
+# the venv target/oras-venv.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=()
 need() { command -v "$2" >/dev/null 2>&1 || packages+=("$1"); }
@@ -27,4 +29,12 @@ if ((${#packages[@]})); then
     echo "installing: ${packages[*]}" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+# oras-py, a peer client for the tests and a baseline for the benchmark, in a venv.
+if [[ ${1:-} == --tests ]]; then
+    venv=target/oras-venv
+    if [[ ! -x $venv/bin/python ]] || ! $venv/bin/python -c 'import oras' 2>/dev/null; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet oras==0.2.43
+    fi
 fi

@@ -7,12 +7,6 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh --tests
 
-venv=target/oras-venv
-if [[ ! -x $venv/bin/python ]] || ! $venv/bin/python -c 'import oras' 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet oras==0.2.43
-fi
-
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # One build serves every test binary; the end-to-end tests run the binaries it makes.

@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reposure_surrogate::RegistryError;
 use reposure_surrogate::registry::{ImageInfo, Registry};
 
 use crate::errno::FsResult;
@@ -23,6 +24,9 @@ pub struct Metadata {
     catalog: TtlCache<(), Arc<Vec<String>>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
     resolved: TtlCache<ImageName, ImageInfo>,
+    /// Names the registry said do not exist: `cp` looks a name up and then creates it,
+    /// and the second question would get the same answer.
+    missing: TtlCache<ImageName, String>,
     local_dirs: Mutex<BTreeSet<String>>,
     hidden_dirs: Mutex<HashSet<String>>,
 }
@@ -34,6 +38,7 @@ impl Metadata {
             catalog: TtlCache::new(ttl),
             tags: TtlCache::new(ttl),
             resolved: TtlCache::new(ttl),
+            missing: TtlCache::new(ttl),
             local_dirs: Mutex::default(),
             hidden_dirs: Mutex::default(),
         }
@@ -64,19 +69,39 @@ impl Metadata {
         if let Some(info) = self.resolved.get(name) {
             return Ok(info);
         }
-        let info = self
+        if let Some(reason) = self.missing.get(name) {
+            return Err(RegistryError::NotFound(reason).into());
+        }
+        match self
             .registry
             .resolve(&name.repository, &name.reference)
-            .await?;
-        self.resolved.insert(name.clone(), info.clone());
-        Ok(info)
+            .await
+        {
+            Ok(info) => {
+                self.resolved.insert(name.clone(), info.clone());
+                Ok(info)
+            }
+            Err(RegistryError::NotFound(reason)) => {
+                self.missing.insert(name.clone(), reason.clone());
+                Err(RegistryError::NotFound(reason).into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Forgets what a change to `name` made stale.
+    /// Forgets what a change to `name` made stale. The catalog is not refetched: a change
+    /// through this mount can only add `name`'s repository to it (the registry keeps a
+    /// repository whose last tag is gone), so it is added in place. Refetching it after
+    /// every push made each lookup of `cp -r` list the whole registry.
     pub fn invalidate(&self, name: &ImageName) {
-        self.catalog.remove(&());
+        self.catalog.update(&(), |catalog| {
+            if let Err(at) = catalog.binary_search(&name.repository) {
+                Arc::make_mut(catalog).insert(at, name.repository.clone());
+            }
+        });
         self.tags.remove(&name.repository);
         self.resolved.remove(name);
+        self.missing.remove(name);
     }
 
     /// Records that `repository` now has an image, so its directories are real.

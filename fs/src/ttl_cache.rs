@@ -41,6 +41,17 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         entries.insert(key, (Instant::now(), value));
     }
 
+    /// Changes a fresh entry in place, keeping its age: what this mount did itself is
+    /// known without asking, while changes made elsewhere still show within the TTL.
+    pub fn update(&self, key: &K, change: impl FnOnce(&mut V)) {
+        let mut entries = self.entries.lock().expect("cache lock");
+        if let Some((at, value)) = entries.get_mut(key)
+            && at.elapsed() < self.ttl
+        {
+            change(value);
+        }
+    }
+
     pub fn remove(&self, key: &K) {
         self.entries.lock().expect("cache lock").remove(key);
     }

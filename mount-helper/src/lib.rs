@@ -28,6 +28,10 @@ use tracing::info;
 use crate::daemon::Reporter;
 use crate::options::MountOptions;
 
+/// How often, and how far apart, a signal's unmount is tried before a lazy detach.
+const UNMOUNT_ATTEMPTS: u32 = 20;
+const UNMOUNT_RETRY: Duration = Duration::from_millis(100);
+
 /// How long the mount waits for the registry to answer its first request before failing.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -272,8 +276,22 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
             _ = int.recv() => {}
         }
         info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::error!(error = %e, "unmount failed");
+        // The kernel can refuse for a moment while it finishes requests of files just
+        // closed (EBUSY); then ask again, and in the end detach the mount lazily, so that a
+        // signal always ends the mount rather than leaving it up with nobody listening.
+        for attempt in 1..=UNMOUNT_ATTEMPTS {
+            match unmounter.unmount() {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, attempt, "unmount refused"),
+            }
+            tokio::time::sleep(UNMOUNT_RETRY).await;
+        }
+        let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+            return;
+        };
+        // SAFETY: umount2(2) with a NUL-terminated path we own.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+            tracing::error!(error = %std::io::Error::last_os_error(), "lazy unmount failed");
         }
     });
 
