@@ -294,3 +294,52 @@ async fn random_read_fetches_a_window_not_the_blob() {
     let fetched = store.counts.blob_bytes_read.load(Ordering::Relaxed) - before;
     assert!(fetched <= 1024 * 1024, "fetched {fetched} bytes");
 }
+
+/// What `cp -r` does per file — look the name up, create it, write, close — asks the
+/// registry for the missing name once, and never lists the catalog again: a push updates the
+/// cached catalog in place. (Before, each file cost a catalog listing, which grows with the
+/// registry.)
+#[tokio::test(flavor = "multi_thread")]
+async fn copying_many_files_asks_little_of_the_registry() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let registry = Arc::new(StoreRegistry::new(store.clone()));
+    let config = FsConfig {
+        metadata_ttl: std::time::Duration::from_secs(60),
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Filesystem::new(registry, config).unwrap());
+    fs.mkdir(ROOT, OsStr::new("tree")).await.unwrap();
+    let dir = fs.lookup(ROOT, OsStr::new("tree")).await.unwrap().ino;
+    let catalog_before = store.counts.list_repositories.load(Ordering::Relaxed);
+    for i in 0..20 {
+        let name = format!("f{i}");
+        let manifests = store.counts.get_manifest.load(Ordering::Relaxed);
+        assert!(matches!(
+            fs.lookup(dir, OsStr::new(&name)).await,
+            Err(e) if e.errno() == libc::ENOENT
+        ));
+        let (_, fh) = fs
+            .create(
+                dir,
+                OsStr::new(&name),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.counts.get_manifest.load(Ordering::Relaxed) - manifests,
+            1,
+            "the lookup asks once; create knows the answer"
+        );
+        fs.write(fh, 0, vec![i as u8; 4096]).await.unwrap();
+        fs.flush(fh).await.unwrap();
+        fs.release(fh);
+    }
+    assert!(
+        store.counts.list_repositories.load(Ordering::Relaxed) - catalog_before <= 1,
+        "the catalog is listed at most once"
+    );
+    // And the pushed files are all there.
+    let listed = fs.lookup(dir, OsStr::new("f19")).await.unwrap();
+    assert_eq!(listed.size, 4096);
+}
