@@ -80,7 +80,7 @@ digest=sha256:$(sha256sum "$work/data.bin" | cut -d' ' -f1)
 elapsed() {
     local start end
     start=$(date +%s.%N)
-    "$@" >/dev/null
+    "$@" >/dev/null || { echo "bench: failed: $*" >&2; return 1; }
     end=$(date +%s.%N)
     echo "$end - $start" | bc
 }
@@ -102,6 +102,22 @@ for _ in $(seq "$reps"); do
 done
 t_curl_get=$(best "${gets[@]}")
 t_curl_put=$(best "${puts[@]}")
+
+# skopeo copy of an equivalent image: the same file as a single-layer image in a local OCI
+# layout (made through an oci: mount), copied into the registry. Each run goes to a new
+# repository with an empty blob-info cache (a fresh HOME), so skopeo uploads every byte.
+mkdir -p "$work/layout-mnt"
+"$bin/reposure-mount" "oci:$work/layout" "$work/layout-mnt" -o "log=$work/layout.log"
+mkdir -p "$work/layout-mnt/bench"
+cp "$work/data.bin" "$work/layout-mnt/bench/file"
+fusermount3 -u "$work/layout-mnt"
+skopeo_puts=()
+for i in $(seq "$reps"); do
+    skopeo_home=$(mktemp -d "$work/skopeo-home.XXXXXX")
+    skopeo_puts+=("$(elapsed env HOME="$skopeo_home" skopeo copy --quiet --dest-tls-verify=false \
+        "oci:$work/layout:bench/file:latest" "docker://127.0.0.1:$port/skopeo/big$i:latest")")
+done
+t_skopeo_put=$(best "${skopeo_puts[@]}")
 
 # mount_as WAY [OPTIONS]: mounts the registry the way WAY says on $mountpoint.
 mountpoint=$work/mnt
@@ -143,6 +159,7 @@ for way in direct session exec kubernetes; do
     cp_seconds[$way]=$t_cp
     row "cat 1 file ($way)" "$t_cat" "$t_curl_get" ">= 0.8x (0.7x via surrogate)"
     row "cp 1 file until close() ($way)" "$t_cp" "$t_curl_put" ">= 0.7x (0.5x via surrogate)"
+    row "cp 1 file ($way) vs skopeo copy" "$t_cp" "$t_skopeo_put" "(skopeo copy of the same file as an image)"
 done
 # The exec connection itself: the same bytes raw through kube's client and the emulated
 # exec endpoint, with no session protocol.
@@ -231,7 +248,15 @@ make_repository() {
 export -f make_repository
 export url config_digest layer_digest work
 seq "$many" | xargs -P 16 -I{} bash -c 'make_repository {}'
-t_curl_catalog=$(elapsed curl -sf "$url/v2/_catalog?n=100000")
+# Every page of the catalog (the registry serves at most 1000 names a page).
+curl_catalog() {
+    local next="/v2/_catalog?n=1000"
+    while [[ -n $next ]]; do
+        next=$(curl -sf -i "$url$next" | tr -d '\r' |
+            awk 'tolower($1)=="link:" { sub(/^[^<]*</, ""); sub(/>.*/, ""); print }')
+    done
+}
+t_curl_catalog=$(elapsed curl_catalog)
 mount_as direct metadata_ttl=60
 t_repos_cold=$(elapsed ls "$mountpoint/many")
 t_repos_warm=$(elapsed ls "$mountpoint/many")

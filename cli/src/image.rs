@@ -118,10 +118,11 @@ pub async fn run(command: ImageCommand, registry: Arc<dyn Registry>, quiet: bool
             ..
         } => pull(registry.as_ref(), &name, unpack, output.as_deref(), quiet).await,
         ImageCommand::List { format, .. } => list(registry.as_ref(), format).await,
-        ImageCommand::Delete { name, all, .. } => {
-            let targets = match (name, all) {
-                (Some(name), _) => vec![tag_of(&name)?],
-                (None, _) => all_tags(registry.as_ref()).await?,
+        // Without a name, --all was given (the parser requires one or the other).
+        ImageCommand::Delete { name, .. } => {
+            let targets = match name {
+                Some(name) => vec![tag_of(&name)?],
+                None => all_tags(registry.as_ref()).await?,
             };
             for (repository, tag) in targets {
                 registry

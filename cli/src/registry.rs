@@ -256,20 +256,18 @@ pub async fn run(command: RegistryCommand, client: Client, namespace: &str) -> R
                 eprintln!("registry {name} is ready");
             }
         }
-        RegistryCommand::Delete { name, all } => {
+        // Without a name, --all was given (the parser requires one or the other).
+        RegistryCommand::Delete { name, .. } => {
             let names = match name {
                 Some(name) => vec![name],
-                None => {
-                    let _ = all;
-                    registries
-                        .list(&ListParams::default())
-                        .await
-                        .map_err(|e| explain(e, "list", RESOURCE, "", namespace))?
-                        .items
-                        .iter()
-                        .map(|r| r.name_any())
-                        .collect()
-                }
+                None => registries
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| explain(e, "list", RESOURCE, "", namespace))?
+                    .items
+                    .iter()
+                    .map(|r| r.name_any())
+                    .collect(),
             };
             for name in names {
                 if !kubernetes::delete(&registries, &name, &scope).await? {
