@@ -104,18 +104,19 @@ t_curl_get=$(best "${gets[@]}")
 t_curl_put=$(best "${puts[@]}")
 
 # skopeo copy of an equivalent image: the same file as a single-layer image in a local OCI
-# layout (made through an oci: mount), copied into the registry. Each run goes to a new
-# repository with an empty blob-info cache (a fresh HOME), so skopeo uploads every byte.
+# layout (made through an oci: mount), copied into the registry. Each run copies a layer made
+# for it (the tar header's time differs) into a new repository, so that neither the registry
+# nor skopeo's blob-info cache can skip the upload.
 mkdir -p "$work/layout-mnt"
-"$bin/reposure-mount" "oci:$work/layout" "$work/layout-mnt" -o "log=$work/layout.log"
-mkdir -p "$work/layout-mnt/bench"
-cp "$work/data.bin" "$work/layout-mnt/bench/file"
-fusermount3 -u "$work/layout-mnt"
 skopeo_puts=()
 for i in $(seq "$reps"); do
-    skopeo_home=$(mktemp -d "$work/skopeo-home.XXXXXX")
-    skopeo_puts+=("$(elapsed env HOME="$skopeo_home" skopeo copy --quiet --dest-tls-verify=false \
-        "oci:$work/layout:bench/file:latest" "docker://127.0.0.1:$port/skopeo/big$i:latest")")
+    "$bin/reposure-mount" "oci:$work/layout" "$work/layout-mnt" -o "log=$work/layout.log"
+    mkdir -p "$work/layout-mnt/bench"
+    cp "$work/data.bin" "$work/layout-mnt/bench/file$i"
+    fusermount3 -u "$work/layout-mnt"
+    skopeo_puts+=("$(elapsed skopeo copy --quiet --dest-tls-verify=false \
+        "oci:$work/layout:bench/file$i:latest" "docker://127.0.0.1:$port/skopeo/big$i:latest")")
+    sleep 1
 done
 t_skopeo_put=$(best "${skopeo_puts[@]}")
 
