@@ -50,6 +50,13 @@ bin=target/$profile
 
 work=$(mktemp -d /var/tmp/reposure-bench.XXXXXX)
 cleanup() {
+    local status=$?
+    if ((status != 0)); then
+        # Keep what says why: the logs of the mounts and the registry.
+        mkdir -p /var/tmp/reposure-bench-failed
+        cp "$work"/*.log /var/tmp/reposure-bench-failed/ 2>/dev/null || true
+        echo "bench: failed; logs kept in /var/tmp/reposure-bench-failed" >&2
+    fi
     fusermount3 -u "$work/mnt" 2>/dev/null || true
     [[ -n ${registry_pid:-} ]] && kill "$registry_pid" 2>/dev/null || true
     [[ -n ${cluster_PID:-} ]] && kill "$cluster_PID" 2>/dev/null || true

@@ -396,3 +396,51 @@ fn ownership_and_allow_other() {
     );
     assert_eq!(allowed.stdout, b"x");
 }
+
+/// An upload that takes longer than the read timeout completes as long as it moves (a slow
+/// link, a large file: the 4 GiB benchmark once failed here at 30 s), and one that stops
+/// moving fails within the timeout, leaving nothing behind.
+#[test]
+fn slow_uploads_complete_and_stalled_ones_fail() {
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use reposure_surrogate::RegistryError;
+    use reposure_surrogate::store::Store;
+    use reposure_surrogate::store::http::{HttpOptions, HttpStore};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = Registry::start();
+    let url = reqwest::Url::parse(&registry.url()).unwrap();
+    let timeout = Duration::from_secs(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = HttpStore::new(
+            &url,
+            HttpOptions {
+                read_timeout: Some(timeout),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Three times the timeout, 64 KiB every 100 ms.
+        let slow = futures::stream::iter(0..30)
+            .then(|_| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(Bytes::from(vec![7u8; 64 * 1024]))
+            })
+            .boxed();
+        let started = Instant::now();
+        let (_, size) = store.put_blob("slow/upload", slow).await.unwrap();
+        assert_eq!(size, 30 * 64 * 1024);
+        assert!(started.elapsed() > 2 * timeout, "{:?}", started.elapsed());
+
+        let stalled = futures::stream::once(async { Ok(Bytes::from(vec![1u8; 1024])) })
+            .chain(futures::stream::pending())
+            .boxed();
+        let started = Instant::now();
+        let error = store.put_blob("slow/stalled", stalled).await.unwrap_err();
+        assert!(matches!(error, RegistryError::Unavailable(_)), "{error}");
+        assert!(error.to_string().contains("no progress"), "{error}");
+        assert!(started.elapsed() < 5 * timeout, "{:?}", started.elapsed());
+    });
+}

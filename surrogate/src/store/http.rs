@@ -62,6 +62,8 @@ pub struct HttpOptions {
     pub bearer_token: Option<String>,
     /// Page size for catalog and tag listings (default [`LIST_PAGE_SIZE`]).
     pub page_size: Option<usize>,
+    /// How long the registry may stay silent (default [`READ_TIMEOUT`]).
+    pub read_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for HttpOptions {
@@ -91,9 +93,14 @@ pub struct HttpStore {
     host: String,
     oci: oci_client::Client,
     http: reqwest::Client,
+    /// For streamed uploads: without a read timeout, which would count the time spent
+    /// sending the body (the response is not due until it is all sent) and so fail every
+    /// upload longer than the timeout. [`watch_upload`] bounds silence instead.
+    upload_http: reqwest::Client,
     auth: RegistryAuth,
     challenge: OnceCell<Challenge>,
     page_size: usize,
+    read_timeout: Duration,
 }
 
 impl HttpStore {
@@ -109,27 +116,37 @@ impl HttpStore {
             )));
         }
         let mut certificates = Vec::new();
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .user_agent(concat!("reposure/", env!("CARGO_PKG_VERSION")));
+        let mut extra_roots = Vec::new();
         if let Some(pem) = &options.ca_pem {
-            let parsed = reqwest::Certificate::from_pem_bundle(pem)
+            extra_roots = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| RegistryError::Rejected(format!("the CA file is not PEM: {e}")))?;
-            if parsed.is_empty() {
+            if extra_roots.is_empty() {
                 return Err(RegistryError::Rejected(
                     "the CA file holds no certificate".into(),
                 ));
             }
-            http = http.tls_certs_merge(parsed);
             certificates.push(oci_client::client::Certificate {
                 encoding: oci_client::client::CertificateEncoding::Pem,
                 data: pem.clone(),
             });
         }
-        let http = http
-            .build()
-            .map_err(|e| RegistryError::Rejected(format!("cannot set up HTTP: {e}")))?;
+        let client = |read_timeout: Option<Duration>| {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("reposure/", env!("CARGO_PKG_VERSION")));
+            if let Some(timeout) = read_timeout {
+                builder = builder.read_timeout(timeout);
+            }
+            if !extra_roots.is_empty() {
+                builder = builder.tls_certs_merge(extra_roots.clone());
+            }
+            builder
+                .build()
+                .map_err(|e| RegistryError::Rejected(format!("cannot set up HTTP: {e}")))
+        };
+        let read_timeout = options.read_timeout.unwrap_or(READ_TIMEOUT);
+        let http = client(Some(read_timeout))?;
+        let upload_http = client(None)?;
         let config = ClientConfig {
             protocol: if base.scheme() == "http" {
                 ClientProtocol::Http
@@ -138,7 +155,7 @@ impl HttpStore {
             },
             extra_root_certificates: certificates,
             connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
+            read_timeout: Some(read_timeout),
             ..Default::default()
         };
         // `Client::new` would silently fall back to a default config on error (dropping the
@@ -157,9 +174,11 @@ impl HttpStore {
             host,
             oci,
             http,
+            upload_http,
             auth,
             challenge: OnceCell::new(),
             page_size: options.page_size.unwrap_or(LIST_PAGE_SIZE).max(1),
+            read_timeout,
         }))
     }
 
@@ -417,9 +436,12 @@ impl Store for HttpStore {
         // that a failed upload reports its real cause.
         let body_error: Arc<std::sync::Mutex<Option<RegistryError>>> = Arc::default();
         let digest = RunningDigest::default();
+        let progress = Progress::default();
         let stream = {
             let body_error = body_error.clone();
+            let progress = progress.clone();
             digest.wrap(body).map(move |item| {
+                progress.touch();
                 item.map_err(|e| {
                     let message = e.to_string();
                     body_error.lock().expect("body error lock").get_or_insert(e);
@@ -428,13 +450,17 @@ impl Store for HttpStore {
             })
         };
         let request = self
-            .http
+            .upload_http
             .patch(location.clone())
             .header("Content-Type", "application/octet-stream")
             .body(reqwest::Body::wrap_stream(stream));
-        let sent = self
-            .send(request, Some(repository), RegistryOperation::Push)
-            .await;
+        let sent = tokio::select! {
+            sent = self.send(request, Some(repository), RegistryOperation::Push) => sent,
+            () = watch_upload(&progress, self.read_timeout) => Err(RegistryError::Unavailable(format!(
+                "the upload made no progress and the registry sent no answer for {}s",
+                self.read_timeout.as_secs_f32()
+            ))),
+        };
         if let Some(e) = body_error.lock().expect("body error lock").take() {
             return Err(e);
         }
@@ -570,6 +596,39 @@ async fn check_status(response: Response, url: &Url) -> Result<Response> {
     }
     let body = response.text().await.unwrap_or_default();
     Err(status_error(status, url.path(), &body))
+}
+
+/// When an upload last moved: a chunk of its body was taken by the connection.
+#[derive(Clone)]
+struct Progress(Arc<std::sync::Mutex<tokio::time::Instant>>);
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())))
+    }
+}
+
+impl Progress {
+    fn touch(&self) {
+        *self.0.lock().expect("progress lock") = tokio::time::Instant::now();
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        *self.0.lock().expect("progress lock")
+    }
+}
+
+/// Returns once an upload has been silent for `timeout`: no body taken (the registry
+/// stopped reading, or the body stopped coming) and, after the last byte, no answer. A slow
+/// link that keeps moving is never cut off, however long the upload takes.
+async fn watch_upload(progress: &Progress, timeout: Duration) {
+    loop {
+        let deadline = progress.last() + timeout;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
 }
 
 /// The error for an HTTP status, with the registry's own message when it sent one.
