@@ -229,6 +229,20 @@ impl HttpStore {
             .copied()
     }
 
+    /// Opens an upload session; returns where to send the content.
+    async fn start_upload(&self, repository: &str) -> Result<Url> {
+        let start = self.url(&format!("v2/{repository}/blobs/uploads/"));
+        let response = self
+            .send(
+                self.http.post(start.clone()).header("Content-Length", "0"),
+                Some(repository),
+                RegistryOperation::Push,
+            )
+            .await?;
+        let response = check_status(response, &start).await?;
+        location(&start, &response)
+    }
+
     /// Adds the right `Authorization` to a request this module makes itself.
     async fn authorize(
         &self,
@@ -421,16 +435,7 @@ impl Store for HttpStore {
     }
 
     async fn put_blob(&self, repository: &str, body: ByteStream) -> Result<(Digest, u64)> {
-        let start = self.url(&format!("v2/{repository}/blobs/uploads/"));
-        let response = self
-            .send(
-                self.http.post(start.clone()).header("Content-Length", "0"),
-                Some(repository),
-                RegistryOperation::Push,
-            )
-            .await?;
-        let response = check_status(response, &start).await?;
-        let location = location(&start, &response)?;
+        let location = self.start_upload(repository).await?;
 
         // Errors from the body (the client's side) are kept apart from transport errors so
         // that a failed upload reports its real cause.
@@ -487,16 +492,7 @@ impl Store for HttpStore {
     async fn put_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(Digest, u64)> {
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
-        let start = self.url(&format!("v2/{repository}/blobs/uploads/"));
-        let response = self
-            .send(
-                self.http.post(start.clone()).header("Content-Length", "0"),
-                Some(repository),
-                RegistryOperation::Push,
-            )
-            .await?;
-        let response = check_status(response, &start).await?;
-        let mut commit = location(&start, &response)?;
+        let mut commit = self.start_upload(repository).await?;
         commit
             .query_pairs_mut()
             .append_pair("digest", digest.as_str());
