@@ -14,6 +14,7 @@ use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::import;
 use reposure_surrogate::names::{self, Reference};
 use reposure_surrogate::registry::{FileUpload, Registry};
+use reposure_surrogate::scratch::Scratch;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
@@ -227,11 +228,10 @@ async fn pull(
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            let temporary = tempfile::Builder::new()
-                .prefix(".reposure-pull-")
-                .tempfile_in(dir)
+            // Named only once complete: a pull that fails or is killed leaves no file.
+            let temporary = Scratch::new_in(dir)
                 .with_context(|| format!("cannot write in {}", dir.display()))?;
-            let mut file = tokio::fs::File::from_std(temporary.reopen()?);
+            let mut file = tokio::fs::File::from_std(temporary.file().try_clone()?);
             while let Some(chunk) = stream.next().await {
                 file.write_all(&chunk.with_context(|| format!("cannot pull {name}"))?)
                     .await?;

@@ -18,6 +18,7 @@ mod registry;
 mod simple;
 mod target;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -74,7 +75,7 @@ enum Command {
     #[command(disable_help_flag = true)]
     Mount {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        args: Vec<OsString>,
     },
     /// Print a shell completion script.
     #[command(
@@ -91,15 +92,18 @@ enum Command {
 const MOUNT8_FLAGS: &[&str] = &["-n", "-s", "-v"];
 
 fn main() {
-    let mut args: Vec<String> = std::env::args().collect();
-    let program = std::path::Path::new(&args[0])
-        .file_name()
+    // Arguments are OS strings: a mountpoint may be any path, UTF-8 or not.
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let program = args
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
         .and_then(|n| n.to_str())
         .unwrap_or("reposure")
         .to_owned();
     if program == "mount.fuse.reposure" {
         args.remove(0);
-        args.retain(|a| !MOUNT8_FLAGS.contains(&a.as_str()));
+        args.retain(|a| !a.to_str().is_some_and(|a| MOUNT8_FLAGS.contains(&a)));
         reposure_mount::main(args);
     }
     let cli = Cli::parse();
@@ -134,14 +138,15 @@ fn main() {
 
 /// `reposure [--kubeconfig F] [--context C] [-n NS] mount SOURCE DIR ...` in
 /// `reposure-mount`'s terms.
-fn mount_args(mut args: Vec<String>, kube: &KubeOptions) -> Vec<String> {
-    if let (Some(namespace), Some(source)) = (&kube.namespace, args.first_mut())
+fn mount_args(mut args: Vec<OsString>, kube: &KubeOptions) -> Vec<OsString> {
+    if let (Some(namespace), Some(first)) = (&kube.namespace, args.first_mut())
+        && let Some(source) = first.to_str()
         && cluster::parse_target(source).is_some_and(|(ns, _)| ns.is_none())
         && source
             .parse::<reposure_surrogate::source::Source>()
             .is_err()
     {
-        *source = format!("{namespace}/{source}");
+        *first = format!("{namespace}/{source}").into();
     }
     let mut options = Vec::new();
     if let Some(kubeconfig) = &kube.kubeconfig {
@@ -152,7 +157,7 @@ fn mount_args(mut args: Vec<String>, kube: &KubeOptions) -> Vec<String> {
     }
     if !options.is_empty() {
         args.push("-o".into());
-        args.push(options.join(","));
+        args.push(options.join(",").into());
     }
     args
 }

@@ -4,8 +4,8 @@
 //! where it sits in the blob, or its manifest for an archive) and never revalidated. Only
 //! content that was read whole from its start and passed its digest check is written here,
 //! so the cache holds verified bytes only; a read served from it needs no network at all.
-//! Entries are whole files: a file is written as `*.part` while it streams and renamed
-//! into place once verified. When the total passes `cache_size` the least recently used
+//! Entries are whole files: a file streams into a file with no name and is named once
+//! verified, so a mount killed mid-read leaves nothing partial behind. When the total passes `cache_size` the least recently used
 //! entries (oldest modification time; a hit touches it) are removed.
 
 use std::io::Write;
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use reposure_surrogate::registry::FileContent;
+use reposure_surrogate::scratch::Scratch;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
@@ -52,11 +53,7 @@ impl DiskCache {
 
     /// Starts writing an entry; it exists only once [`Fill::commit`] is called.
     pub fn fill(self: &Arc<Self>, key: &str) -> Option<Fill> {
-        let file = tempfile::Builder::new()
-            .prefix(&format!("{key}."))
-            .suffix(".part")
-            .tempfile_in(&self.dir)
-            .ok()?;
+        let file = Scratch::new_in(&self.dir).ok()?;
         Some(Fill {
             cache: self.clone(),
             key: key.to_owned(),
@@ -73,7 +70,8 @@ impl DiskCache {
         };
         let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().ends_with(".part"))
+            // Entries being named (`Scratch::persist`) are dot files.
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter_map(|e| {
                 let meta = e.metadata().ok()?;
                 meta.is_file().then(|| {
@@ -103,14 +101,14 @@ impl DiskCache {
 pub struct Fill {
     cache: Arc<DiskCache>,
     key: String,
-    file: tempfile::NamedTempFile,
+    file: Scratch,
     failed: bool,
 }
 
 impl Fill {
     /// Appends the next bytes of the content (a local disk write of the page cache).
     pub fn write(&mut self, chunk: &[u8]) {
-        if !self.failed && self.file.write_all(chunk).is_err() {
+        if !self.failed && self.file.file().write_all(chunk).is_err() {
             // A full cache disk only costs the caching, never the read.
             self.failed = true;
         }
@@ -123,7 +121,7 @@ impl Fill {
         }
         let path = self.cache.dir.join(&self.key);
         if let Err(e) = self.file.persist(&path) {
-            warn!(error = %e.error, "cannot keep a verified file in the disk cache");
+            warn!(error = %e, "cannot keep a verified file in the disk cache");
             return;
         }
         self.cache.evict();

@@ -14,6 +14,9 @@ pub enum FsError {
     /// A name that cannot be a repository or tag (the text names the rule).
     #[error("invalid name: {0}")]
     InvalidName(String),
+    /// A name longer than a repository path or tag may be (the text says the limit).
+    #[error("name too long: {0}")]
+    NameTooLong(String),
     /// A write at another offset than the end of what was written.
     #[error("writes must be sequential: expected offset {expected}, got {got}")]
     NonSequentialWrite { expected: u64, got: u64 },
@@ -41,6 +44,9 @@ pub enum FsError {
     /// A push at close() failed; the text is the registry's reason.
     #[error("push failed: {0}")]
     PushFailed(RegistryError),
+    /// The spool (`spool_dir=`) could not hold what was written.
+    #[error("cannot spool the file being written (spool_dir=): {0}")]
+    Spool(std::io::Error),
 }
 
 /// Result with [`FsError`].
@@ -52,6 +58,7 @@ impl FsError {
         match self {
             FsError::NotFound => libc::ENOENT,
             FsError::InvalidName(_) | FsError::NonSequentialWrite { .. } => libc::EINVAL,
+            FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::ReadOnly => libc::EROFS,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::IsDirectory => libc::EISDIR,
@@ -60,6 +67,11 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::BadHandle => libc::EBADF,
             FsError::PushFailed(_) => libc::EIO,
+            // A full spool disk says so (ENOSPC, EDQUOT); anything else is an I/O error.
+            FsError::Spool(e) => match e.raw_os_error() {
+                Some(code @ (libc::ENOSPC | libc::EDQUOT)) => code,
+                _ => libc::EIO,
+            },
             FsError::Registry(e) => match e {
                 RegistryError::NotFound(_) => libc::ENOENT,
                 RegistryError::InvalidName { .. } => libc::EINVAL,
@@ -100,5 +112,7 @@ mod tests {
             FsError::from(RegistryError::Unauthorized("x".into())).errno(),
             libc::EACCES
         );
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(FsError::Spool(full).errno(), libc::ENOSPC);
     }
 }

@@ -19,6 +19,7 @@ use reposure_surrogate::digest::Digest;
 use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::names::{DEFAULT_TAG, Reference};
 use reposure_surrogate::registry::{ImageInfo, Registry};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::cache::DiskCache;
@@ -27,7 +28,7 @@ use crate::inode::{ImageName, Inode, InodeTable};
 use crate::metadata::Metadata;
 use crate::namespace;
 use crate::reader::{ReadBudget, ReadContext, ReadHandle};
-use crate::writer::{Target, WriteHandle};
+use crate::writer::{OnPublished, Target, WriteHandle};
 
 /// How many tag lists (or tag resolutions) run at once when a directory is listed: enough
 /// to hide round-trip latency, few enough not to flood a registry.
@@ -44,6 +45,10 @@ const PREFETCH_AHEAD: usize = 64;
 /// Read-ahead all open files share by default: room for a few files streaming at full
 /// speed while keeping the mount's memory small (the 128 MiB goal covers everything).
 pub const DEFAULT_READ_AHEAD_BUDGET: u64 = 32 * 1024 * 1024;
+
+/// How long the kernel may keep the attributes of an image version: they never change (a
+/// new version is a new inode), so as long as it likes.
+const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Extended attributes every image has.
 pub const XATTR_DIGEST: &str = "user.reposure.digest";
@@ -99,9 +104,10 @@ pub struct Attr {
     pub mtime: SystemTime,
     /// Permission bits.
     pub perm: u16,
-    /// Whether these attributes never change (an image version): the kernel may cache
-    /// them indefinitely.
-    pub immutable: bool,
+    /// How long the kernel may keep the name pointing at this inode without asking again.
+    pub entry_ttl: Duration,
+    /// How long the kernel may keep these attributes.
+    pub attr_ttl: Duration,
 }
 
 /// A directory entry.
@@ -150,11 +156,12 @@ struct Writing {
     ino: u64,
 }
 
-/// Tells the kernel that a name in a directory changed (its cached entry must go): called
-/// with the directory's inode and the file name, after the mount itself changed what a name
-/// points at. The kernel's own entry lifetime is not enough: a zero lifetime still lets it
-/// reuse an entry within the same clock tick.
-pub type Invalidator = Box<dyn Fn(u64, &str) + Send + Sync>;
+/// Tells the kernel that names in a directory changed (their cached entries must go): called
+/// with the directory's inode and the file names, after the mount itself changed what the
+/// names point at. The answer completes once the kernel has dropped them; it must only be
+/// awaited where the kernel holds no lock of that directory (a `flush` holds none, an
+/// `unlink` does), since the kernel takes that lock to drop an entry.
+pub type Invalidator = Box<dyn Fn(u64, Vec<String>) -> oneshot::Receiver<()> + Send + Sync>;
 
 /// The filesystem.
 pub struct Filesystem {
@@ -208,6 +215,23 @@ impl Filesystem {
         let _ = self.invalidator.set(invalidator);
     }
 
+    /// Has the kernel drop every name of `image` (`NAME` and `NAME:latest` are one tag)
+    /// after an operation that holds the directory's lock, so without waiting for it.
+    fn forget_names(&self, image: &ImageName) {
+        let (Some(invalidate), Some(tag)) = (self.invalidator.get(), image.tag()) else {
+            return;
+        };
+        let parent = image
+            .repository
+            .rsplit_once('/')
+            .map_or("", |(parent, _)| parent);
+        // Nobody waits: the kernel drops the names once this operation lets go of the lock.
+        drop(invalidate(
+            self.inodes.dir(parent),
+            namespace::file_names(&image.repository, tag),
+        ));
+    }
+
     /// The mount's settings.
     pub fn config(&self) -> &FsConfig {
         &self.config
@@ -228,7 +252,8 @@ impl Filesystem {
             size: 0,
             mtime: self.mounted_at,
             perm: 0o755,
-            immutable: false,
+            entry_ttl: self.config.metadata_ttl,
+            attr_ttl: self.config.metadata_ttl,
         }
     }
 
@@ -240,14 +265,23 @@ impl Filesystem {
         }
     }
 
-    fn image_attr(&self, ino: u64, name: &ImageName, info: &ImageInfo) -> Attr {
+    /// The attributes of an image version, whose name may be trusted to point at it for
+    /// `fresh_for` (what is left of the resolution's `metadata_ttl`).
+    fn image_attr(
+        &self,
+        ino: u64,
+        name: &ImageName,
+        info: &ImageInfo,
+        fresh_for: Duration,
+    ) -> Attr {
         Attr {
             ino,
             kind: NodeKind::File,
             size: info.content(self.config.unpack).length(),
             mtime: info.created.unwrap_or(self.mounted_at),
             perm: self.file_perm(name),
-            immutable: true,
+            entry_ttl: fresh_for,
+            attr_ttl: IMMUTABLE_TTL,
         }
     }
 
@@ -258,7 +292,8 @@ impl Filesystem {
             size,
             mtime: SystemTime::now(),
             perm: self.file_perm(name),
-            immutable: false,
+            entry_ttl: Duration::ZERO,
+            attr_ttl: Duration::ZERO,
         }
     }
 
@@ -270,9 +305,9 @@ impl Filesystem {
         {
             return Ok(self.writing_attr(writing.ino, name, writing.writer.size()));
         }
-        let info = self.metadata.resolve(name).await?;
+        let (info, fresh_for) = self.metadata.resolve_fresh(name).await?;
         let ino = self.inodes.version(name, &info);
-        Ok(self.image_attr(ino, name, &info))
+        Ok(self.image_attr(ino, name, &info, fresh_for))
     }
 
     /// What `name` in `dir` stands for.
@@ -328,7 +363,7 @@ impl Filesystem {
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         match self.inodes.get(ino).ok_or(FsError::NotFound)? {
             Inode::Dir(_) => Ok(self.dir_attr(ino)),
-            Inode::Image { name, info } => Ok(self.image_attr(ino, &name, &info)),
+            Inode::Image { name, info } => Ok(self.image_attr(ino, &name, &info, Duration::ZERO)),
             Inode::Writing { name, size } => {
                 Ok(self.writing_attr(ino, &name, size.load(Ordering::Relaxed)))
             }
@@ -336,7 +371,8 @@ impl Filesystem {
                 let info = self.metadata.resolve(&name).await?;
                 Ok(Attr {
                     ino,
-                    ..self.image_attr(ino, &name, &info)
+                    attr_ttl: Duration::ZERO,
+                    ..self.image_attr(ino, &name, &info, Duration::ZERO)
                 })
             }
         }
@@ -539,7 +575,10 @@ impl Filesystem {
                 "NAME@DIGEST names are read-only".into(),
             ));
         };
-        if self.writing.lock().expect("lock").contains_key(name) {
+        // One writer per name: the check and the registration happen under one lock, so
+        // two opens racing for a name cannot both pass.
+        let mut writing = self.writing.lock().expect("lock");
+        if writing.contains_key(name) {
             return Err(FsError::NotPermitted(
                 "the file is already open for writing".into(),
             ));
@@ -552,16 +591,20 @@ impl Filesystem {
             .rsplit_once('/')
             .map_or(String::new(), |(parent, _)| parent.to_owned());
         let parent_ino = self.inodes.dir(&parent);
-        let on_published = Box::new(move |_: &Digest| {
+        let on_published: OnPublished = Box::new(move |_: &Digest| {
             metadata.invalidate(&published_name);
             metadata.published(&published_name.repository);
-            if let Some(invalidate) = invalidator.get() {
-                for file_name in
-                    namespace::file_names(&published_name.repository, tag_of(&published_name))
-                {
-                    invalidate(parent_ino, &file_name);
+            let dropped = invalidator.get().map(|invalidate| {
+                invalidate(
+                    parent_ino,
+                    namespace::file_names(&published_name.repository, tag_of(&published_name)),
+                )
+            });
+            Box::pin(async move {
+                if let Some(dropped) = dropped {
+                    let _ = dropped.await;
                 }
-            }
+            })
         });
         let target = Target {
             repository: name.repository.clone(),
@@ -576,7 +619,7 @@ impl Filesystem {
             on_published,
         )?);
         let ino = self.inodes.writing(name, &writer);
-        self.writing.lock().expect("lock").insert(
+        writing.insert(
             name.clone(),
             Writing {
                 writer: writer.clone(),
@@ -814,6 +857,7 @@ impl Filesystem {
         let tag = image.tag().expect("a tag name");
         let result = self.registry.delete_tag(&image.repository, tag).await;
         self.metadata.invalidate(&image);
+        self.forget_names(&image);
         match result {
             Ok(()) => {
                 info!(image = %image, "deleted tag");
@@ -873,11 +917,13 @@ impl Filesystem {
             .await?;
         self.metadata.invalidate(&target);
         self.metadata.published(&target.repository);
+        self.forget_names(&target);
         let deleted = self
             .registry
             .delete_tag(&source.repository, source.tag().expect("a tag"))
             .await;
         self.metadata.invalidate(&source);
+        self.forget_names(&source);
         info!(from = %source, to = %target, %digest, "retagged");
         deleted.map_err(|e| {
             warn!(from = %source, error = %e, "the new tag is in place, but the old one could not be removed");
@@ -942,6 +988,7 @@ impl Filesystem {
             .await?;
         self.metadata.invalidate(&target);
         self.metadata.published(&target.repository);
+        self.forget_names(&target);
         info!(from = %source, to = %target, digest = %info.digest, "linked");
         self.image_now(&target).await
     }
@@ -955,9 +1002,9 @@ impl Filesystem {
         let name = name
             .to_str()
             .ok_or_else(|| FsError::InvalidName("directory names must be UTF-8".into()))?;
-        namespace::check_dir_name(name)
-            .inspect_err(|e| warn!(name, error = %e, "mkdir refused"))?;
         let path = namespace::join(&dir, name);
+        namespace::check_new_dir(&path, name)
+            .inspect_err(|e| warn!(name, error = %e, "mkdir refused"))?;
         if self.metadata.is_dir(&path).await? {
             return Err(FsError::Exists);
         }

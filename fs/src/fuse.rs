@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
@@ -32,10 +32,6 @@ const MAX_WRITE: u32 = 1024 * 1024;
 /// requests.
 const MAX_READAHEAD: u32 = 1024 * 1024;
 
-/// How long the kernel may keep the attributes of an image version: they never change
-/// (a new version is a new inode), so as long as it likes.
-const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// Owner and mode settings of the mount.
 #[derive(Debug, Clone, Copy)]
 pub struct Ownership {
@@ -48,18 +44,15 @@ pub struct FuseAdapter {
     core: Arc<Filesystem>,
     runtime: Handle,
     ownership: Ownership,
-    ttl: Duration,
 }
 
 impl FuseAdapter {
     /// An adapter that runs the core's futures on `runtime`.
     pub fn new(core: Arc<Filesystem>, runtime: Handle, ownership: Ownership) -> Self {
-        let ttl = core.config().metadata_ttl;
         Self {
             core,
             runtime,
             ownership,
-            ttl,
         }
     }
 
@@ -98,18 +91,6 @@ impl FuseAdapter {
         if future.as_mut().poll(&mut context).is_pending() {
             self.runtime.spawn(future);
         }
-    }
-}
-
-/// Entry and attribute lifetimes for the kernel's caches. An image name may point at
-/// another version at any moment, so its entry is looked up again every time (the core's
-/// own cache answers within `metadata_ttl`, without a request); a version's attributes never
-/// change. Directories and files being written are trusted for `metadata_ttl`.
-fn ttls(attr: &Attr, metadata_ttl: Duration) -> (Duration, Duration) {
-    match (attr.kind, attr.immutable) {
-        (NodeKind::Directory, _) => (metadata_ttl, metadata_ttl),
-        (NodeKind::File, true) => (Duration::ZERO, IMMUTABLE_TTL),
-        (NodeKind::File, false) => (Duration::ZERO, Duration::ZERO),
     }
 }
 
@@ -160,17 +141,15 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (core, name, ttl, ownership) =
-            (self.core.clone(), name.to_owned(), self.ttl, self.ownership);
+        let (core, name, ownership) = (self.core.clone(), name.to_owned(), self.ownership);
         let span = debug_span!("lookup", parent = parent.0, name = %name.to_string_lossy());
         self.answer_now_or_spawn(span, async move {
             match core.lookup(parent.0, &name).await {
                 Ok(attr) => {
-                    let (entry_ttl, attr_ttl) = ttls(&attr, ttl);
                     // fuser takes the attribute lifetime first.
                     reply.entry_with_ttls(
-                        &attr_ttl,
-                        &entry_ttl,
+                        &attr.attr_ttl,
+                        &attr.entry_ttl,
                         &to_file_attr(&attr, ownership),
                         Generation(0),
                     )
@@ -181,10 +160,10 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (core, ttl, ownership) = (self.core.clone(), self.ttl, self.ownership);
+        let (core, ownership) = (self.core.clone(), self.ownership);
         self.spawn(debug_span!("getattr", ino = ino.0), async move {
             match core.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&ttls(&attr, ttl).1, &to_file_attr(&attr, ownership)),
+                Ok(attr) => reply.attr(&attr.attr_ttl, &to_file_attr(&attr, ownership)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -208,7 +187,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let (core, ttl, ownership) = (self.core.clone(), self.ttl, self.ownership);
+        let (core, ownership) = (self.core.clone(), self.ownership);
         let changes_owner = mode.is_some()
             || uid.is_some_and(|u| u != ownership.uid)
             || gid.is_some_and(|g| g != ownership.gid);
@@ -217,7 +196,7 @@ impl fuser::Filesystem for FuseAdapter {
                 .setattr(ino.0, size, fh.map(|f| f.0), changes_owner)
                 .await
             {
-                Ok(attr) => reply.attr(&ttl, &to_file_attr(&attr, ownership)),
+                Ok(attr) => reply.attr(&attr.attr_ttl, &to_file_attr(&attr, ownership)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -232,12 +211,16 @@ impl fuser::Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let (core, name, ttl, ownership) =
-            (self.core.clone(), name.to_owned(), self.ttl, self.ownership);
+        let (core, name, ownership) = (self.core.clone(), name.to_owned(), self.ownership);
         let span = debug_span!("mkdir", parent = parent.0, name = %name.to_string_lossy());
         self.spawn(span, async move {
             match core.mkdir(parent.0, &name).await {
-                Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, ownership), Generation(0)),
+                Ok(attr) => reply.entry_with_ttls(
+                    &attr.attr_ttl,
+                    &attr.entry_ttl,
+                    &to_file_attr(&attr, ownership),
+                    Generation(0),
+                ),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -293,14 +276,14 @@ impl fuser::Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (core, name, ttl, ownership) =
-            (self.core.clone(), name.to_owned(), self.ttl, self.ownership);
+        let (core, name, ownership) = (self.core.clone(), name.to_owned(), self.ownership);
         let span = debug_span!("create", parent = parent.0, name = %name.to_string_lossy());
         self.spawn(span, async move {
             match core.create(parent.0, &name, flags).await {
                 Ok((attr, fh)) => reply.created(
-                    // The entry must be looked up again (see `ttls`): one TTL serves both.
-                    &ttls(&attr, ttl).0,
+                    // A file being written: looked up again every time, so one TTL (zero)
+                    // serves both.
+                    &attr.entry_ttl,
                     &to_file_attr(&attr, ownership),
                     Generation(0),
                     FileHandle(fh),
@@ -478,21 +461,15 @@ impl fuser::Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (core, newname, ttl, ownership) = (
-            self.core.clone(),
-            newname.to_owned(),
-            self.ttl,
-            self.ownership,
-        );
+        let (core, newname, ownership) = (self.core.clone(), newname.to_owned(), self.ownership);
         let span = debug_span!("link", ino = ino.0, newname = %newname.to_string_lossy());
         self.spawn(span, async move {
             match core.link(ino.0, newparent.0, &newname).await {
                 Ok(attr) => {
-                    let (entry_ttl, attr_ttl) = ttls(&attr, ttl);
                     // fuser takes the attribute lifetime first.
                     reply.entry_with_ttls(
-                        &attr_ttl,
-                        &entry_ttl,
+                        &attr.attr_ttl,
+                        &attr.entry_ttl,
                         &to_file_attr(&attr, ownership),
                         Generation(0),
                     )

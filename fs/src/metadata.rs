@@ -29,6 +29,7 @@ pub struct Metadata {
     missing: TtlCache<ImageName, String>,
     local_dirs: Mutex<BTreeSet<String>>,
     hidden_dirs: Mutex<HashSet<String>>,
+    ttl: Duration,
 }
 
 impl Metadata {
@@ -41,6 +42,7 @@ impl Metadata {
             missing: TtlCache::new(ttl),
             local_dirs: Mutex::default(),
             hidden_dirs: Mutex::default(),
+            ttl,
         }
     }
 
@@ -64,10 +66,17 @@ impl Metadata {
         Ok(tags)
     }
 
-    /// What a name resolves to now (digest names never change, and are kept as long).
+    /// What a name resolves to now.
     pub async fn resolve(&self, name: &ImageName) -> FsResult<ImageInfo> {
-        if let Some(info) = self.resolved.get(name) {
-            return Ok(info);
+        self.resolve_fresh(name).await.map(|(info, _)| info)
+    }
+
+    /// What a name resolves to now, and how much longer that answer may be trusted: the
+    /// kernel may keep the name pointing at this version for that long, and no longer, so a
+    /// change elsewhere shows within `metadata_ttl` however the two caches line up.
+    pub async fn resolve_fresh(&self, name: &ImageName) -> FsResult<(ImageInfo, Duration)> {
+        if let Some(fresh) = self.resolved.get_fresh(name) {
+            return Ok(fresh);
         }
         if let Some(reason) = self.missing.get(name) {
             return Err(RegistryError::NotFound(reason).into());
@@ -79,7 +88,7 @@ impl Metadata {
         {
             Ok(info) => {
                 self.resolved.insert(name.clone(), info.clone());
-                Ok(info)
+                Ok((info, self.ttl))
             }
             Err(RegistryError::NotFound(reason)) => {
                 self.missing.insert(name.clone(), reason.clone());

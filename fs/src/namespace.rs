@@ -54,14 +54,29 @@ pub fn file_names(repository: &str, tag: &str) -> Vec<String> {
 pub fn image_for_create(dir: &str, name: &str) -> FsResult<(String, String)> {
     let (repository, tag) = split_file_name(dir, name);
     let tag = tag.unwrap_or_else(|| DEFAULT_TAG.to_owned());
+    check_length(&repository, names::MAX_REPOSITORY_LEN, "a repository path")?;
+    check_length(&tag, names::MAX_TAG_LEN, "a tag")?;
     names::check_repository(&repository).map_err(|e| FsError::InvalidName(e.to_string()))?;
     names::check_tag(&tag).map_err(|e| FsError::InvalidName(e.to_string()))?;
     Ok((repository, tag))
 }
 
-/// Validates a directory name (one repository segment).
-pub fn check_dir_name(name: &str) -> FsResult<()> {
+/// Validates a new directory: `name` is one repository segment, and the whole `path` must
+/// still fit a repository name.
+pub fn check_new_dir(path: &str, name: &str) -> FsResult<()> {
+    check_length(path, names::MAX_REPOSITORY_LEN, "a repository path")?;
     names::check_repository_segment(name).map_err(|e| FsError::InvalidName(e.to_string()))
+}
+
+/// Names past the registry's limits are ENAMETOOLONG rather than merely invalid.
+fn check_length(name: &str, limit: usize, what: &str) -> FsResult<()> {
+    if name.len() > limit {
+        return Err(FsError::NameTooLong(format!(
+            "{what} may be at most {limit} characters, this one has {}",
+            name.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `path` is a directory implied by the catalog (some repository below it).
@@ -178,11 +193,25 @@ mod tests {
             ("myrepo/hello".to_string(), "v1.2.3".to_string())
         );
         assert_eq!(image_for_create("", "x").unwrap().1, "latest");
-        for bad in ["Hello", "a b", ".hidden", &format!("x:{}", "t".repeat(129))] {
+        for bad in ["Hello", "a b", ".hidden"] {
             assert!(
                 matches!(image_for_create("d", bad), Err(FsError::InvalidName(_))),
                 "{bad}"
             );
         }
+        let long_tag = format!("x:{}", "t".repeat(129));
+        let long_path = "d/".repeat(128);
+        for long in [
+            long_tag.as_str(),
+            &format!("{long_path}x"),
+            &"r".repeat(256),
+        ] {
+            assert!(
+                matches!(image_for_create("", long), Err(FsError::NameTooLong(_))),
+                "{long}"
+            );
+        }
+        assert!(image_for_create("", &"r".repeat(255)).is_ok());
+        assert!(check_new_dir(&long_path, "d").is_err());
     }
 }

@@ -21,11 +21,18 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 
     /// A fresh value, if there is one.
     pub fn get(&self, key: &K) -> Option<V> {
+        self.get_fresh(key).map(|(value, _)| value)
+    }
+
+    /// A fresh value and how much longer it stays fresh.
+    pub fn get_fresh(&self, key: &K) -> Option<(V, Duration)> {
         let entries = self.entries.lock().expect("cache lock");
-        entries
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, v)| v.clone())
+        let (at, value) = entries.get(key)?;
+        let remaining = self
+            .ttl
+            .checked_sub(at.elapsed())
+            .filter(|r| !r.is_zero())?;
+        Some((value.clone(), remaining))
     }
 
     pub fn insert(&self, key: K, value: V) {

@@ -7,7 +7,7 @@
 //! has committed the manifest, so `close()` returns the push's error. A push that fails
 //! leaves the tag as it was: the manifest is the last thing written.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -15,6 +15,7 @@ use futures::StreamExt;
 use reposure_surrogate::digest::Digest;
 use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::registry::{FileUpload, Registry};
+use reposure_surrogate::scratch::Scratch;
 use std::os::unix::fs::FileExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, error, info};
@@ -34,8 +35,11 @@ enum Trigger {
     Release,
 }
 
-/// What a writer reports after publishing, so the filesystem can refresh its metadata.
-pub type OnPublished = Box<dyn Fn(&Digest) + Send + Sync>;
+/// What a writer reports after publishing, so the filesystem can refresh its metadata and
+/// the kernel's entries; the push is answered once the returned future completes, so the
+/// next `open` of the name finds the new image.
+pub type OnPublished =
+    Box<dyn Fn(&Digest) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 enum WriteRequest {
     Write {
@@ -77,25 +81,22 @@ impl WriteHandle {
         new_content: bool,
         on_published: OnPublished,
     ) -> FsResult<Self> {
-        let spool = tempfile::Builder::new()
-            .prefix(".reposure-write-")
-            .tempfile_in(spool_dir)
-            .map_err(|e| FsError::Registry(e.into()))?;
+        let spool = Scratch::new_in(spool_dir).map_err(FsError::Spool)?;
         let size = Arc::new(AtomicU64::new(0));
         let replacing = Arc::new(AtomicBool::new(new_content));
         let (requests, mut queue) = mpsc::unbounded_channel();
         let span =
             tracing::info_span!("write_handle", repository = %target.repository, tag = %target.tag);
-        let file = spool.reopen().map_err(|e| FsError::Registry(e.into()))?;
         let mut writer = Writer {
             registry,
             target,
-            _spool: spool,
-            file,
+            spool,
+            spool_dir: spool_dir.to_owned(),
             size: size.clone(),
             replacing: replacing.clone(),
             dirty: new_content,
             failed: false,
+            spool_failure: None,
             on_published,
         };
         tokio::spawn(
@@ -118,9 +119,10 @@ impl WriteHandle {
                     }
                 }
                 // All handles are gone (release). Anything written but never flushed is
-                // pushed now rather than dropped.
+                // pushed now rather than dropped, unless part of it never reached the spool.
                 if writer.dirty
                     && !writer.failed
+                    && writer.spool_failure.is_none()
                     && let Err(e) = writer.publish(Trigger::Release).await
                 {
                     error!(error = %e, "push at release failed");
@@ -184,21 +186,41 @@ impl WriteHandle {
 struct Writer {
     registry: Arc<dyn Registry>,
     target: Target,
-    /// Keeps the spool file alive (it is deleted when the writer ends).
-    _spool: tempfile::NamedTempFile,
-    /// The spool file, written with positioned writes (so a reader of it for the upload
-    /// never moves the write position).
-    file: std::fs::File,
+    /// The spool file, which has no name (nothing is left behind if the mount dies). It
+    /// is written with positioned writes, so reading it back for the upload never moves
+    /// the write position.
+    spool: Scratch,
+    /// Where the spool is, for the scratch files of an archive push.
+    spool_dir: PathBuf,
     size: Arc<AtomicU64>,
     replacing: Arc<AtomicBool>,
     /// The content differs from what was last published.
     dirty: bool,
     /// The last publish failed: close() reported it, and release does not try again.
     failed: bool,
+    /// A write could not be spooled (a full disk): the spool no longer holds what the
+    /// program wrote, so every later write and flush fails with this errno and nothing is
+    /// published, until the file is truncated to nothing.
+    spool_failure: Option<i32>,
     on_published: OnPublished,
 }
 
 impl Writer {
+    /// Records that the spool could not take a write; the error to answer with.
+    fn spool_failed(&mut self, error: std::io::Error) -> FsError {
+        self.spool_failure = Some(error.raw_os_error().unwrap_or(libc::EIO));
+        error!(error = %error, "the spool could not take a write; this file will not be pushed");
+        FsError::Spool(error)
+    }
+
+    /// Fails once the spool has lost part of what was written.
+    fn check_spool(&self) -> FsResult<()> {
+        match self.spool_failure {
+            Some(errno) => Err(FsError::Spool(std::io::Error::from_raw_os_error(errno))),
+            None => Ok(()),
+        }
+    }
+
     fn mark_dirty(&mut self) {
         self.dirty = true;
         self.replacing.store(true, Ordering::Relaxed);
@@ -212,10 +234,11 @@ impl Writer {
                 got: offset,
             });
         }
+        self.check_spool()?;
         // A write to the local spool lands in the page cache; it is done in place rather
         // than on the blocking pool, which would cost a thread hand-off per FUSE write.
-        tokio::task::block_in_place(|| self.file.write_all_at(data, offset))
-            .map_err(|e| FsError::Registry(e.into()))?;
+        tokio::task::block_in_place(|| self.spool.file().write_all_at(data, offset))
+            .map_err(|e| self.spool_failed(e))?;
         self.size.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.mark_dirty();
         Ok(data.len() as u32)
@@ -234,9 +257,12 @@ impl Writer {
                 "can only truncate a file being written to 0 bytes, not {size}"
             )));
         }
-        self.file
+        self.spool
+            .file()
             .set_len(0)
-            .map_err(|e| FsError::Registry(e.into()))?;
+            .map_err(|e| self.spool_failed(e))?;
+        // Empty again, the spool holds exactly what was written: nothing.
+        self.spool_failure = None;
         self.size.store(0, Ordering::Relaxed);
         self.mark_dirty();
         Ok(())
@@ -254,6 +280,7 @@ impl Writer {
         if !self.dirty || (trigger == Trigger::Flush && size == 0) {
             return Ok(());
         }
+        self.check_spool()?;
         let started = std::time::Instant::now();
         let result = match self.push_as_archive().await {
             Ok(Some(digest)) => Ok(digest),
@@ -265,7 +292,7 @@ impl Writer {
                 info!(%digest, size, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
                 self.dirty = false;
                 self.failed = false;
-                (self.on_published)(&digest);
+                (self.on_published)(&digest).await;
                 Ok(())
             }
             Err(e) => {
@@ -278,24 +305,19 @@ impl Writer {
 
     /// An image archive written to a name pushes the image it holds.
     async fn push_as_archive(&self) -> reposure_surrogate::Result<Option<Digest>> {
-        let scratch = self
-            ._spool
-            .path()
-            .parent()
-            .unwrap_or(std::path::Path::new("/tmp"));
         reposure_surrogate::import::push_archive(
             self.registry.as_ref(),
             &self.target.repository,
             &self.target.tag,
-            self._spool.path(),
-            scratch,
+            &self.spool.path(),
+            &self.spool_dir,
         )
         .await
     }
 
     /// Anything else is stored as a single-file image.
     async fn push_as_file(&self, size: u64) -> reposure_surrogate::Result<Digest> {
-        let reader = self._spool.reopen()?;
+        let reader = self.spool.reopen()?;
         let body = tokio_stream_of(tokio::fs::File::from_std(reader), size);
         let file_name = self
             .target

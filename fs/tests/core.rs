@@ -343,3 +343,74 @@ async fn copying_many_files_asks_little_of_the_registry() {
     let listed = fs.lookup(dir, OsStr::new("f19")).await.unwrap();
     assert_eq!(listed.size, 4096);
 }
+
+/// `stat.ttl`: the kernel may keep a name pointing at its version for what is left of the
+/// resolution's `metadata_ttl`, never longer; a file being written is looked up every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn entry_lifetimes_are_what_is_left_of_the_metadata_ttl() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let ttl = std::time::Duration::from_secs(2);
+    let registry = Arc::new(StoreRegistry::new(store));
+    let config = FsConfig {
+        metadata_ttl: ttl,
+        ..FsConfig::default()
+    };
+    let fs = Filesystem::new(registry, config).unwrap();
+    write_file(&fs, ROOT, "file", b"content").await;
+    let first = fs.lookup(ROOT, OsStr::new("file")).await.unwrap();
+    assert!(first.entry_ttl > std::time::Duration::ZERO && first.entry_ttl <= ttl);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let later = fs.lookup(ROOT, OsStr::new("file")).await.unwrap();
+    assert_eq!(later.ino, first.ino, "the same version");
+    assert!(
+        later.entry_ttl + std::time::Duration::from_millis(250) <= first.entry_ttl,
+        "{:?} then {:?}",
+        first.entry_ttl,
+        later.entry_ttl
+    );
+    let (writing, fh) = fs
+        .create(ROOT, OsStr::new("new"), libc::O_WRONLY | libc::O_CREAT)
+        .await
+        .unwrap();
+    assert_eq!(writing.entry_ttl, std::time::Duration::ZERO);
+    fs.release(fh);
+}
+
+/// `push.close`: `close()` returns only once the kernel has been told to drop both names
+/// of the pushed tag, so the next open finds the new image.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_answers_after_the_kernel_dropped_its_names() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store);
+    // (directory, names) of each invalidation.
+    type Dropped = Vec<(u64, Vec<String>)>;
+    let dropped: Arc<std::sync::Mutex<Dropped>> = Arc::default();
+    let recorder = dropped.clone();
+    fs.set_invalidator(Box::new(move |parent, names| {
+        recorder.lock().unwrap().push((parent, names));
+        let (done, answer) = tokio::sync::oneshot::channel();
+        // The kernel takes its time: the push must wait for it.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let _ = done.send(());
+        });
+        answer
+    }));
+    let (_, fh) = fs
+        .create(ROOT, OsStr::new("img"), libc::O_WRONLY | libc::O_CREAT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"x".to_vec()).await.unwrap();
+    let started = std::time::Instant::now();
+    fs.flush(fh).await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    fs.release(fh);
+    let dropped = dropped.lock().unwrap().clone();
+    assert_eq!(dropped.len(), 1);
+    let (parent, mut names) = dropped[0].clone();
+    names.sort();
+    assert_eq!(
+        (parent, names),
+        (ROOT, vec!["img".to_owned(), "img:latest".to_owned()])
+    );
+}

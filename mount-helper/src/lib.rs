@@ -11,6 +11,7 @@
 mod daemon;
 mod options;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,9 @@ use crate::options::MountOptions;
 const UNMOUNT_ATTEMPTS: u32 = 20;
 const UNMOUNT_RETRY: Duration = Duration::from_millis(100);
 
+/// Names of a directory the kernel must drop, and who waits for that.
+type Invalidation = (u64, Vec<String>, tokio::sync::oneshot::Sender<()>);
+
 /// How long the mount waits for the registry to answer its first request before failing.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,6 +48,7 @@ command's stdin/stdout).
 Options: kubeconfig=FILE, context=NAME (Kubernetes; else as kubectl: $KUBECONFIG,
 ~/.kube/config), ro, format=image|artifact, ca=FILE, username=NAME, password_file=FILE,
 uid=N, gid=N, allow_other, log=FILE, metadata_ttl=SECONDS, spool_dir=DIR,
+timeout=SECONDS (how long the registry may stay silent; default 30),
 unpack=true|false (false: single-file images read as image archives too),
 cache_dir=DIR, cache_size=SIZE (verified file contents kept on disk; default 4G),
 transport=direct|session (session: through an in-process surrogate session).
@@ -57,32 +62,41 @@ struct Args {
     options: MountOptions,
 }
 
-fn parse_args(args: Vec<String>) -> Result<Args> {
+fn parse_args(args: Vec<OsString>) -> Result<Args> {
+    // The mountpoint may be any path; everything else is text.
+    let text = |arg: OsString| {
+        arg.into_string().map_err(|arg| {
+            anyhow::anyhow!(
+                "{} is not UTF-8; only the mountpoint may be",
+                arg.to_string_lossy()
+            )
+        })
+    };
     let mut positional = Vec::new();
     let mut option_lists = Vec::new();
     let mut foreground = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-f" | "--foreground" => foreground = true,
-            "-o" => option_lists.push(args.next().context("-o needs options")?),
-            "-h" | "--help" => {
+        match arg.to_str() {
+            Some("-f" | "--foreground") => foreground = true,
+            Some("-o") => option_lists.push(text(args.next().context("-o needs options")?)?),
+            Some("-h" | "--help") => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            "-V" | "--version" => {
+            Some("-V" | "--version") => {
                 println!("reposure-mount {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
             }
-            s if s.starts_with("-o") => option_lists.push(s[2..].to_owned()),
-            s if s.starts_with('-') && s.len() > 1 => bail!("unknown flag {s}\n{USAGE}"),
+            Some(s) if s.starts_with("-o") => option_lists.push(s[2..].to_owned()),
+            Some(s) if s.starts_with('-') && s.len() > 1 => bail!("unknown flag {s}\n{USAGE}"),
             _ => positional.push(arg),
         }
     }
-    let [source, mountpoint] = <[String; 2]>::try_from(positional)
+    let [source, mountpoint] = <[OsString; 2]>::try_from(positional)
         .map_err(|_| anyhow::anyhow!("expected SOURCE and MOUNTPOINT\n{USAGE}"))?;
     Ok(Args {
-        source,
+        source: text(source)?,
         mountpoint: mountpoint.into(),
         foreground,
         options: MountOptions::parse(option_lists.iter().map(String::as_str))?,
@@ -116,6 +130,7 @@ fn http_options(options: &MountOptions) -> Result<HttpOptions> {
     Ok(HttpOptions {
         ca_pem,
         credentials,
+        read_timeout: options.timeout,
         ..Default::default()
     })
 }
@@ -140,6 +155,11 @@ fn init_logging(options: &MountOptions, foreground: bool) -> Result<()> {
 }
 
 fn check_mountpoint(path: &Path) -> Result<()> {
+    if let Err(e) = std::fs::metadata(path)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        detach_dead_mount(path)?;
+    }
     let meta = std::fs::metadata(path).with_context(|| {
         format!(
             "mountpoint {} does not exist; create it with mkdir",
@@ -150,6 +170,67 @@ fn check_mountpoint(path: &Path) -> Result<()> {
         bail!("mountpoint {} is not a directory", path.display());
     }
     Ok(())
+}
+
+/// A Reposure mount whose daemon died (killed, or crashed) leaves its mountpoint
+/// answering ENOTCONN until it is unmounted: detach it, so mounting again just works.
+/// Another filesystem's dead mount is left alone.
+fn detach_dead_mount(path: &Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let ours = mounts.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let (_, dir, kind) = (fields.next(), fields.next(), fields.next());
+        dir.map(unescape_mount_path).as_deref() == Some(path.as_os_str())
+            && kind == Some("fuse.reposure")
+    });
+    if !ours {
+        bail!(
+            "{} is a dead mount of another filesystem; unmount it with fusermount3 -u",
+            path.display()
+        );
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(path)
+        .status()
+        .context("cannot run fusermount3 to detach the dead mount")?;
+    if !status.success() {
+        bail!(
+            "{} is a dead Reposure mount and fusermount3 -uz failed; unmount it by hand",
+            path.display()
+        );
+    }
+    eprintln!(
+        "reposure-mount: detached the dead mount on {} (its daemon had exited)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// A path as /proc/mounts writes it: space, tab, newline and backslash as octal escapes.
+fn unescape_mount_path(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// The registry behind SOURCE: a Kubernetes Registry by name, or a direct source.
@@ -256,10 +337,28 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
     let mut session = fuser::Session::new(adapter, &args.mountpoint, &fuse_config)
         .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
 
+    // The kernel handles an invalidation under the directory's lock, which a request it
+    // is waiting on may hold: sent from the thread that would answer that request, it would
+    // wait forever. Invalidations therefore go out from a thread of their own.
     let notifier = session.notifier();
-    core.set_invalidator(Box::new(move |parent, name| {
-        // An entry the kernel never cached is "not found": nothing to do.
-        let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(name));
+    let (invalidations, queued) = std::sync::mpsc::channel::<Invalidation>();
+    std::thread::Builder::new()
+        .name("reposure-inval".into())
+        .spawn(move || {
+            for (parent, names, done) in queued {
+                for name in names {
+                    // An entry the kernel never cached is "not found": nothing to do.
+                    let _ =
+                        notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
+                }
+                let _ = done.send(());
+            }
+        })
+        .context("cannot start the invalidation thread")?;
+    core.set_invalidator(Box::new(move |parent, names| {
+        let (done, dropped) = tokio::sync::oneshot::channel();
+        let _ = invalidations.send((parent, names, done));
+        dropped
     }));
     let mut unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();
@@ -305,7 +404,7 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
 
 /// Runs `reposure-mount` with these arguments (without the program name); never returns.
 /// Call it before any thread is started: it forks to daemonize.
-pub fn main(args: Vec<String>) -> ! {
+pub fn main(args: Vec<OsString>) -> ! {
     let args = match parse_args(args).and_then(|a| check_mountpoint(&a.mountpoint).map(|_| a)) {
         Ok(args) => args,
         Err(e) => {
@@ -336,4 +435,16 @@ pub fn main(args: Vec<String>) -> ! {
         std::process::exit(1);
     }
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_unescaped_as_proc_mounts_writes_them() {
+        assert_eq!(unescape_mount_path("/mnt/a\\040b\\134c"), "/mnt/a b\\c");
+        assert_eq!(unescape_mount_path("/mnt/plain"), "/mnt/plain");
+        assert_eq!(unescape_mount_path("/mnt/end\\04"), "/mnt/end\\04");
+    }
 }

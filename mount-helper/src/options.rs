@@ -56,6 +56,17 @@ fn parse_size(text: &str) -> Result<u64> {
         .with_context(|| format!("{text:?} is too large"))
 }
 
+/// A number of seconds from `minimum` to an hour, for option `key`.
+fn seconds(key: &str, text: &str, minimum: f64) -> Result<Duration> {
+    let secs: f64 = text
+        .parse()
+        .with_context(|| format!("{key}= takes seconds"))?;
+    if !(minimum..=3600.0).contains(&secs) {
+        bail!("{key}= must be between {minimum} and 3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Parsed `-o` options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MountOptions {
@@ -81,6 +92,9 @@ pub struct MountOptions {
     /// For a Kubernetes Registry source: the kubeconfig file and context.
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// How long the registry may stay silent before an operation fails (default: the
+    /// store's own, 30 s).
+    pub timeout: Option<Duration>,
 }
 
 impl Default for MountOptions {
@@ -103,6 +117,7 @@ impl Default for MountOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             kubeconfig: None,
             context: None,
+            timeout: None,
         }
     }
 }
@@ -145,14 +160,9 @@ impl MountOptions {
                 "context" => options.context = Some(value("NAME")?.to_owned()),
                 "log" => options.log = Some(value("FILE")?.into()),
                 "metadata_ttl" => {
-                    let secs: f64 = value("SECONDS")?
-                        .parse()
-                        .context("metadata_ttl= takes seconds")?;
-                    if !(0.0..=3600.0).contains(&secs) {
-                        bail!("metadata_ttl= must be between 0 and 3600 seconds");
-                    }
-                    options.metadata_ttl = Duration::from_secs_f64(secs);
+                    options.metadata_ttl = seconds(key, value("SECONDS")?, 0.0)?;
                 }
+                "timeout" => options.timeout = Some(seconds(key, value("SECONDS")?, 0.1)?),
                 "spool_dir" => options.spool_dir = Some(value("DIR")?.into()),
                 "cache_dir" => options.cache_dir = Some(value("DIR")?.into()),
                 "cache_size" => options.cache_size = parse_size(value("SIZE")?)?,
@@ -172,7 +182,7 @@ impl MountOptions {
                 }
                 k if GENERIC.contains(&k) || k.starts_with("x-") => {}
                 other => bail!(
-                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, spool_dir=, unpack=, cache_dir=, cache_size=, transport="
+                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, timeout=, spool_dir=, unpack=, cache_dir=, cache_size=, transport="
                 ),
             }
         }
@@ -198,6 +208,10 @@ mod tests {
         assert_eq!(o.format, PushFormat::Artifact);
         assert_eq!(o.uid, Some(5));
         assert_eq!(o.metadata_ttl, Duration::from_millis(500));
+        assert_eq!(o.timeout, None);
+        let o = MountOptions::parse(["timeout=2.5"]).unwrap();
+        assert_eq!(o.timeout, Some(Duration::from_millis(2500)));
+        assert!(MountOptions::parse(["timeout=0"]).is_err());
         let o = MountOptions::parse(["cache_dir=/c,cache_size=2G"]).unwrap();
         assert_eq!(o.cache_size, 2 << 30);
         assert!(MountOptions::parse(["cache_size=2X"]).is_err());

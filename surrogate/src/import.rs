@@ -32,6 +32,7 @@ use crate::formats::media_types as mt;
 use crate::formats::tar_probe;
 use crate::names::Reference;
 use crate::registry::Registry;
+use crate::scratch::Scratch;
 
 /// A gzip archive may expand to at most this many times its size (plus
 /// [`GZIP_EXPANSION_SLACK`]) before it is refused: image layers compress 2-10x, while a
@@ -80,6 +81,7 @@ impl TarIndex {
             return Ok(None);
         }
         file.seek(SeekFrom::Start(0))?;
+        let length = file.metadata()?.len();
         let mut archive = tar::Archive::new(file);
         let mut files = HashMap::new();
         let mut links = Vec::new();
@@ -91,13 +93,19 @@ impl TarIndex {
             let name = normalise(&entry.path().map_err(corrupt)?);
             let kind = entry.header().entry_type();
             if kind.is_file() {
-                files.insert(
-                    name,
-                    Region {
-                        offset: entry.raw_file_position(),
-                        size: entry.size(),
-                    },
-                );
+                let region = Region {
+                    offset: entry.raw_file_position(),
+                    size: entry.size(),
+                };
+                // Seeking past the data cannot notice the archive ending inside it.
+                if region.offset.saturating_add(region.size) > length {
+                    return Err(RegistryError::Rejected(format!(
+                        "the image archive is truncated: {name} needs {} bytes, the archive ends {} bytes into it; nothing was pushed",
+                        region.size,
+                        length.saturating_sub(region.offset)
+                    )));
+                }
+                files.insert(name, region);
             } else if kind.is_symlink() || kind.is_hard_link() {
                 // `docker save` links a layer it already wrote (`<id>/layer.tar ->
                 // ../<other>/layer.tar`).
@@ -202,19 +210,17 @@ pub async fn push_archive(
     let mut magic = [0u8; 2];
     let is_gzip =
         std::fs::File::open(path)?.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
-    let _decompressed;
-    let tar_path = if is_gzip {
+    let decompressed = if is_gzip {
         match gunzip_to(path, scratch)? {
-            Some(file) => {
-                let p = file.path().to_owned();
-                _decompressed = file;
-                p
-            }
+            Some(file) => Some(file),
             None => return Ok(None),
         }
     } else {
-        path.to_owned()
+        None
     };
+    let tar_path = decompressed
+        .as_ref()
+        .map_or_else(|| path.to_owned(), Scratch::path);
     let Some(index) = tokio::task::block_in_place(|| TarIndex::read(&tar_path))? else {
         return Ok(None);
     };
@@ -233,19 +239,17 @@ pub async fn push_archive(
 
 /// Decompresses `path` into a temporary file in `scratch`, bounded against gzip bombs.
 /// `None` when it is not valid gzip (it is then stored as a file).
-fn gunzip_to(path: &Path, scratch: &Path) -> Result<Option<tempfile::NamedTempFile>> {
+fn gunzip_to(path: &Path, scratch: &Path) -> Result<Option<Scratch>> {
     let compressed = std::fs::metadata(path)?.len();
     let limit = compressed.saturating_mul(GZIP_EXPANSION_LIMIT) + GZIP_EXPANSION_SLACK;
-    let mut output = tempfile::Builder::new()
-        .prefix(".reposure-gunzip-")
-        .tempfile_in(scratch)?;
+    let output = Scratch::new_in(scratch)?;
     let decoder =
         flate2::read::MultiGzDecoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
     let mut limited = decoder.take(limit + 1);
-    let copied = match std::io::copy(&mut limited, output.as_file_mut()) {
+    let copied = match std::io::copy(&mut limited, &mut output.file()) {
         Ok(copied) => copied,
         // Nothing decodes: not gzip after all, so a plain file.
-        Err(_) if output.as_file().metadata()?.len() == 0 => return Ok(None),
+        Err(_) if output.file().metadata()?.len() == 0 => return Ok(None),
         Err(e) => {
             return Err(RegistryError::Rejected(format!(
                 "the gzip archive is corrupt ({e}); nothing was pushed"

@@ -15,6 +15,7 @@
 //!   (list, resolve, read, push, delete), implemented once over any store by
 //!   [`registry::StoreRegistry`]. A later transport (a surrogate session) implements the
 //!   same trait, which is why it is kept at the level of filesystem operations.
+//! * [`scratch`]: files that have no name until complete, so a killed process leaves none.
 
 pub mod digest;
 pub mod docker_config;
@@ -23,6 +24,7 @@ pub mod formats;
 pub mod import;
 pub mod names;
 pub mod registry;
+pub mod scratch;
 pub mod session;
 pub mod source;
 pub mod spool;

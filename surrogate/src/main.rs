@@ -26,6 +26,7 @@ use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::import;
 use reposure_surrogate::names::{self, Reference};
 use reposure_surrogate::registry::{FileUpload, Registry, StoreRegistry};
+use reposure_surrogate::scratch::Scratch;
 use reposure_surrogate::session::server::SessionServer;
 use reposure_surrogate::session::transport;
 use reposure_surrogate::source::Source;
@@ -70,6 +71,18 @@ struct Connection {
     /// A Docker config (`.dockerconfigjson`) holding credentials for the registry's host.
     #[arg(long, env = "REPOSURE_DOCKER_CONFIG_FILE", global = true)]
     docker_config_file: Option<PathBuf>,
+    /// Seconds the registry may stay silent before an operation fails (default 30).
+    #[arg(long, env = "REPOSURE_TIMEOUT", global = true, value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+}
+
+fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{text:?}: give the seconds the registry may stay silent, 0.1 to 3600"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -179,6 +192,7 @@ impl Connection {
                 ca_pem,
                 credentials,
                 bearer_token,
+                read_timeout: self.timeout,
                 ..Default::default()
             },
         ))
@@ -276,24 +290,24 @@ async fn run(cli: Cli) -> Result<()> {
             };
             // The image needs the length before the content, and an image archive must be
             // recognised before it is pushed: take stdin into a file first.
-            let mut spooled =
-                tempfile::NamedTempFile::new().context("cannot create a temporary file")?;
-            std::io::copy(&mut std::io::stdin().lock(), spooled.as_file_mut())
-                .context("reading stdin")?;
+            // It has no name, so a push killed half-way leaves nothing behind.
             let scratch = std::env::temp_dir();
+            let spooled = Scratch::new_in(&scratch).context("cannot create a temporary file")?;
+            std::io::copy(&mut std::io::stdin().lock(), &mut spooled.file())
+                .context("reading stdin")?;
             let digest = match import::push_archive(
                 registry.as_ref(),
                 &repository,
                 &tag,
-                spooled.path(),
+                &spooled.path(),
                 &scratch,
             )
             .await?
             {
                 Some(digest) => digest,
                 None => {
-                    let size = spooled.as_file().metadata()?.len();
-                    let file = tokio::fs::File::open(spooled.path()).await?;
+                    let size = spooled.file().metadata()?.len();
+                    let file = tokio::fs::File::from_std(spooled.reopen()?);
                     let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
                         .map(|r| r.map_err(reposure_surrogate::RegistryError::from))
                         .boxed();

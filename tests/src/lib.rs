@@ -7,14 +7,23 @@
 //! * [`apiserver`] emulates the few Kubernetes API endpoints the client uses, with the
 //!   real surrogate behind its exec endpoint.
 //! * [`tools`] wraps the peers: skopeo, umoci, curl.
+//! * [`proxy`] injects faults between a client and the registry; [`reliability`] records
+//!   what the fault, bad-input, load and security cases did, for RELIABILITY.md.
+//! * [`archives`] builds image archives, good and damaged; [`cli`] runs `reposure`.
+//! * [`posix`] and [`process`]: errno values, `close()` errors, and processes to kill.
 //!
 //! Binaries are taken from the cargo target directory of the running test (so one
 //! `cargo build` serves every test binary); `REPOSURE_BIN_DIR` overrides it.
 
 pub mod apiserver;
+pub mod archives;
+pub mod cli;
 pub mod mount;
+pub mod posix;
+pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod reliability;
 pub mod tools;
 
 use std::path::PathBuf;

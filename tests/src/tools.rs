@@ -46,12 +46,11 @@ pub fn manifest(host: &str, reference: &str) -> serde_json::Value {
     serde_json::from_str(&raw).expect("manifest JSON")
 }
 
-/// Tags of a repository, as the registry lists them (sorted here); none for an unknown
-/// repository.
-pub fn registry_tags(url: &str, repository: &str) -> Vec<String> {
-    let body = run("curl", &["-s", &format!("{url}/v2/{repository}/tags/list")]);
-    let value: serde_json::Value = serde_json::from_str(&body).expect("tags JSON");
-    let mut tags: Vec<String> = value["tags"]
+/// The strings of `field` in the JSON document at `url`, sorted; none if it has no list.
+fn sorted_list(url: &str, field: &str) -> Vec<String> {
+    let body = run("curl", &["-s", url]);
+    let value: serde_json::Value = serde_json::from_str(&body).expect("a JSON listing");
+    let mut items: Vec<String> = value[field]
         .as_array()
         .map(|a| {
             a.iter()
@@ -59,8 +58,42 @@ pub fn registry_tags(url: &str, repository: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    tags.sort();
-    tags
+    items.sort();
+    items
+}
+
+/// Tags of a repository, as the registry lists them (sorted here); none for an unknown
+/// repository.
+pub fn registry_tags(url: &str, repository: &str) -> Vec<String> {
+    sorted_list(&format!("{url}/v2/{repository}/tags/list"), "tags")
+}
+
+/// The digest `REPOSITORY:TAG` points at, as the registry answers it; `None` if the tag
+/// does not exist.
+pub fn tag_digest(url: &str, repository: &str, tag: &str) -> Option<String> {
+    let headers = run(
+        "curl",
+        &[
+            "-s",
+            "-I",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+            &format!("{url}/v2/{repository}/manifests/{tag}"),
+        ],
+    );
+    if !headers.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    headers.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("docker-content-digest")
+            .then(|| value.trim().to_owned())
+    })
+}
+
+/// Every repository the registry lists (first page of 1000, sorted).
+pub fn registry_catalog(url: &str) -> Vec<String> {
+    sorted_list(&format!("{url}/v2/_catalog?n=1000"), "repositories")
 }
 
 /// Builds a single-file image with umoci in an OCI layout `layout:tag` and returns the

@@ -9,46 +9,12 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use reposure_tests::apiserver::ApiServer;
+use reposure_tests::cli::{failed, ok, reposure};
 use reposure_tests::mount::is_mounted;
 use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::tools::registry_tags;
 use reposure_tests::{binary, random_bytes, sha256_hex, wait_until};
 use serde_json::{Value, json};
-
-fn reposure(args: &[&str]) -> Output {
-    reposure_with(args, &[])
-}
-
-fn reposure_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(binary("reposure"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn failed(output: &Output, code: i32, says: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(code), "{stderr}");
-    assert!(stderr.contains(says), "expected {says:?} in: {stderr}");
-    // The error is one line, the last (progress lines may come before it).
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("reposure:") || l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
-    assert!(stderr.trim_end().ends_with(errors[0]), "{stderr}");
-}
 
 /// Runs the CLI with the emulated cluster's kubeconfig.
 fn against(api: &ApiServer) -> impl Fn(&[&str]) -> Output {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reposure_tests::apiserver::{ApiServer, TOKEN};
 use reposure_tests::mount::Mount;
 use reposure_tests::registry::Registry;
+use reposure_tests::reliability::{Category, Row};
 use reposure_tests::tools::registry_tags;
 use reposure_tests::{random_bytes, sha256_hex, wait_until};
 
@@ -165,6 +166,16 @@ fn a_connection_dropped_mid_read_never_returns_wrong_data_and_reconnects() {
         sha256_hex(&content)
     );
     assert_eq!(exec_count(&api), execs + 1, "{:?}", api.requests());
+    Row::new(
+        "fault.exec-cut-read",
+        Category::Fault,
+        "the Kubernetes exec connection dropped 4 MiB into a 16 MiB read through a Registry by name",
+        "the read fails with EIO or returns exactly the content, within 30 s; the log says the session was lost; the next read opens a new exec",
+        "a_connection_dropped_mid_read_never_returns_wrong_data_and_reconnects",
+    )
+    .faults(1)
+    .operations(2)
+    .record();
 }
 
 /// `source.kubernetes`: a lost session fails the push in flight and tags nothing.
@@ -201,6 +212,16 @@ fn a_connection_dropped_mid_push_fails_close_and_tags_nothing() {
     // And the next push goes through on a new session.
     fs::write(mnt.path("repo/whole"), b"complete").unwrap();
     assert_eq!(registry_tags(&registry.url(), "repo/whole"), ["latest"]);
+    Row::new(
+        "fault.exec-cut-push",
+        Category::Fault,
+        "the Kubernetes exec connection dropped 4 MiB into an 8 MiB push",
+        "cp fails within 30 s, nothing is tagged, the log says the session was lost; the next push works",
+        "a_connection_dropped_mid_push_fails_close_and_tags_nothing",
+    )
+    .faults(1)
+    .operations(2)
+    .record();
 }
 
 fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
@@ -321,6 +342,15 @@ fn the_api_token_is_in_no_argv_and_no_log() {
         "the log is at debug level"
     );
     assert!(!log.contains(TOKEN), "the mount log holds the token");
+    Row::new(
+        "security.kube-token",
+        Category::Security,
+        "a mount through the Kubernetes API with a bearer token in the kubeconfig, logging at debug",
+        "the token is in no process's argv and not in the mount's log",
+        "the_api_token_is_in_no_argv_and_no_log",
+    )
+    .operations(2)
+    .record();
 }
 
 #[test]

@@ -7,30 +7,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant, SystemTime};
 
 use reposure_tests::mount::{Mount, mount_entry};
+use reposure_tests::posix::{errno_of, names};
 use reposure_tests::registry::{Registry, RegistryConfig};
-use reposure_tests::tools::{manifest, registry_tags, run};
+use reposure_tests::tools::{self, manifest, registry_tags, run};
 use reposure_tests::{random_bytes, sha256_hex};
 
 fn mounted() -> (Registry, Mount) {
     let registry = Registry::start();
     let mount = Mount::of(&registry, &[]);
     (registry, mount)
-}
-
-fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
-    match result {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.raw_os_error().expect("an errno"),
-    }
-}
-
-fn names(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
 }
 
 /// `push.close`, `tree.repositories`, `tree.latest`, `tree.tags`, `source.proc-mounts`:
@@ -319,23 +304,20 @@ fn directories() {
     assert!(!mount.path("empty").exists());
 }
 
-/// `names.invalid`, `tree.invalid-lookup`: bad names are EINVAL at create, with the rule
-/// in the log; they do not exist for lookup.
+/// `names.invalid`, `tree.invalid-lookup`: bad names are EINVAL at create and names past
+/// the registry's limits ENAMETOOLONG, with the rule in the log; they do not exist for
+/// lookup, and nothing reaches the registry.
 #[test]
-fn invalid_names_are_einval() {
-    let (_registry, mount) = mounted();
+fn invalid_names_are_refused() {
+    let (registry, mount) = mounted();
     let long_tag = format!("ok:{}", "t".repeat(129));
-    for (name, rule) in [
-        ("Upper", "lower case"),
-        ("with space", "may contain only"),
-        (".hidden", "must start"),
-        (long_tag.as_str(), "at most 128"),
+    for (name, errno, rule) in [
+        ("Upper", libc::EINVAL, "lower case"),
+        ("with space", libc::EINVAL, "may contain only"),
+        (".hidden", libc::EINVAL, "must start"),
+        (long_tag.as_str(), libc::ENAMETOOLONG, "at most 128"),
     ] {
-        assert_eq!(
-            errno_of(fs::write(mount.path(name), b"x")),
-            libc::EINVAL,
-            "{name}"
-        );
+        assert_eq!(errno_of(fs::write(mount.path(name), b"x")), errno, "{name}");
         assert!(
             mount.log().contains(rule),
             "log lacks {rule:?}: {}",
@@ -350,6 +332,23 @@ fn invalid_names_are_einval() {
     use std::os::unix::ffi::OsStrExt;
     let non_utf8 = mount.root().join(std::ffi::OsStr::from_bytes(b"bad\xff"));
     assert_eq!(errno_of(fs::write(non_utf8, b"x")), libc::EINVAL);
+    // A repository path may be 255 characters: four directories of 60 fit, a file or a
+    // fifth directory below them does not.
+    let mut deep = mount.root().to_path_buf();
+    for level in 0..4 {
+        deep.push(format!("{level}{}", "d".repeat(59)));
+        fs::create_dir(&deep).unwrap();
+    }
+    assert_eq!(
+        errno_of(fs::write(deep.join("f".repeat(20)), b"x")),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno_of(fs::create_dir(deep.join("e".repeat(20)))),
+        libc::ENAMETOOLONG
+    );
+    assert!(mount.log().contains("at most 255 characters"));
+    assert!(tools::registry_catalog(&registry.url()).is_empty());
 }
 
 /// `tree.shadowed`: a repository that is also a directory shows its tags as NAME:TAG.

@@ -7,16 +7,11 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use reposure_tests::mount::Mount;
-use reposure_tests::proxy::StallProxy;
+use reposure_tests::posix::errno_of;
+use reposure_tests::proxy::{Class, Fault, FaultProxy};
 use reposure_tests::registry::{Registry, RegistryConfig};
+use reposure_tests::reliability::{Category, Row};
 use reposure_tests::{free_port, random_bytes, sha256_hex};
-
-fn errno_of<T>(result: std::io::Result<T>) -> i32 {
-    match result {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.raw_os_error().expect("an errno"),
-    }
-}
 
 /// `source.http` (TLS), `source.mount-errors`: an HTTPS registry needs its CA; without it
 /// the mount fails and says to use ca=; with it everything works.
@@ -42,6 +37,16 @@ fn tls_registry_needs_its_ca() {
     let mount = Mount::new(&registry.url(), &[&ca]);
     fs::write(mount.path("secure"), b"over tls").unwrap();
     assert_eq!(fs::read(mount.path("secure")).unwrap(), b"over tls");
+    Row::new(
+        "security.tls-verified",
+        Category::Security,
+        "an HTTPS registry whose certificate is signed by a CA the machine does not trust",
+        "the mount is refused with one line naming ca=; with ca= it works; there is no insecure mode",
+        "tls_registry_needs_its_ca",
+    )
+    .inputs(1)
+    .operations(2)
+    .record();
 }
 
 /// `source.auth`, `source.mount-errors`: htpasswd credentials from a file or the
@@ -179,6 +184,16 @@ fn registry_outage_gives_eio_then_recovers() {
     assert_eq!(fs::read(mount.path("before")).unwrap(), b"kept");
     fs::write(mount.path("after"), b"works").unwrap();
     assert_eq!(fs::read(mount.path("after")).unwrap(), b"works");
+    Row::new(
+        "fault.registry-down",
+        Category::Fault,
+        "the registry stopped while a mount is idle, then started again",
+        "ls and cp fail with EIO within 15 s; after the restart the same mount reads and pushes",
+        "registry_outage_gives_eio_then_recovers",
+    )
+    .faults(1)
+    .operations(4)
+    .record();
 }
 
 /// `read.verified`: corrupt stored content fails the read with EIO and a log line.
@@ -205,6 +220,16 @@ fn corrupt_blob_is_eio() {
     let fresh = Mount::new(&registry.url(), &[]);
     assert_eq!(errno_of(fs::read(fresh.path("victim"))), libc::EIO);
     assert!(fresh.log().contains("digest"), "{}", fresh.log());
+    Row::new(
+        "fault.corrupt-blob",
+        Category::Fault,
+        "one byte of a stored layer flipped in the registry's storage",
+        "the read fails with EIO and the log names the digest mismatch",
+        "corrupt_blob_is_eio",
+    )
+    .faults(1)
+    .operations(1)
+    .record();
 }
 
 /// `read.range`: a read at an offset fetches a small window, not the blob.
@@ -251,10 +276,10 @@ fn stalled_read_does_not_block_listing() {
         fs::write(writer.path("slow/file"), &content).unwrap();
         fs::write(writer.path("fast/file"), b"quick").unwrap();
     }
-    let proxy = StallProxy::start(registry.port);
+    let proxy = FaultProxy::start(registry.port);
     let mount = Mount::new(&proxy.url(), &["metadata_ttl=0"]);
 
-    proxy.stall_blobs(true);
+    let stall = proxy.inject(Class::BlobGet, Fault::Stall);
     let path = mount.path("slow/file");
     let reader = std::thread::spawn(move || {
         let mut data = Vec::new();
@@ -274,7 +299,7 @@ fn stalled_read_does_not_block_listing() {
         "ls took {:?}",
         started.elapsed()
     );
-    proxy.stall_blobs(false);
+    stall.clear();
     assert_eq!(sha256_hex(&reader.join().unwrap()), sha256_hex(&content));
 }
 
@@ -305,6 +330,16 @@ fn failed_push_fails_close_and_keeps_the_old_tag() {
         reposure_tests::tools::registry_tags(&registry.url(), "precious"),
         ["latest"]
     );
+    Row::new(
+        "fault.registry-down-at-close",
+        Category::Fault,
+        "the registry stopped between the writes and the close() of an overwrite",
+        "close() EIO, the log says the push failed, the tag keeps its old image",
+        "failed_push_fails_close_and_keeps_the_old_tag",
+    )
+    .faults(1)
+    .operations(3)
+    .record();
 }
 
 /// `tree.sorted`: the HTTP store follows the catalog's `Link` pages of the real registry
@@ -395,6 +430,15 @@ fn ownership_and_allow_other() {
         String::from_utf8_lossy(&allowed.stderr)
     );
     assert_eq!(allowed.stdout, b"x");
+    Row::new(
+        "security.private-mount",
+        Category::Security,
+        "another user (nobody) reads a mount made by root, without and with allow_other",
+        "refused without allow_other; with it, the permission bits of uid=/gid= decide",
+        "ownership_and_allow_other",
+    )
+    .operations(3)
+    .record();
 }
 
 /// An upload that takes longer than the read timeout completes as long as it moves (a slow

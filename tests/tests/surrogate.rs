@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,19 +13,13 @@ use reposure_surrogate::registry::{FileUpload, Registry as _};
 use reposure_surrogate::session::client::SessionClient;
 use reposure_surrogate::session::transport::ChildProcess;
 use reposure_tests::mount::{Mount, exec_source};
+use reposure_tests::posix::close;
+use reposure_tests::process::{Process, kill_9, pids_of};
+use reposure_tests::proxy::{Class, Fault, FaultProxy};
 use reposure_tests::registry::{Registry, RegistryConfig};
+use reposure_tests::reliability::{Category, Row};
 use reposure_tests::tools::{registry_tags, skopeo_copy};
 use reposure_tests::{binary, random_bytes, sha256_hex, wait_until};
-
-/// A child process killed when the test ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spooler(registry: &Registry, dir: &Path) -> Process {
     let child = Command::new(binary("reposure-surrogate"))
@@ -40,44 +34,6 @@ fn spooler(registry: &Registry, dir: &Path) -> Process {
     Process(child)
 }
 
-/// Pids of `program` processes whose arguments contain every one of `needles`.
-fn pids_of(program: &str, needles: &[&str]) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
-        let mut args = cmdline.split('\0');
-        if args.next().is_some_and(|argv0| argv0.ends_with(program)) && {
-            let rest: Vec<&str> = args.collect();
-            needles.iter().all(|n| rest.iter().any(|a| a.contains(n)))
-        } {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn kill_9(pid: i32) {
-    // SAFETY: kill(2) of a process this test started (directly or through the mount).
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-}
-
-/// close() by hand, returning its errno (std's File drop ignores close errors).
-fn close(file: fs::File) -> Result<(), i32> {
-    use std::os::fd::IntoRawFd;
-    let fd = file.into_raw_fd();
-    // SAFETY: fd is owned here and closed once.
-    match unsafe { libc::close(fd) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
-    }
-}
-
 /// `kill -9` of the session process during a push: close() fails in bounded time, no tag
 /// is created, and the next push through the same mount opens a new session and works.
 #[test]
@@ -85,18 +41,19 @@ fn session_killed_mid_push() {
     let registry = Registry::start();
     // The surrogate reaches the registry through a proxy that holds the upload, so the
     // session is killed while the push is certainly in progress.
-    let proxy = reposure_tests::proxy::StallProxy::start(registry.port);
+    let proxy = FaultProxy::start(registry.port);
     let mount = Mount::new(&exec_source(&proxy.url(), &[]), &[]);
     fs::write(mount.path("warmup"), b"session is up").unwrap();
     let mut file = fs::File::create(mount.path("interrupted")).unwrap();
     file.write_all(&random_bytes(4 * 1024 * 1024)).unwrap();
-    proxy.stall_uploads(true);
+    let stall = proxy.inject(Class::UploadPatch, Fault::Stall);
     let port = proxy.port.to_string();
     let started = Instant::now();
     let closed = std::thread::scope(|scope| {
         scope.spawn(|| {
             assert!(
-                wait_until(Duration::from_secs(20), || proxy.uploads_seen() > 0),
+                wait_until(Duration::from_secs(20), || proxy.seen(Class::UploadPatch)
+                    > 0),
                 "the upload never started"
             );
             let pids = pids_of("reposure-surrogate", &["serve", &port]);
@@ -107,7 +64,7 @@ fn session_killed_mid_push() {
         });
         close(file)
     });
-    proxy.stall_uploads(false);
+    stall.clear();
     assert_eq!(closed, Err(libc::EIO));
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -123,6 +80,16 @@ fn session_killed_mid_push() {
     fs::write(mount.path("after"), b"new session").unwrap();
     assert_eq!(fs::read(mount.path("after")).unwrap(), b"new session");
     assert_eq!(fs::read(mount.path("warmup")).unwrap(), b"session is up");
+    Row::new(
+        "fault.session-killed",
+        Category::Fault,
+        "kill -9 of the surrogate session process (exec:) while a 4 MiB push is held mid-upload",
+        "close() EIO within 30 s, no tag; the next push opens a new session and works",
+        "session_killed_mid_push",
+    )
+    .faults(1)
+    .operations(3)
+    .record();
 }
 
 /// `kill -9` of the spooler after a push was accepted and before it was published: the
@@ -179,6 +146,16 @@ fn spooler_killed_after_accepting() {
             .flatten()
             .all(|e| !e.file_name().to_string_lossy().contains(".push"))
     }));
+    Row::new(
+        "fault.spooler-killed",
+        Category::Fault,
+        "kill -9 of the spooler after the spool accepted a push and before it was published",
+        "the client gets an error, not a false success; the entry stays in the spool and is published once when a spooler runs again",
+        "spooler_killed_after_accepting",
+    )
+    .faults(1)
+    .operations(2)
+    .record();
 }
 
 /// A spooled push whose publication fails stays in the spool with its error, and the
@@ -218,6 +195,16 @@ fn failed_publication_is_kept_with_its_error() {
     let verdict = fs::read_to_string(spool.path().join(format!("{id}.verdict"))).unwrap();
     assert!(verdict.contains("unavailable"), "{verdict}");
     assert!(names.contains(&format!("{id}.push.json")));
+    Row::new(
+        "fault.publication-failed",
+        Category::Fault,
+        "a spooled push the registry refuses to publish",
+        "the client gets the registry's error; the content stays in the spool as .failed beside its request and verdict",
+        "failed_publication_is_kept_with_its_error",
+    )
+    .faults(1)
+    .operations(1)
+    .record();
 }
 
 fn session_client(registry: &Registry) -> SessionClient {

@@ -72,6 +72,29 @@ impl FileContent {
             FileContent::Blob { length, .. } | FileContent::Archive { length, .. } => *length,
         }
     }
+
+    /// Checks that a file's place in its blob makes sense, as a session's request may say
+    /// anything: its end must be a number, and inside the blob when the blob is the bytes
+    /// as stored.
+    pub fn check(&self) -> Result<()> {
+        let FileContent::Blob {
+            blob,
+            encoding,
+            offset,
+            length,
+        } = self
+        else {
+            return Ok(());
+        };
+        match (offset.checked_add(*length), encoding) {
+            (Some(end), Encoding::Identity) if end <= blob.size => Ok(()),
+            (Some(_), Encoding::Gzip) => Ok(()),
+            _ => Err(crate::RegistryError::Rejected(format!(
+                "{length} bytes at {offset} are not within blob {} of {} bytes",
+                blob.digest, blob.size
+            ))),
+        }
+    }
 }
 
 /// A resolved reference.

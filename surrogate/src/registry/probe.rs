@@ -76,15 +76,14 @@ pub async fn tar(store: &dyn Store, repository: &str, layer: &Descriptor) -> Res
         let complete = want >= layer.size;
         match tar_probe::probe(&prefix, complete) {
             TarProbe::File { offset, size, .. } => {
+                // What follows the file must be the tar's end (zero blocks), or the layer
+                // holds more than the one file. A small layer's prefix has it already.
                 let end = offset + tar_probe::padded(size);
-                let rest = fetch(
-                    store,
-                    repository,
-                    &layer.digest,
-                    end,
-                    1024.min(layer.size.saturating_sub(end)),
-                )
-                .await?;
+                let rest_len = 1024.min(layer.size.saturating_sub(end));
+                let rest = match prefix.get(end as usize..(end + rest_len) as usize) {
+                    Some(rest) => Bytes::copy_from_slice(rest),
+                    None => fetch(store, repository, &layer.digest, end, rest_len).await?,
+                };
                 if rest.iter().any(|&b| b != 0) {
                     return Ok(Err("the layer holds more than one file".into()));
                 }

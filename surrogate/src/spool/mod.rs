@@ -3,9 +3,9 @@
 //! Guarantees (documented for users in `surrogate/PROTOCOL.md`):
 //!
 //! * A push is *accepted* only once its content is complete, fsynced, and matches the
-//!   digest the client declared: it arrives as `ID.push~` (never published), its request
-//!   is written as `ID.push.json`, and it is renamed to `ID.push` (then the directory is
-//!   fsynced). A crash before the rename leaves only a temp file, which is never published.
+//!   digest the client declared: it arrives in a file with no name ([`Scratch`]), so an
+//!   upload cut short leaves nothing behind; its request is written as `ID.push.json`, and
+//!   only then is the content named `ID.push` (and the directory fsynced).
 //! * The spooler publishes every `ID.push` and records a verdict in `ID.verdict`: the
 //!   manifest digest, or the registry's error. On success the entry is removed; on failure
 //!   the content stays as `ID.failed` beside its request and verdict, never deleted.
@@ -34,6 +34,7 @@ use tracing::info;
 use crate::ByteStream;
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
+use crate::scratch::Scratch;
 use crate::session::wire::{PushRequest, WireError};
 
 /// Lock file the spooler holds while it runs.
@@ -75,9 +76,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn temp(&self) -> PathBuf {
-        self.dir.join(format!("{}.push~", self.id))
-    }
     pub fn data(&self) -> PathBuf {
         self.dir.join(format!("{}.push", self.id))
     }
@@ -188,7 +186,6 @@ impl Spool {
         };
         let accepted = self.receive(&entry, request, &mut body).await;
         if accepted.is_err() {
-            let _ = tokio::fs::remove_file(entry.temp()).await;
             let _ = tokio::fs::remove_file(entry.request()).await;
         }
         accepted?;
@@ -202,7 +199,10 @@ impl Spool {
         request: &PushRequest,
         body: &mut ByteStream,
     ) -> Result<()> {
-        let mut file = tokio::fs::File::create(entry.temp()).await?;
+        // The content has no name until it is complete and synced: a session killed while
+        // receiving leaves nothing in the spool.
+        let scratch = Scratch::new_in(&self.dir)?;
+        let mut file = tokio::fs::File::from_std(scratch.file().try_clone()?);
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
@@ -221,7 +221,10 @@ impl Spool {
             &serde_json::to_vec(&spooled).expect("serialises"),
         )
         .await?;
-        tokio::fs::rename(entry.temp(), entry.data()).await?;
+        let data = entry.data();
+        tokio::task::spawn_blocking(move || scratch.persist(&data))
+            .await
+            .map_err(|e| RegistryError::Io(std::io::Error::other(e)))??;
         sync_dir(&self.dir).await
     }
 

@@ -26,8 +26,10 @@ use oci_client::secrets::RegistryAuth;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue, LINK, LOCATION, RANGE, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use tokio::sync::OnceCell;
+use tracing::debug;
 
 use super::Store;
+use super::watchdog::Watchdog;
 use crate::ByteStream;
 use crate::digest::{Digest, RunningDigest};
 use crate::error::{RegistryError, Result};
@@ -47,6 +49,11 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// smaller registries return fewer and a `Link` header, which is followed either way.
 pub const LIST_PAGE_SIZE: usize = 1000;
 
+/// Pauses before each retry of a failed GET ([`HttpStore::get`]): two more tries within a
+/// third of a second, enough to ride out a registry's momentary error, short enough that a
+/// registry that is really down is reported at once.
+const GET_RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(250)];
+
 /// Upper bound on pages followed in one listing, so a registry that loops its `Link`
 /// headers cannot hang a listing.
 const MAX_LIST_PAGES: usize = 100_000;
@@ -62,7 +69,8 @@ pub struct HttpOptions {
     pub bearer_token: Option<String>,
     /// Page size for catalog and tag listings (default [`LIST_PAGE_SIZE`]).
     pub page_size: Option<usize>,
-    /// How long the registry may stay silent (default [`READ_TIMEOUT`]).
+    /// How long the registry may stay silent (default [`READ_TIMEOUT`]); a connection
+    /// may take as long, up to [`CONNECT_TIMEOUT`].
     pub read_timeout: Option<Duration>,
 }
 
@@ -95,7 +103,7 @@ pub struct HttpStore {
     http: reqwest::Client,
     /// For streamed uploads: without a read timeout, which would count the time spent
     /// sending the body (the response is not due until it is all sent) and so fail every
-    /// upload longer than the timeout. [`watch_upload`] bounds silence instead.
+    /// upload longer than the timeout. A [`Watchdog`] bounds silence instead.
     upload_http: reqwest::Client,
     auth: RegistryAuth,
     challenge: OnceCell<Challenge>,
@@ -130,9 +138,11 @@ impl HttpStore {
                 data: pem.clone(),
             });
         }
+        let read_timeout = options.read_timeout.unwrap_or(READ_TIMEOUT);
+        let connect_timeout = CONNECT_TIMEOUT.min(read_timeout);
         let client = |read_timeout: Option<Duration>| {
             let mut builder = reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_timeout(connect_timeout)
                 .user_agent(concat!("reposure/", env!("CARGO_PKG_VERSION")));
             if let Some(timeout) = read_timeout {
                 builder = builder.read_timeout(timeout);
@@ -144,7 +154,6 @@ impl HttpStore {
                 .build()
                 .map_err(|e| RegistryError::Rejected(format!("cannot set up HTTP: {e}")))
         };
-        let read_timeout = options.read_timeout.unwrap_or(READ_TIMEOUT);
         let http = client(Some(read_timeout))?;
         let upload_http = client(None)?;
         let config = ClientConfig {
@@ -154,7 +163,7 @@ impl HttpStore {
                 ClientProtocol::Https
             },
             extra_root_certificates: certificates,
-            connect_timeout: Some(CONNECT_TIMEOUT),
+            connect_timeout: Some(connect_timeout),
             read_timeout: Some(read_timeout),
             ..Default::default()
         };
@@ -283,6 +292,41 @@ impl HttpStore {
             .map_err(map_reqwest)
     }
 
+    /// Sends a GET (safe to repeat), trying again after an answer worth retrying: a 5xx,
+    /// or a connection refused or cut before the answer. The reference registry answers
+    /// 500 for a moment when a tag is read while another client rewrites it, and a
+    /// registry restarting refuses connections for a moment. A timeout is not retried, so
+    /// the bound on silence holds.
+    async fn get(
+        &self,
+        request: RequestBuilder,
+        repository: Option<&str>,
+        operation: RegistryOperation,
+    ) -> Result<Response> {
+        let mut pauses = GET_RETRY_PAUSES.iter();
+        loop {
+            let attempt = request
+                .try_clone()
+                .expect("a GET has no streamed body to prevent a retry");
+            let outcome = self
+                .authorize(attempt, repository, operation)
+                .await?
+                .send()
+                .await;
+            let worth_retrying = match &outcome {
+                Ok(response) => response.status().is_server_error(),
+                Err(e) => !e.is_timeout() && (e.is_connect() || e.is_request()),
+            };
+            match (worth_retrying, pauses.next()) {
+                (true, Some(pause)) => {
+                    debug!(repository, status = ?outcome.as_ref().map(Response::status).ok(), "retrying a GET");
+                    tokio::time::sleep(*pause).await;
+                }
+                _ => return outcome.map_err(map_reqwest),
+            }
+        }
+    }
+
     /// Follows a paginated listing, collecting `field` from every page.
     async fn list_pages(
         &self,
@@ -301,7 +345,7 @@ impl HttpStore {
                 )));
             }
             let response = self
-                .send(
+                .get(
                     self.http.get(url.clone()),
                     repository,
                     RegistryOperation::Pull,
@@ -335,7 +379,7 @@ impl Store for HttpStore {
     async fn check(&self) -> Result<()> {
         let url = self.url("v2/");
         let response = self
-            .send(self.http.get(url.clone()), None, RegistryOperation::Pull)
+            .get(self.http.get(url.clone()), None, RegistryOperation::Pull)
             .await?;
         if response.status() == StatusCode::UNAUTHORIZED
             && self.challenge().await? == Challenge::Bearer
@@ -380,7 +424,7 @@ impl Store for HttpStore {
             .get(url.clone())
             .header(ACCEPT, ACCEPTED_MANIFESTS.join(", "));
         let response = self
-            .send(request, Some(repository), RegistryOperation::Pull)
+            .get(request, Some(repository), RegistryOperation::Pull)
             .await?;
         let response = check_status(response, &url).await?;
         let bytes = response.bytes().await.map_err(map_reqwest)?;
@@ -416,7 +460,7 @@ impl Store for HttpStore {
         };
         let request = self.http.get(url.clone()).header(RANGE, range);
         let response = self
-            .send(request, Some(repository), RegistryOperation::Pull)
+            .get(request, Some(repository), RegistryOperation::Pull)
             .await?;
         if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Ok(futures::stream::empty().boxed());
@@ -441,12 +485,10 @@ impl Store for HttpStore {
         // that a failed upload reports its real cause.
         let body_error: Arc<std::sync::Mutex<Option<RegistryError>>> = Arc::default();
         let digest = RunningDigest::default();
-        let progress = Progress::default();
+        let watchdog = Watchdog::default();
         let stream = {
             let body_error = body_error.clone();
-            let progress = progress.clone();
-            digest.wrap(body).map(move |item| {
-                progress.touch();
+            watchdog.watch(digest.wrap(body)).map(move |item| {
                 item.map_err(|e| {
                     let message = e.to_string();
                     body_error.lock().expect("body error lock").get_or_insert(e);
@@ -461,7 +503,7 @@ impl Store for HttpStore {
             .body(reqwest::Body::wrap_stream(stream));
         let sent = tokio::select! {
             sent = self.send(request, Some(repository), RegistryOperation::Push) => sent,
-            () = watch_upload(&progress, self.read_timeout) => Err(RegistryError::Unavailable(format!(
+            () = watchdog.stalled(self.read_timeout) => Err(RegistryError::Unavailable(format!(
                 "the upload made no progress and the registry sent no answer for {}s",
                 self.read_timeout.as_secs_f32()
             ))),
@@ -592,39 +634,6 @@ async fn check_status(response: Response, url: &Url) -> Result<Response> {
     }
     let body = response.text().await.unwrap_or_default();
     Err(status_error(status, url.path(), &body))
-}
-
-/// When an upload last moved: a chunk of its body was taken by the connection.
-#[derive(Clone)]
-struct Progress(Arc<std::sync::Mutex<tokio::time::Instant>>);
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self(Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())))
-    }
-}
-
-impl Progress {
-    fn touch(&self) {
-        *self.0.lock().expect("progress lock") = tokio::time::Instant::now();
-    }
-
-    fn last(&self) -> tokio::time::Instant {
-        *self.0.lock().expect("progress lock")
-    }
-}
-
-/// Returns once an upload has been silent for `timeout`: no body taken (the registry
-/// stopped reading, or the body stopped coming) and, after the last byte, no answer. A slow
-/// link that keeps moving is never cut off, however long the upload takes.
-async fn watch_upload(progress: &Progress, timeout: Duration) {
-    loop {
-        let deadline = progress.last() + timeout;
-        if tokio::time::Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
-    }
 }
 
 /// The error for an HTTP status, with the registry's own message when it sent one.

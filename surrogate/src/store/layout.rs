@@ -30,6 +30,7 @@ use crate::error::{RegistryError, Result};
 use crate::formats::manifest::{Descriptor, StoredManifest, media_type_of};
 use crate::formats::media_types::{ANNOTATION_REF_NAME, OCI_INDEX};
 use crate::names::{DEFAULT_TAG, Reference};
+use crate::scratch::Scratch;
 
 /// Chunk size for reading blobs: large enough that a sequential read costs few syscalls,
 /// small enough that many concurrent readers stay within the memory budget.
@@ -119,14 +120,19 @@ impl LayoutStore {
 
 /// Writes `bytes` to `path` by way of a temporary file in `dir`, fsync and rename.
 async fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let temp = tempfile::NamedTempFile::new_in(dir)?;
-    let (file, temp_path) = temp.into_parts();
-    let mut file = tokio::fs::File::from_std(file);
+    let scratch = Scratch::new_in(dir)?;
+    let mut file = tokio::fs::File::from_std(scratch.file().try_clone()?);
     file.write_all(bytes).await?;
     file.sync_all().await?;
-    temp_path
-        .persist(path)
-        .map_err(|e| RegistryError::Io(e.error))?;
+    persist(scratch, path).await
+}
+
+/// Names a complete scratch file (see [`Scratch::persist`]) off the async threads.
+async fn persist(scratch: Scratch, path: &Path) -> Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || scratch.persist(&path))
+        .await
+        .map_err(|e| RegistryError::Io(std::io::Error::other(e)))??;
     Ok(())
 }
 
@@ -241,12 +247,10 @@ impl Store for LayoutStore {
     async fn put_blob(&self, _repository: &str, mut body: ByteStream) -> Result<(Digest, u64)> {
         let dir = self.root.join("blobs/sha256");
         tokio::fs::create_dir_all(&dir).await?;
-        // The temporary file is removed on drop if anything below fails.
-        let temp = tempfile::Builder::new()
-            .prefix(".upload-")
-            .tempfile_in(&dir)?;
-        let (file, temp_path) = temp.into_parts();
-        let mut file = tokio::fs::File::from_std(file);
+        // The upload has no name until it is complete: nothing is left if anything below
+        // fails, or the process is killed.
+        let scratch = Scratch::new_in(&dir)?;
+        let mut file = tokio::fs::File::from_std(scratch.file().try_clone()?);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
@@ -257,9 +261,7 @@ impl Store for LayoutStore {
         }
         file.sync_all().await?;
         let digest = Digest::from_hasher(hasher);
-        temp_path
-            .persist(self.blob_path(&digest))
-            .map_err(|e| RegistryError::Io(e.error))?;
+        persist(scratch, &self.blob_path(&digest)).await?;
         Ok((digest, size))
     }
 

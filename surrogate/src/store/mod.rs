@@ -8,6 +8,7 @@ pub mod faulty;
 pub mod http;
 pub mod layout;
 pub mod memory;
+pub mod watchdog;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,0 +1,52 @@
+//! Processes the tests start, find and kill.
+
+use std::process::Child;
+
+/// A child process killed when the test ends.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pids of `program` processes whose arguments contain every one of `needles`.
+pub fn pids_of(program: &str, needles: &[&str]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+        let mut args = cmdline.split('\0');
+        if args.next().is_some_and(|argv0| argv0.ends_with(program)) && {
+            let rest: Vec<&str> = args.collect();
+            needles.iter().all(|n| rest.iter().any(|a| a.contains(n)))
+        } {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Every process's command line, as one string per process (for leak checks).
+pub fn all_command_lines() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
+}
+
+/// `kill -9`.
+pub fn kill_9(pid: i32) {
+    // SAFETY: kill(2) of a process this test started (directly or through the mount).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
