@@ -29,7 +29,7 @@ mkdir -p "$rows"
 for target in "${targets[@]}"; do
     # New inputs go to a working copy of the corpus, so the committed seeds stay small.
     corpus=fuzz/target/corpus/$target
-    mkdir -p "$corpus"
+    mkdir -p "$corpus" fuzz/regressions/"$target"
     cp -n fuzz/corpus/"$target"/* "$corpus"/
     log=fuzz/target/$target.log
     echo "fuzzing $target for ${seconds}s"
