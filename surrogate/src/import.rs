@@ -26,7 +26,7 @@ use crate::ByteStream;
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
 use crate::formats::manifest::{
-    Descriptor, IndexManifest, ManifestKind, StoredManifest, media_type_of,
+    Descriptor, IndexManifest, MAX_MANIFEST_SIZE, ManifestKind, StoredManifest, media_type_of,
 };
 use crate::formats::media_types as mt;
 use crate::formats::tar_probe;
@@ -40,8 +40,9 @@ use crate::scratch::Scratch;
 const GZIP_EXPANSION_LIMIT: u64 = 64;
 const GZIP_EXPANSION_SLACK: u64 = 64 * 1024 * 1024;
 
-/// Largest JSON document read from an archive.
-const MAX_DOCUMENT: u64 = 4 * 1024 * 1024;
+/// Largest JSON document read from an archive: a manifest's limit
+/// ([`MAX_MANIFEST_SIZE`]) serves for the index and Docker's `manifest.json` too.
+const MAX_DOCUMENT: u64 = MAX_MANIFEST_SIZE as u64;
 
 /// Chunk size when streaming a blob out of the archive.
 const READ_CHUNK: usize = 1024 * 1024;
@@ -158,7 +159,7 @@ impl TarIndex {
         let region = self.region(name)?;
         if region.size > MAX_DOCUMENT {
             return Err(RegistryError::Rejected(format!(
-                "{name} in the image archive is too large"
+                "{name} in the image archive is too large (over 4 MiB, more than registries accept); nothing was pushed"
             )));
         }
         let mut file = std::fs::File::open(&self.path)?;

@@ -12,6 +12,10 @@ use super::media_types;
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
 
+/// The largest manifest read or written: registries refuse larger ones (distribution's
+/// limit is 4 MiB), so a larger one is bad input, not something to hold in memory.
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
 /// A content descriptor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -22,7 +22,7 @@ use super::{CONNECTION_WINDOW, MAX_FRAME, PROTOCOL_VERSIONS, SEND_BUFFER, STREAM
 use crate::ByteStream;
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
-use crate::formats::manifest::StoredManifest;
+use crate::formats::manifest::{MAX_MANIFEST_SIZE, StoredManifest};
 use crate::registry::{FileUpload, Registry};
 use crate::spool::Spool;
 
@@ -118,7 +118,8 @@ impl SessionServer {
                 }
                 (Method::POST, "/v1/manifest/put") => {
                     let r: ManifestPutRequest = header_json(&request, HEADER_MANIFEST)?;
-                    let limited = http_body_util::Limited::new(request.into_body(), MAX_MANIFEST);
+                    let limited =
+                        http_body_util::Limited::new(request.into_body(), MAX_MANIFEST_SIZE);
                     let bytes = limited
                         .collect()
                         .await
@@ -200,9 +201,6 @@ impl SessionServer {
         json(&PushResponse { digest })
     }
 }
-
-/// Largest manifest accepted (registries refuse more than 4 MiB).
-const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 
 /// A request document carried in a header (when the body is content).
 fn header_json<T: DeserializeOwned>(request: &Request<Incoming>, name: &str) -> Result<T> {

@@ -33,7 +33,7 @@ use super::watchdog::Watchdog;
 use crate::ByteStream;
 use crate::digest::{Digest, RunningDigest};
 use crate::error::{RegistryError, Result};
-use crate::formats::manifest::{StoredManifest, media_type_of};
+use crate::formats::manifest::{MAX_MANIFEST_SIZE, StoredManifest, media_type_of};
 use crate::formats::media_types::ACCEPTED_MANIFESTS;
 use crate::names::Reference;
 
@@ -427,8 +427,20 @@ impl Store for HttpStore {
             .get(request, Some(repository), RegistryOperation::Pull)
             .await?;
         let response = check_status(response, &url).await?;
-        let bytes = response.bytes().await.map_err(map_reqwest)?;
         let what = format!("{repository}:{reference}");
+        let mut body = response.bytes_stream();
+        let mut bytes = bytes::BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(map_reqwest)?;
+            if bytes.len() + chunk.len() > MAX_MANIFEST_SIZE {
+                return Err(RegistryError::Rejected(format!(
+                    "manifest {what} is larger than {} MiB, the most registries accept; it is not read",
+                    MAX_MANIFEST_SIZE >> 20
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let bytes = bytes.freeze();
         let digest = Digest::of(&bytes);
         if let Reference::Digest(expected) = reference
             && &digest != expected
@@ -808,6 +820,53 @@ mod tests {
             status_error(StatusCode::SERVICE_UNAVAILABLE, "/", ""),
             RegistryError::Unavailable(_)
         ));
+    }
+
+    /// A registry that answers every request with one canned response.
+    async fn canned_registry(response: Vec<u8>) -> Url {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let _ = socket.write_all(&response).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn manifests_over_four_mib_are_refused_unread() {
+        let body = format!(
+            "{{\"schemaVersion\":2,\"pad\":\"{}\"}}",
+            "p".repeat(5 << 20)
+        );
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let url = canned_registry(response.into_bytes()).await;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = HttpStore::new(&url, HttpOptions::default()).unwrap();
+        let refused = store
+            .get_manifest("big", &Reference::Tag("latest".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, RegistryError::Rejected(m) if m.contains("larger than 4 MiB")),
+            "{refused}"
+        );
     }
 
     #[tokio::test]
