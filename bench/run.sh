@@ -259,7 +259,7 @@ t_curl_tags=$(elapsed curl -sf "$url/v2/bench/file/tags/list")
 for i in latest $(seq -f 't%g' 1000); do
     printf 'url = "%s/v2/bench/file/manifests/%s"\noutput = "/dev/null"\n' "$url" "$i"
 done >"$work/manifests.curl"
-t_curl_manifests=$(elapsed curl -sf --parallel --parallel-max 16 \
+t_curl_manifests=$(elapsed curl -sf --no-progress-meter --parallel --parallel-max 16 \
     -H 'Accept: application/vnd.oci.image.manifest.v1+json' -K "$work/manifests.curl")
 mount_as direct
 t_ls_cold=$(elapsed ls "$mountpoint/bench")
@@ -310,7 +310,7 @@ curl_catalog_and_tags() {
     for i in $(seq "$many"); do
         printf 'url = "%s/v2/many/r%s/tags/list"\noutput = "/dev/null"\n' "$url" "$i"
     done >"$work/tags.curl"
-    curl -sf --parallel --parallel-max 16 -K "$work/tags.curl"
+    curl -sf --no-progress-meter --parallel --parallel-max 16 -K "$work/tags.curl"
 }
 t_curl_tag_lists=$(elapsed curl_catalog_and_tags)
 mount_as direct metadata_ttl=60
