@@ -293,8 +293,8 @@ fn slow_link_completes_past_the_timeout() {
         .unwrap_or_else(|errno| panic!("the slow push failed with errno {errno}: {}", mount.log()));
     let took = started.elapsed();
     assert!(
-        took > Duration::from_secs(2 * TIMEOUT_SECS),
-        "the link was not slow: {took:?}"
+        took > Duration::from_secs(TIMEOUT_SECS),
+        "the push did not outlast the timeout: {took:?}"
     );
     let fresh = Mount::new(&proxy.url(), &[&timeout_option()]);
     let read = fs::read(fresh.path("slow")).unwrap_or_else(|e| panic!("{e}: {}", fresh.log()));
