@@ -1,11 +1,13 @@
 //! Writing a file into the registry: one actor per open file.
 //!
-//! Writes must be sequential (EINVAL otherwise). They are appended to a temporary file in
-//! the spool directory, so memory stays bounded whatever the size; the image layer needs
-//! the file's length in its tar header before the content, which is only known at the end.
-//! `flush` (every `close()`) and `fsync` push the file and answer only once the registry
-//! has committed the manifest, so `close()` returns the push's error. A push that fails
-//! leaves the tag as it was: the manifest is the last thing written.
+//! Writes must be sequential (EINVAL otherwise). They are appended to a file with no name in
+//! the spool directory, so memory stays bounded whatever the size and a dead mount leaves
+//! nothing behind; the image layer needs the file's length in its tar header before the
+//! content, which is only known at the end. `flush` (every `close()`) and `fsync` push the
+//! file and answer only once the registry has committed the manifest, so `close()` returns
+//! the push's error. A push that fails leaves the tag as it was: the manifest is the last
+//! thing written. A write the spool cannot take (a full disk) poisons the file: the spool
+//! no longer holds what the program wrote, so nothing of it is ever pushed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
