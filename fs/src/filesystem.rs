@@ -297,12 +297,13 @@ impl Filesystem {
         }
     }
 
-    /// The attributes of an image name now: the file being written, or the version the
-    /// name resolves to.
+    /// The attributes of an image name now, for an entry handed to the kernel: the file
+    /// being written, or the version the name resolves to.
     async fn image_now(&self, name: &ImageName) -> FsResult<Attr> {
         if let Some(writing) = self.writing.lock().expect("lock").get(name)
             && writing.writer.is_replacing()
         {
+            self.inodes.reference(writing.ino);
             return Ok(self.writing_attr(writing.ino, name, writing.writer.size()));
         }
         let (info, fresh_for) = self.metadata.resolve_fresh(name).await?;
@@ -354,9 +355,19 @@ impl Filesystem {
         }
         self.prefetch_listed(&dir, name);
         match self.named(&dir, name).await? {
-            Named::Dir(path) => Ok(self.dir_attr(self.inodes.dir(&path))),
+            Named::Dir(path) => Ok(self.dir_attr(self.inodes.dir_entry(&path))),
             Named::Image(image) => self.image_now(&image).await,
         }
+    }
+
+    /// `forget`: the kernel dropped `count` references to `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.forget(ino, count);
+    }
+
+    /// How many inodes the mount holds (what the kernel holds, and directories).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.count()
     }
 
     /// `getattr`.
@@ -768,8 +779,9 @@ impl Filesystem {
             if writing
                 .get(&name)
                 .is_some_and(|w| Arc::ptr_eq(&w.writer, &writer))
+                && let Some(released) = writing.remove(&name)
             {
-                writing.remove(&name);
+                self.inodes.unpin(released.ino);
             }
         }
     }
@@ -1009,7 +1021,7 @@ impl Filesystem {
             return Err(FsError::Exists);
         }
         self.metadata.make_dir(&path);
-        Ok(self.dir_attr(self.inodes.dir(&path)))
+        Ok(self.dir_attr(self.inodes.dir_entry(&path)))
     }
 
     /// `rmdir`: only of an empty directory.

@@ -159,6 +159,10 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (core, ownership) = (self.core.clone(), self.ownership);
         self.spawn(debug_span!("getattr", ino = ino.0), async move {

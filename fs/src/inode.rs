@@ -6,11 +6,15 @@
 //! content it opened, to the end. A new lookup after the tag moved gives a new inode.
 //! Directories and files being written have inodes of their own.
 //!
-//! Numbers are never reused. The table grows with the number of versions looked up in the
-//! mount's life (kernel `forget` messages are not needed to keep it correct), which is
-//! bounded by what users touch.
+//! Numbers are never reused. The kernel's references are counted: each time an inode is
+//! handed to the kernel in an entry (`lookup`, `create`, `mkdir`, `link`) its count goes up,
+//! and the kernel's `forget` brings it down; at zero the inode leaves the table, unless the
+//! mount itself still hands it out (a file being written is pinned until released), so the
+//! table holds what the kernel holds (plus the directories and listed names the mount
+//! itself keeps), not every version ever looked up. A name looked up again after that gets a new
+//! number for the same thing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -84,68 +88,149 @@ pub struct InodeTable {
 
 struct Inner {
     by_key: HashMap<Key, u64>,
-    by_ino: HashMap<u64, Inode>,
+    by_ino: HashMap<u64, (Key, Inode)>,
+    /// References the kernel holds: entries it was given and has not forgotten.
+    kernel_references: HashMap<u64, u64>,
+    /// Inodes the mount itself hands out again (files being written): they stay until
+    /// unpinned, whatever the kernel forgot.
+    pinned: HashSet<u64>,
     next: u64,
 }
 
 impl Default for InodeTable {
     fn default() -> Self {
+        let root = Key::Dir(String::new());
         Self {
             inner: Mutex::new(Inner {
-                by_key: HashMap::from([(Key::Dir(String::new()), ROOT)]),
-                by_ino: HashMap::from([(ROOT, Inode::Dir(String::new()))]),
+                by_key: HashMap::from([(root.clone(), ROOT)]),
+                by_ino: HashMap::from([(ROOT, (root, Inode::Dir(String::new())))]),
+                kernel_references: HashMap::new(),
+                pinned: HashSet::new(),
                 next: ROOT + 1,
             }),
         }
     }
 }
 
-impl InodeTable {
-    fn ino_for(&self, key: Key, inode: impl FnOnce() -> Inode) -> u64 {
-        let mut inner = self.inner.lock().expect("inode lock");
-        if let Some(&ino) = inner.by_key.get(&key) {
-            return ino;
+impl Inner {
+    fn remove(&mut self, ino: u64) {
+        if let Some((key, _)) = self.by_ino.remove(&ino) {
+            self.by_key.remove(&key);
         }
-        let ino = inner.next;
-        inner.next += 1;
-        inner.by_key.insert(key, ino);
-        inner.by_ino.insert(ino, inode());
+    }
+}
+
+impl InodeTable {
+    /// The inode for `key`, made if new; with `for_kernel`, counted as handed to the kernel
+    /// in the same step, so a `forget` cannot remove it in between.
+    fn ino_for(&self, key: Key, inode: impl FnOnce() -> Inode, for_kernel: bool) -> u64 {
+        let mut inner = self.inner.lock().expect("inode lock");
+        let ino = match inner.by_key.get(&key) {
+            Some(&ino) => ino,
+            None => {
+                let ino = inner.next;
+                inner.next += 1;
+                inner.by_key.insert(key.clone(), ino);
+                inner.by_ino.insert(ino, (key, inode()));
+                ino
+            }
+        };
+        if for_kernel {
+            *inner.kernel_references.entry(ino).or_default() += 1;
+        }
         ino
     }
 
-    /// The inode of a directory.
+    /// The inode of a directory, for the mount's own use.
     pub fn dir(&self, path: &str) -> u64 {
-        self.ino_for(Key::Dir(path.to_owned()), || Inode::Dir(path.to_owned()))
+        self.ino_for(
+            Key::Dir(path.to_owned()),
+            || Inode::Dir(path.to_owned()),
+            false,
+        )
     }
 
-    /// The inode of one version of an image.
+    /// The inode of a directory, handed to the kernel in an entry.
+    pub fn dir_entry(&self, path: &str) -> u64 {
+        self.ino_for(
+            Key::Dir(path.to_owned()),
+            || Inode::Dir(path.to_owned()),
+            true,
+        )
+    }
+
+    /// The inode of one version of an image, handed to the kernel in an entry.
     pub fn version(&self, name: &ImageName, info: &ImageInfo) -> u64 {
         let key = Key::Version(name.clone(), info.digest.clone());
-        self.ino_for(key, || Inode::Image {
+        let inode = || Inode::Image {
             name: name.clone(),
             info: Arc::new(info.clone()),
-        })
+        };
+        self.ino_for(key, inode, true)
     }
 
     /// The inode `readdir` shows for a name it has not resolved.
     pub fn listed(&self, name: &ImageName) -> u64 {
-        self.ino_for(Key::Listed(name.clone()), || Inode::Listed(name.clone()))
+        self.ino_for(
+            Key::Listed(name.clone()),
+            || Inode::Listed(name.clone()),
+            false,
+        )
     }
 
-    /// A new inode for a file being written.
+    /// A new inode for a file being written, pinned until [`Self::unpin`] (lookups hand it
+    /// out while the file is open; each is counted with [`Self::reference`]).
     pub fn writing(&self, name: &ImageName, writer: &Arc<WriteHandle>) -> u64 {
         let mut inner = self.inner.lock().expect("inode lock");
         let ino = inner.next;
         inner.next += 1;
         inner.by_key.insert(Key::Writing(ino), ino);
-        inner.by_ino.insert(
-            ino,
-            Inode::Writing {
-                name: name.clone(),
-                size: writer.size_handle(),
-            },
-        );
+        let inode = Inode::Writing {
+            name: name.clone(),
+            size: writer.size_handle(),
+        };
+        inner.by_ino.insert(ino, (Key::Writing(ino), inode));
+        inner.pinned.insert(ino);
         ino
+    }
+
+    /// The mount no longer hands out `ino`: it leaves once the kernel holds it no more.
+    pub fn unpin(&self, ino: u64) {
+        let mut inner = self.inner.lock().expect("inode lock");
+        inner.pinned.remove(&ino);
+        if !inner.kernel_references.contains_key(&ino) {
+            inner.remove(ino);
+        }
+    }
+
+    /// Counts an existing inode as handed to the kernel in an entry once more.
+    pub fn reference(&self, ino: u64) {
+        let mut inner = self.inner.lock().expect("inode lock");
+        if inner.by_ino.contains_key(&ino) {
+            *inner.kernel_references.entry(ino).or_default() += 1;
+        }
+    }
+
+    /// The kernel's `forget`: it dropped `count` of its references to `ino`. An inode it no
+    /// longer holds leaves the table (the root never does).
+    pub fn forget(&self, ino: u64, count: u64) {
+        let mut inner = self.inner.lock().expect("inode lock");
+        let Some(references) = inner.kernel_references.get_mut(&ino) else {
+            return;
+        };
+        *references = references.saturating_sub(count);
+        if *references > 0 || ino == ROOT {
+            return;
+        }
+        inner.kernel_references.remove(&ino);
+        if !inner.pinned.contains(&ino) {
+            inner.remove(ino);
+        }
+    }
+
+    /// How many inodes the table holds.
+    pub fn count(&self) -> usize {
+        self.inner.lock().expect("inode lock").by_ino.len()
     }
 
     /// What an inode stands for.
@@ -155,6 +240,6 @@ impl InodeTable {
             .expect("inode lock")
             .by_ino
             .get(&ino)
-            .cloned()
+            .map(|(_, inode)| inode.clone())
     }
 }

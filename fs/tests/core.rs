@@ -414,3 +414,71 @@ async fn a_push_answers_after_the_kernel_dropped_its_names() {
         (ROOT, vec!["img".to_owned(), "img:latest".to_owned()])
     );
 }
+
+/// The kernel's references are counted: an inode it has forgotten leaves the table, so the
+/// mount holds what the kernel holds, not every version ever looked up.
+#[tokio::test(flavor = "multi_thread")]
+async fn forgotten_inodes_leave_the_table() {
+    let fs = filesystem(Arc::new(MemoryStore::new(TagDeletion::Unsupported)));
+    let baseline = fs.inode_count();
+    for round in 0..50u8 {
+        // A new version each round, as the kernel would see it: the created file, then the
+        // name looked up twice.
+        let (created, fh) = fs
+            .create(
+                ROOT,
+                OsStr::new("churn"),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            )
+            .await
+            .unwrap();
+        fs.write(fh, 0, vec![round; 100]).await.unwrap();
+        fs.flush(fh).await.unwrap();
+        fs.release(fh);
+        fs.forget(created.ino, 1);
+        let version = fs.lookup(ROOT, OsStr::new("churn")).await.unwrap();
+        assert_eq!(
+            fs.lookup(ROOT, OsStr::new("churn")).await.unwrap().ino,
+            version.ino
+        );
+        fs.forget(version.ino, 1);
+        assert!(
+            fs.getattr(version.ino).await.is_ok(),
+            "one reference is left"
+        );
+        fs.forget(version.ino, 1);
+        assert!(matches!(
+            fs.getattr(version.ino).await,
+            Err(FsError::NotFound)
+        ));
+    }
+    assert!(
+        fs.inode_count() <= baseline + 1,
+        "{} inodes after 50 versions",
+        fs.inode_count()
+    );
+}
+
+/// A file being written keeps its inode while it is open, even if the kernel forgets every
+/// entry it was given for it: lookups hand that number out again (found by the load case
+/// with the kernel dropping its caches).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_being_written_keeps_its_inode_until_released() {
+    let fs = filesystem(Arc::new(MemoryStore::new(TagDeletion::Unsupported)));
+    let (created, fh) = fs
+        .create(ROOT, OsStr::new("open"), libc::O_WRONLY | libc::O_CREAT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"partial".to_vec()).await.unwrap();
+    fs.forget(created.ino, 1);
+    let looked_up = fs.lookup(ROOT, OsStr::new("open")).await.unwrap();
+    assert_eq!(looked_up.ino, created.ino);
+    assert_eq!(fs.getattr(created.ino).await.unwrap().size, 7);
+    fs.forget(created.ino, 1);
+    fs.flush(fh).await.unwrap();
+    fs.release(fh);
+    assert!(matches!(
+        fs.getattr(created.ino).await,
+        Err(FsError::NotFound)
+    ));
+}
