@@ -19,6 +19,6 @@ Mounted $(realpath "$layout") (an OCI image layout) on $mountpoint. Try:
   ls -l $mountpoint/demo
   cat $mountpoint/demo/hello
   rm $mountpoint/demo/hello:v1
-  skopeo inspect oci:$(realpath "$layout"):demo/hello:latest
+  skopeo inspect oci:$(realpath "$layout"):demo/hello:latest   # if skopeo is installed
 Logs: target/reposure-mount.log. Unmount: fusermount3 -u $mountpoint
 MSG

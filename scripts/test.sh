@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh --tests
+# A minimal Rust toolchain lacks the formatter and the linter.
+if command -v rustup >/dev/null; then
+    rustup component add rustfmt clippy 2>/dev/null || true
+fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -20,15 +20,16 @@ use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::names::{DEFAULT_TAG, Reference};
 use reposure_surrogate::registry::{ImageInfo, Registry};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::DiskCache;
 use crate::errno::{FsError, FsResult};
 use crate::inode::{ImageName, Inode, InodeTable};
 use crate::metadata::Metadata;
 use crate::namespace;
+use crate::process::Caller;
 use crate::reader::{ReadBudget, ReadContext, ReadHandle};
-use crate::writer::{OnPublished, Target, WriteHandle};
+use crate::writer::{FlushKind, OnPublished, Target, WriteHandle};
 
 /// How many tag lists (or tag resolutions) run at once when a directory is listed: enough
 /// to hide round-trip latency, few enough not to flood a registry.
@@ -134,6 +135,8 @@ enum Handle {
     Write {
         name: ImageName,
         writer: Arc<WriteHandle>,
+        /// The process that opened the file: only its `close()` pushes.
+        opener: Caller,
     },
 }
 
@@ -640,8 +643,9 @@ impl Filesystem {
         Ok((writer, ino))
     }
 
-    /// `open`: returns the handle and whether the kernel may keep its cached pages.
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
+    /// `open` by `caller`: returns the handle and whether the kernel may keep its cached
+    /// pages.
+    pub async fn open(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<(u64, bool)> {
         let inode = self.inodes.get(ino).ok_or(FsError::NotFound)?;
         let (name, info) = match inode {
             Inode::Dir(_) => return Err(FsError::IsDirectory),
@@ -653,7 +657,12 @@ impl Filesystem {
                 return Err(FsError::ReadOnly);
             }
             let (writer, _) = self.start_writer(&name, flags & libc::O_TRUNC != 0)?;
-            return Ok((self.new_handle(Handle::Write { name, writer }), false));
+            let handle = Handle::Write {
+                name,
+                writer,
+                opener: caller,
+            };
+            return Ok((self.new_handle(handle), false));
         }
         // An image version is immutable: it reads the content it resolved to, even if the
         // tag moves while it is open, and the kernel may keep its pages across opens.
@@ -674,7 +683,13 @@ impl Filesystem {
     /// The kernel also sends `create` for `open(O_CREAT)` of a name it has not looked up, so
     /// an existing image is opened rather than replaced unless `O_TRUNC` is given, and
     /// `O_EXCL` fails with EEXIST.
-    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> FsResult<(Attr, u64)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
         if self.config.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -710,6 +725,7 @@ impl Filesystem {
         let fh = self.new_handle(Handle::Write {
             name: image.clone(),
             writer,
+            opener: caller,
         });
         Ok((self.image_now(&image).await?, fh))
     }
@@ -755,17 +771,49 @@ impl Filesystem {
         async move { queued?.await }
     }
 
-    /// `flush` (each `close()`) and `fsync`: pushes what was written; the push's error is
-    /// the answer.
-    pub fn flush(&self, fh: u64) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
+    /// `flush`: a `close()` of a descriptor by `caller`. The opener's pushes what was
+    /// written, and the push's error is the answer; another process's (one that inherited
+    /// the descriptor) pushes nothing: see [`crate::process`].
+    pub fn flush(
+        &self,
+        fh: u64,
+        caller: Caller,
+    ) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
+        self.push(fh, Some(caller))
+    }
+
+    /// `fsync`: pushes what was written, whoever asks; the push's error is the answer.
+    pub fn fsync(&self, fh: u64) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
+        self.push(fh, None)
+    }
+
+    /// The push of a close by `closer`, or of an fsync (`None`).
+    fn push(
+        &self,
+        fh: u64,
+        closer: Option<Caller>,
+    ) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
         let queued = match self.handles.lock().expect("lock").get(&fh) {
-            Some(Handle::Write { writer, .. }) => Ok(Some(writer.flush())),
+            Some(Handle::Write { writer, opener, .. }) => match closer {
+                None => Ok(Some(writer.flush(FlushKind::Fsync))),
+                Some(closer) if opener.same_process(&closer) => {
+                    Ok(Some(writer.flush(FlushKind::Close)))
+                }
+                Some(closer) => {
+                    debug!(
+                        pid = closer.pid(),
+                        opener = opener.pid(),
+                        "close by a process that did not open the file: not pushed"
+                    );
+                    Ok(None)
+                }
+            },
             Some(Handle::Read(_)) => Ok(None),
             None => Err(FsError::BadHandle),
         };
         async move {
             match queued? {
-                Some(flush) => flush.await,
+                Some(push) => push.await,
                 None => Ok(()),
             }
         }
@@ -774,7 +822,7 @@ impl Filesystem {
     /// `release`: the last close of an open file.
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().expect("lock").remove(&fh);
-        if let Some(Handle::Write { name, writer }) = handle {
+        if let Some(Handle::Write { name, writer, .. }) = handle {
             let mut writing = self.writing.lock().expect("lock");
             if writing
                 .get(&name)

@@ -19,6 +19,7 @@ use tracing::{Instrument, debug_span, warn};
 
 use crate::errno::FsError;
 use crate::filesystem::{Attr, Filesystem, NodeKind};
+use crate::process::Caller;
 
 /// Block size reported by `stat`: the unit tools like `cp` use for their buffers, large so
 /// that they write in big, cheap chunks.
@@ -250,12 +251,12 @@ impl fuser::Filesystem for FuseAdapter {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let core = self.core.clone();
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (core, caller) = (self.core.clone(), Caller::new(req.pid()));
         self.spawn(
             debug_span!("open", ino = ino.0, flags = flags.0),
             async move {
-                match core.open(ino.0, flags.0).await {
+                match core.open(ino.0, flags.0, caller).await {
                     Ok((fh, keep_cache)) => {
                         let flags = if keep_cache {
                             FopenFlags::FOPEN_KEEP_CACHE
@@ -272,7 +273,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -281,12 +282,14 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (core, name, ownership) = (self.core.clone(), name.to_owned(), self.ownership);
+        let caller = Caller::new(req.pid());
         let span = debug_span!("create", parent = parent.0, name = %name.to_string_lossy());
         self.spawn(span, async move {
-            match core.create(parent.0, &name, flags).await {
+            match core.create(parent.0, &name, flags, caller).await {
                 Ok((attr, fh)) => reply.created(
-                    // A file being written: looked up again every time, so one TTL (zero)
-                    // serves both.
+                    // `reply.created` takes one lifetime for the entry and its attributes:
+                    // the entry's (zero for a file being written, so it is looked up again
+                    // every time; what is left of metadata_ttl= for an existing version).
                     &attr.entry_ttl,
                     &to_file_attr(&attr, ownership),
                     Generation(0),
@@ -344,15 +347,15 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.answer_empty(
-            debug_span!("flush", ino = ino.0),
-            self.core.flush(fh.0),
+            debug_span!("flush", ino = ino.0, pid = req.pid()),
+            self.core.flush(fh.0, Caller::new(req.pid())),
             reply,
         );
     }
@@ -367,7 +370,7 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         self.answer_empty(
             debug_span!("fsync", ino = ino.0),
-            self.core.flush(fh.0),
+            self.core.fsync(fh.0),
             reply,
         );
     }

@@ -12,6 +12,8 @@
 //! * [`inode`]: stable inode numbers for the nodes the kernel has seen.
 //! * [`reader`] and [`writer`]: per-open-file actors that keep reads and writes in the
 //!   order the kernel sent them.
+//! * [`process`]: which process a request comes from (a `close()` by a process that only
+//!   inherited the descriptor does not push).
 //! * [`errno`]: the one table from errors to errno values.
 //!
 //! The contract this implements is `SEMANTICS.md` at the repository root.
@@ -24,8 +26,10 @@ pub mod fuse;
 pub mod inode;
 mod metadata;
 pub mod namespace;
+pub mod process;
 pub mod reader;
 mod ttl_cache;
 pub mod writer;
 
 pub use filesystem::{Attr, Filesystem, FsConfig, NodeKind};
+pub use process::Caller;

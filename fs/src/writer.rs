@@ -20,7 +20,7 @@ use reposure_surrogate::registry::{FileUpload, Registry};
 use reposure_surrogate::scratch::Scratch;
 use std::os::unix::fs::FileExt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, error, info};
+use tracing::{Instrument, error, info, warn};
 
 use crate::actor::ask;
 use crate::errno::{FsError, FsResult};
@@ -28,17 +28,39 @@ use crate::errno::{FsError, FsResult};
 /// Read size when streaming the spooled file to the registry.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
 
+/// How long a `close()` waits, after its push, for the kernel to drop the name's cached
+/// entry (so that the next `open` finds the new image). Dropping an entry takes
+/// microseconds, but the kernel first takes the directory's lock, which a slow `lookup` may
+/// hold for as long as the registry's timeout; past this wait the close returns anyway and
+/// the old entry lasts at most its lifetime (what was left of `metadata_ttl=`).
+const INVALIDATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What asks for a push of an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushKind {
+    /// A `close()` by the process that opened the file.
+    Close,
+    /// An `fsync`.
+    Fsync,
+}
+
 /// Why a push is attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
-    /// `close()` of one descriptor, or `fsync`: the caller waits for the outcome.
-    Flush,
+    /// `close()` of one descriptor by the opener: the caller waits for the outcome and,
+    /// for a while, for the kernel to drop the old entry.
+    Close,
+    /// `fsync`: the caller waits for the outcome, but not for the kernel's entry: the
+    /// kernel holds the file's lock during `fsync`, and an `rm` of it holding the
+    /// directory's lock would keep the entry from being dropped until the `fsync` returned.
+    Fsync,
     /// The last descriptor went away: nobody is waiting, errors can only be logged.
     Release,
 }
 
 /// What a writer reports after publishing, so the filesystem can refresh its metadata and
-/// the kernel's entries; the push is answered once the returned future completes, so the
+/// the kernel's entries. The returned future completes once the kernel has dropped its
+/// entries for the name; a `close()` waits for it (up to [`INVALIDATION_WAIT`]) so that the
 /// next `open` of the name finds the new image.
 pub type OnPublished =
     Box<dyn Fn(&Digest) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
@@ -54,6 +76,7 @@ enum WriteRequest {
         reply: oneshot::Sender<FsResult<()>>,
     },
     Flush {
+        trigger: Trigger,
         reply: oneshot::Sender<FsResult<()>>,
     },
 }
@@ -115,8 +138,8 @@ impl WriteHandle {
                         WriteRequest::Truncate { size, reply } => {
                             let _ = reply.send(writer.truncate(size).await);
                         }
-                        WriteRequest::Flush { reply } => {
-                            let _ = reply.send(writer.publish(Trigger::Flush).await);
+                        WriteRequest::Flush { trigger, reply } => {
+                            let _ = reply.send(writer.publish(trigger).await);
                         }
                     }
                 }
@@ -179,9 +202,20 @@ impl WriteHandle {
         })
     }
 
-    /// Queues a push of what was written and returns its outcome.
-    pub fn flush(&self) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
-        ask(&self.requests, move |reply| WriteRequest::Flush { reply })
+    /// Queues the push a `close()` by the opener or an `fsync` makes, and returns its
+    /// outcome.
+    pub fn flush(
+        &self,
+        kind: FlushKind,
+    ) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
+        let trigger = match kind {
+            FlushKind::Close => Trigger::Close,
+            FlushKind::Fsync => Trigger::Fsync,
+        };
+        ask(&self.requests, move |reply| WriteRequest::Flush {
+            trigger,
+            reply,
+        })
     }
 }
 
@@ -270,19 +304,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Pushes the spooled content if it changed since the last push.
+    /// Pushes the spooled content if it changed since the last push; fails at once if the
+    /// spool lost part of it.
     ///
-    /// A `flush` while the file is empty publishes nothing: programs that `dup` a
+    /// A `close()` while the file is empty publishes nothing: programs that `dup` a
     /// descriptor (`dd of=`, a shell's `>`) close one copy before writing, and an empty image
     /// pushed then would briefly replace the tag. An empty file (created, or truncated,
     /// and never written) is published when its last descriptor is released instead. A
     /// release does not retry a publish that failed: close() already reported that failure.
     async fn publish(&mut self, trigger: Trigger) -> FsResult<()> {
+        self.check_spool()?;
         let size = self.size.load(Ordering::Relaxed);
-        if !self.dirty || (trigger == Trigger::Flush && size == 0) {
+        if !self.dirty || (trigger != Trigger::Release && size == 0) {
             return Ok(());
         }
-        self.check_spool()?;
         let started = std::time::Instant::now();
         let result = match self.push_as_archive().await {
             Ok(Some(digest)) => Ok(digest),
@@ -294,7 +329,17 @@ impl Writer {
                 info!(%digest, size, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
                 self.dirty = false;
                 self.failed = false;
-                (self.on_published)(&digest).await;
+                let dropped = (self.on_published)(&digest);
+                if trigger == Trigger::Close
+                    && tokio::time::timeout(INVALIDATION_WAIT, dropped)
+                        .await
+                        .is_err()
+                {
+                    warn!(
+                        wait_s = INVALIDATION_WAIT.as_secs(),
+                        "the kernel did not drop the old entry in time; it lasts at most metadata_ttl"
+                    );
+                }
                 Ok(())
             }
             Err(e) => {

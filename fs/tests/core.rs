@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use reposure_fs::errno::FsError;
 use reposure_fs::inode::ROOT;
-use reposure_fs::{Filesystem, FsConfig};
+use reposure_fs::{Caller, Filesystem, FsConfig};
+use reposure_surrogate::RegistryError;
 use reposure_surrogate::registry::StoreRegistry;
 use reposure_surrogate::store::memory::{MemoryStore, TagDeletion};
 
@@ -18,7 +19,12 @@ fn filesystem(store: Arc<MemoryStore>) -> Arc<Filesystem> {
 
 async fn write_file(fs: &Filesystem, parent: u64, name: &str, content: &[u8]) {
     let (_, fh) = fs
-        .create(parent, OsStr::new(name), libc::O_WRONLY | libc::O_CREAT)
+        .create(
+            parent,
+            OsStr::new(name),
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::this_process(),
+        )
         .await
         .unwrap();
     for (i, chunk) in content.chunks(64 * 1024).enumerate() {
@@ -26,13 +32,15 @@ async fn write_file(fs: &Filesystem, parent: u64, name: &str, content: &[u8]) {
             .await
             .unwrap();
     }
-    fs.flush(fh).await.unwrap();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
     fs.release(fh);
 }
 
 async fn read_file(fs: &Filesystem, parent: u64, name: &str) -> Result<Vec<u8>, FsError> {
     let attr = fs.lookup(parent, OsStr::new(name)).await?;
-    let (fh, _) = fs.open(attr.ino, libc::O_RDONLY).await?;
+    let (fh, _) = fs
+        .open(attr.ino, libc::O_RDONLY, Caller::this_process())
+        .await?;
     let mut out = Vec::new();
     loop {
         let chunk: Bytes = fs.read(fh, out.len() as u64, 128 * 1024).await?;
@@ -104,7 +112,10 @@ async fn corrupt_blob_fails_again_after_a_retry_in_pages() {
     corrupt[100_000] ^= 1;
     store.corrupt_blob(&blob.digest, Bytes::from(corrupt));
     let attr = fs.lookup(ROOT, OsStr::new("victim")).await.unwrap();
-    let (fh, _) = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    let (fh, _) = fs
+        .open(attr.ino, libc::O_RDONLY, Caller::this_process())
+        .await
+        .unwrap();
     assert!(fs.read(fh, 0, 200_704).await.is_err());
     let mut failed = false;
     let mut offset = 0;
@@ -156,6 +167,7 @@ async fn push(fs: &Filesystem, name: &str, content: &[u8]) -> Result<(), FsError
             ROOT,
             OsStr::new(name),
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            Caller::this_process(),
         )
         .await?;
     let mut offset = 0;
@@ -163,7 +175,7 @@ async fn push(fs: &Filesystem, name: &str, content: &[u8]) -> Result<(), FsError
         fs.write(fh, offset, chunk.to_vec()).await?;
         offset += chunk.len() as u64;
     }
-    let result = fs.flush(fh).await;
+    let result = fs.flush(fh, Caller::this_process()).await;
     fs.release(fh);
     result
 }
@@ -217,7 +229,10 @@ async fn read_failure_is_eio_and_next_open_recovers() {
         ..Default::default()
     });
     // The version was resolved at lookup: open needs no request, the read fails.
-    let (fh, _) = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    let (fh, _) = fs
+        .open(attr.ino, libc::O_RDONLY, Caller::this_process())
+        .await
+        .unwrap();
     assert_eq!(fs.read(fh, 0, 4096).await.unwrap_err().errno(), libc::EIO);
     fs.release(fh);
     faulty.set(Faults::default());
@@ -232,7 +247,12 @@ async fn writes_must_be_sequential() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store);
     let (_, fh) = fs
-        .create(ROOT, OsStr::new("seq"), libc::O_WRONLY | libc::O_CREAT)
+        .create(
+            ROOT,
+            OsStr::new("seq"),
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::this_process(),
+        )
         .await
         .unwrap();
     fs.write(fh, 0, b"abc".to_vec()).await.unwrap();
@@ -245,7 +265,7 @@ async fn writes_must_be_sequential() {
         libc::EINVAL
     );
     fs.write(fh, 3, b"def".to_vec()).await.unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
     fs.release(fh);
     assert_eq!(read_file(&fs, ROOT, "seq").await.unwrap(), b"abcdef");
 }
@@ -287,7 +307,10 @@ async fn random_read_fetches_a_window_not_the_blob() {
     write_file(&fs, ROOT, "big", &content).await;
     let attr = fs.lookup(ROOT, OsStr::new("big")).await.unwrap();
     let before = store.counts.blob_bytes_read.load(Ordering::Relaxed);
-    let (fh, _) = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    let (fh, _) = fs
+        .open(attr.ino, libc::O_RDONLY, Caller::this_process())
+        .await
+        .unwrap();
     let offset = 5 * 1024 * 1024 + 17;
     let data = fs.read(fh, offset, 4096).await.unwrap();
     assert_eq!(&data[..], &content[offset as usize..offset as usize + 4096]);
@@ -323,6 +346,7 @@ async fn copying_many_files_asks_little_of_the_registry() {
                 dir,
                 OsStr::new(&name),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                Caller::this_process(),
             )
             .await
             .unwrap();
@@ -332,7 +356,7 @@ async fn copying_many_files_asks_little_of_the_registry() {
             "the lookup asks once; create knows the answer"
         );
         fs.write(fh, 0, vec![i as u8; 4096]).await.unwrap();
-        fs.flush(fh).await.unwrap();
+        fs.flush(fh, Caller::this_process()).await.unwrap();
         fs.release(fh);
     }
     assert!(
@@ -369,7 +393,12 @@ async fn entry_lifetimes_are_what_is_left_of_the_metadata_ttl() {
         later.entry_ttl
     );
     let (writing, fh) = fs
-        .create(ROOT, OsStr::new("new"), libc::O_WRONLY | libc::O_CREAT)
+        .create(
+            ROOT,
+            OsStr::new("new"),
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::this_process(),
+        )
         .await
         .unwrap();
     assert_eq!(writing.entry_ttl, std::time::Duration::ZERO);
@@ -397,12 +426,17 @@ async fn a_push_answers_after_the_kernel_dropped_its_names() {
         answer
     }));
     let (_, fh) = fs
-        .create(ROOT, OsStr::new("img"), libc::O_WRONLY | libc::O_CREAT)
+        .create(
+            ROOT,
+            OsStr::new("img"),
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::this_process(),
+        )
         .await
         .unwrap();
     fs.write(fh, 0, b"x".to_vec()).await.unwrap();
     let started = std::time::Instant::now();
-    fs.flush(fh).await.unwrap();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
     assert!(started.elapsed() >= std::time::Duration::from_millis(200));
     fs.release(fh);
     let dropped = dropped.lock().unwrap().clone();
@@ -429,11 +463,12 @@ async fn forgotten_inodes_leave_the_table() {
                 ROOT,
                 OsStr::new("churn"),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                Caller::this_process(),
             )
             .await
             .unwrap();
         fs.write(fh, 0, vec![round; 100]).await.unwrap();
-        fs.flush(fh).await.unwrap();
+        fs.flush(fh, Caller::this_process()).await.unwrap();
         fs.release(fh);
         fs.forget(created.ino, 1);
         let version = fs.lookup(ROOT, OsStr::new("churn")).await.unwrap();
@@ -466,7 +501,12 @@ async fn forgotten_inodes_leave_the_table() {
 async fn a_file_being_written_keeps_its_inode_until_released() {
     let fs = filesystem(Arc::new(MemoryStore::new(TagDeletion::Unsupported)));
     let (created, fh) = fs
-        .create(ROOT, OsStr::new("open"), libc::O_WRONLY | libc::O_CREAT)
+        .create(
+            ROOT,
+            OsStr::new("open"),
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::this_process(),
+        )
         .await
         .unwrap();
     fs.write(fh, 0, b"partial".to_vec()).await.unwrap();
@@ -475,10 +515,127 @@ async fn a_file_being_written_keeps_its_inode_until_released() {
     assert_eq!(looked_up.ino, created.ino);
     assert_eq!(fs.getattr(created.ino).await.unwrap().size, 7);
     fs.forget(created.ino, 1);
-    fs.flush(fh).await.unwrap();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
     fs.release(fh);
     assert!(matches!(
         fs.getattr(created.ino).await,
         Err(FsError::NotFound)
     ));
+}
+
+/// Another process that was only handed the descriptor (here a child process).
+struct OtherProcess(std::process::Child);
+
+impl OtherProcess {
+    fn start() -> Self {
+        Self(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn caller(&self) -> Caller {
+        Caller::new(self.0.id())
+    }
+}
+
+impl Drop for OtherProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `push.close`: a `close()` by a process that did not open the file (a child closing an
+/// inherited copy at exec or exit) pushes nothing, even mid-write; the opener's close
+/// pushes everything, and `fsync` pushes whoever asks.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_openers_close_pushes() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    let child = OtherProcess::start();
+    let (_, fh) = fs
+        .create(
+            ROOT,
+            OsStr::new("doc"),
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::this_process(),
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"first half, ".to_vec()).await.unwrap();
+    fs.flush(fh, child.caller()).await.unwrap();
+    // A mount that never saw the file open reads what the registry has.
+    let elsewhere = filesystem(store.clone());
+    let before = read_file(&elsewhere, ROOT, "doc").await;
+    assert!(
+        matches!(before, Err(FsError::Registry(RegistryError::NotFound(_)))),
+        "{before:?}"
+    );
+    fs.write(fh, 12, b"second half".to_vec()).await.unwrap();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
+    assert_eq!(
+        read_file(&filesystem(store.clone()), ROOT, "doc")
+            .await
+            .unwrap(),
+        b"first half, second half"
+    );
+    fs.release(fh);
+
+    let (_, fh) = fs
+        .create(
+            ROOT,
+            OsStr::new("doc"),
+            libc::O_WRONLY | libc::O_TRUNC,
+            Caller::this_process(),
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"synced".to_vec()).await.unwrap();
+    fs.fsync(fh).await.unwrap();
+    assert_eq!(
+        read_file(&filesystem(store), ROOT, "doc").await.unwrap(),
+        b"synced"
+    );
+    fs.release(fh);
+}
+
+/// A close waits for the kernel to drop the old entry only for a bounded time (the kernel
+/// may be held up behind a directory lock), and `fsync` does not wait for it at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_invalidation_holds_a_close_for_a_bounded_time() {
+    let fs = filesystem(Arc::new(MemoryStore::new(TagDeletion::Unsupported)));
+    // The kernel never answers; the senders are kept so the answers stay pending.
+    let pending: Arc<std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>> = Arc::default();
+    let keeper = pending.clone();
+    fs.set_invalidator(Box::new(move |_, _| {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        keeper.lock().unwrap().push(done);
+        answer
+    }));
+    let (_, fh) = fs
+        .create(
+            ROOT,
+            OsStr::new("stuck"),
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::this_process(),
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"one".to_vec()).await.unwrap();
+    let started = std::time::Instant::now();
+    fs.fsync(fh).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    fs.write(fh, 3, b" two".to_vec()).await.unwrap();
+    let started = std::time::Instant::now();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(2) && waited < std::time::Duration::from_secs(5),
+        "close waited {waited:?}"
+    );
+    assert_eq!(pending.lock().unwrap().len(), 2);
+    fs.release(fh);
 }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use reposure_fs::errno::FsError;
 use reposure_fs::inode::ROOT;
-use reposure_fs::{Filesystem, FsConfig};
+use reposure_fs::{Caller, Filesystem, FsConfig};
 use reposure_surrogate::registry::{FileUpload, Registry, StoreRegistry};
 use reposure_surrogate::store::memory::{MemoryStore, TagDeletion};
 
@@ -99,6 +99,7 @@ impl Harness {
                 parent,
                 OsStr::new(file),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                Caller::this_process(),
             )
             .await?;
         let mut offset = 0;
@@ -106,7 +107,7 @@ impl Harness {
             self.fs.write(fh, offset, chunk.to_vec()).await?;
             offset += chunk.len() as u64;
         }
-        let result = self.fs.flush(fh).await;
+        let result = self.fs.flush(fh, Caller::this_process()).await;
         self.fs.release(fh);
         result
     }
@@ -117,7 +118,10 @@ impl Harness {
             .fs
             .lookup(self.dir(dir).await, OsStr::new(file))
             .await?;
-        let (fh, _) = self.fs.open(attr.ino, libc::O_RDONLY).await?;
+        let (fh, _) = self
+            .fs
+            .open(attr.ino, libc::O_RDONLY, Caller::this_process())
+            .await?;
         let mut out = Vec::new();
         let mut at = offset;
         loop {

@@ -36,8 +36,10 @@ const UNMOUNT_RETRY: Duration = Duration::from_millis(100);
 /// Names of a directory the kernel must drop, and who waits for that.
 type Invalidation = (u64, Vec<String>, tokio::sync::oneshot::Sender<()>);
 
-/// How long the mount waits for the registry to answer its first request before failing.
+/// How long the mount waits for the registry to answer its first request before failing
+/// (or `timeout=` and the time connecting may take, if longer).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_ALLOWANCE: Duration = Duration::from_secs(10);
 
 pub const USAGE: &str = "usage: reposure-mount SOURCE MOUNTPOINT [-f] [-o OPT[,OPT...]]
 
@@ -177,10 +179,11 @@ fn check_mountpoint(path: &Path) -> Result<()> {
 /// Another filesystem's dead mount is left alone.
 fn detach_dead_mount(path: &Path) -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let wanted = as_mounted(path);
     let ours = mounts.lines().any(|line| {
         let mut fields = line.split(' ');
         let (_, dir, kind) = (fields.next(), fields.next(), fields.next());
-        dir.map(unescape_mount_path).as_deref() == Some(path.as_os_str())
+        dir.is_some_and(|dir| Path::new(&unescape_mount_path(dir)) == wanted)
             && kind == Some("fuse.reposure")
     });
     if !ours {
@@ -205,6 +208,18 @@ fn detach_dead_mount(path: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// A mountpoint as /proc/mounts names it: absolute, with its parent's `..` and symlinks
+/// resolved (the mountpoint itself cannot be resolved while its mount is dead).
+fn as_mounted(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map_or(absolute.clone(), |parent| parent.join(name)),
+        _ => absolute,
+    }
 }
 
 /// A path as /proc/mounts writes it: space, tab, newline and backslash as octal escapes.
@@ -252,6 +267,11 @@ fn open_registry(
             "ca=, username= and passwords do not apply to a Kubernetes Registry: its surrogate holds the registry's CA and credentials"
         );
     }
+    if http.read_timeout.is_some() {
+        bail!(
+            "timeout= does not apply to a Kubernetes Registry: its surrogate reaches the registry, with a timeout of its own (30 s)"
+        );
+    }
     let kube = KubeOptions {
         kubeconfig: options.kubeconfig.clone(),
         context: options.context.clone(),
@@ -288,12 +308,16 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
         ));
     }
     let description = registry.describe();
+    // A longer timeout= than the check's own is the user saying the registry is slow.
+    let check_timeout = options
+        .timeout
+        .map_or(CHECK_TIMEOUT, |t| CHECK_TIMEOUT.max(t + CONNECT_ALLOWANCE));
     runtime
-        .block_on(async { tokio::time::timeout(CHECK_TIMEOUT, registry.check()).await })
+        .block_on(async { tokio::time::timeout(check_timeout, registry.check()).await })
         .map_err(|_| {
             anyhow::anyhow!(
                 "{description} did not answer within {}s",
-                CHECK_TIMEOUT.as_secs()
+                check_timeout.as_secs()
             )
         })?
         .with_context(|| format!("cannot use {description}"))?;

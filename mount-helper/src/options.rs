@@ -182,7 +182,7 @@ impl MountOptions {
                 }
                 k if GENERIC.contains(&k) || k.starts_with("x-") => {}
                 other => bail!(
-                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, log=, metadata_ttl=, timeout=, spool_dir=, unpack=, cache_dir=, cache_size=, transport="
+                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, kubeconfig=, context=, log=, metadata_ttl=, timeout=, spool_dir=, unpack=, cache_dir=, cache_size=, transport="
                 ),
             }
         }

@@ -78,6 +78,11 @@ impl Source {
                         "ca=, username= and passwords apply to http(s) registries, not oci: directories".into(),
                     ));
                 }
+                if options.read_timeout.is_some() {
+                    return Err(RegistryError::Rejected(
+                        "timeout= applies to http(s) registries, not oci: directories".into(),
+                    ));
+                }
                 LayoutStore::new(path.clone())
             }
             Source::Http(url) => HttpStore::new(url, options)?,
@@ -91,6 +96,12 @@ impl Source {
                 if options.credentials.is_some() || options.ca_pem.is_some() {
                     return Err(RegistryError::Rejected(
                         "ca= and credentials belong to the surrogate's own options with exec:"
+                            .into(),
+                    ));
+                }
+                if options.read_timeout.is_some() {
+                    return Err(RegistryError::Rejected(
+                        "timeout= belongs to the surrogate with exec:: give it --timeout SECONDS"
                             .into(),
                     ));
                 }

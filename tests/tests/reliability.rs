@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -402,9 +402,13 @@ fn mount_daemon_killed_mid_write() {
     );
 
     let log = mount.root().with_extension("remount.log");
+    // Named as a user would from its parent directory, with a trailing slash.
+    let parent = mount.root().parent().unwrap();
+    let relative = format!("{}/", mount.root().file_name().unwrap().to_str().unwrap());
     let remounted = Command::new(binary("reposure-mount"))
+        .current_dir(parent)
         .arg(registry.url())
-        .arg(mount.root())
+        .arg(&relative)
         .arg("-o")
         .arg(format!("log={}", log.display()))
         .output()
@@ -420,7 +424,7 @@ fn mount_daemon_killed_mid_write() {
         "fault.mount-killed",
         Category::Fault,
         "kill -9 of the mount daemon with a 4 MiB file open for writing",
-        "close() fails, no tag, the spool directory is empty; reposure-mount on the same mountpoint detaches the dead mount and works",
+        "close() fails, no tag, the spool directory is empty; reposure-mount on the same mountpoint (named relative to the working directory) detaches the dead mount and works",
         "mount_daemon_killed_mid_write",
     )
     .faults(1)
@@ -490,15 +494,42 @@ fn full_spool_disk_is_enospc() {
     let small = random_bytes(100_000);
     fs::write(mount.path("fits"), &small).unwrap();
     assert_eq!(fs::read(mount.path("fits")).unwrap(), small);
+
+    // Once the spool has failed a write, the file stays failed: more writes and close()
+    // fail, and nothing is pushed.
+    let mut file = fs::File::create(mount.path("poisoned")).unwrap();
+    assert_eq!(
+        errno_of(file.write_all(&random_bytes(8 * MIB))),
+        libc::ENOSPC
+    );
+    assert_eq!(errno_of(file.write_all(b"more")), libc::ENOSPC);
+    // With the disk still full, a file whose very first write fails fails its close too.
+    let mut nothing_written = fs::File::create(mount.path("never")).unwrap();
+    assert_eq!(errno_of(nothing_written.write_all(b"x")), libc::ENOSPC);
+    assert_eq!(close(nothing_written), Err(libc::ENOSPC));
+    assert_eq!(close(file), Err(libc::ENOSPC));
+    assert!(registry_tags(&registry.url(), "poisoned").is_empty());
+    assert!(registry_tags(&registry.url(), "never").is_empty());
+    // ... unless it is truncated to nothing and written again.
+    let mut file = fs::File::create(mount.path("rewritten")).unwrap();
+    assert_eq!(
+        errno_of(file.write_all(&random_bytes(8 * MIB))),
+        libc::ENOSPC
+    );
+    file.set_len(0).unwrap();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.write_all(&small).unwrap();
+    assert_eq!(close(file), Ok(()));
+    assert_eq!(fs::read(mount.path("rewritten")).unwrap(), small);
     Row::new(
         "fault.spool-full",
         Category::Fault,
-        "the mount's spool_dir on a 4 MiB tmpfs; an 8 MiB file written",
-        "write() fails with ENOSPC and the log names spool_dir=; no tag; the space is freed; a 100 KB file then works",
+        "the mount's spool_dir on a 4 MiB tmpfs; 8 MiB files written",
+        "write() fails with ENOSPC and the log names spool_dir=; later writes and close() of that file fail too, also when its first write failed; no tag; the space is freed; a 100 KB file then works, and so does a failed file truncated to 0 and written again",
         "full_spool_disk_is_enospc",
     )
-    .faults(1)
-    .operations(3)
+    .faults(4)
+    .operations(11)
     .record();
 }
 
@@ -819,16 +850,40 @@ fn invalid_names_are_refused_by_cp_and_image_push() {
         "{}",
         String::from_utf8_lossy(&pushed.stderr)
     );
+    // The deepest directory whose path is 255 characters can be made, but nothing in it.
+    let deepest = mount.path(&long_path[..255]);
+    fs::create_dir_all(&deepest).unwrap();
+    assert_eq!(
+        errno_of(fs::write(deepest.join("x"), b"x")),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno_of(fs::create_dir(deepest.join("x"))),
+        libc::ENAMETOOLONG
+    );
+    // reposure-mount takes a source as text only.
+    let mountpoint = tempfile::tempdir().unwrap();
+    let refused = Command::new(binary("reposure-mount"))
+        .arg(non_utf8)
+        .arg(mountpoint.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not UTF-8"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert!(registry_catalog(&registry.url()).is_empty());
     Row::new(
         "input.invalid-names",
         Category::BadInput,
-        "names with upper case, a space, a leading dot, a 129-character tag, a 257-character repository path, and non-UTF-8 bytes, through cp and image push",
-        "EINVAL or ENAMETOOLONG through the mount; exit 2 naming the rule from the CLI; nothing reaches the registry",
+        "names with upper case, a space, a leading dot, a 129-character tag and non-UTF-8 bytes through cp and image push; a 257-character repository path through cp, mkdir and image push; a non-UTF-8 source given to reposure-mount",
+        "EINVAL or ENAMETOOLONG through the mount; exit 2 naming the rule from the CLI and from reposure-mount; nothing reaches the registry",
         "invalid_names_are_refused_by_cp_and_image_push",
     )
-    .inputs(2 * cases.len() as u64 + 3)
-    .operations(2 * cases.len() as u64 + 3)
+    .inputs(2 * cases.len() as u64 + 6)
+    .operations(2 * cases.len() as u64 + 6)
     .record();
 }
 

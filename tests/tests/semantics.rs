@@ -593,6 +593,53 @@ fn dd_pushes_once_and_touch_creates_empty() {
     assert_eq!(fs::read(mount.path("empty")).unwrap(), b"");
 }
 
+/// `push.close`: a child process closing its copy of a descriptor (at exec, or at exit)
+/// pushes nothing; the opener's close pushes the whole file once, and a file the opener
+/// handed to a child and closed first is pushed when the child's copy goes.
+#[test]
+fn only_the_process_that_opened_a_file_pushes_it() {
+    let (registry, mount) = mounted();
+    let manifest_puts = |repository: &str| {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"PUT /v2/{repository}/manifests/")))
+            .count()
+    };
+    let first = random_bytes(1024 * 1024);
+    let second = random_bytes(1024 * 1024);
+    let mut file = fs::File::create(mount.path("forked")).unwrap();
+    file.write_all(&first).unwrap();
+    // The child gets a copy of every descriptor and closes it when it execs.
+    let status = std::process::Command::new("true").status().unwrap();
+    assert!(status.success());
+    assert!(registry_tags(&registry.url(), "forked").is_empty());
+    file.write_all(&second).unwrap();
+    drop(file);
+    assert_eq!(manifest_puts("forked"), 1, "{}", registry.log());
+    assert_eq!(
+        sha256_hex(&fs::read(mount.path("forked")).unwrap()),
+        sha256_hex(&[first, second].concat())
+    );
+
+    let file = fs::File::create(mount.path("handed")).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 0.5; printf 'written '; printf 'by a child'"])
+        .stdout(file)
+        .spawn()
+        .unwrap();
+    // The Command held the opener's copy; it is closed now, before the child writes.
+    assert!(child.wait().unwrap().success());
+    assert!(
+        reposure_tests::wait_until(Duration::from_secs(10), || {
+            fs::read(mount.path("handed")).is_ok_and(|c| c == b"written by a child")
+        }),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(manifest_puts("handed"), 1, "{}", registry.log());
+}
+
 /// `retag.mv`: mv puts the manifest under the new name (across repositories too) and
 /// removes the old tag only; `retag.ln`: ln adds a tag for the same manifest.
 #[test]

@@ -160,6 +160,31 @@ fn mount_refuses_bad_input_with_one_line() {
         "{}",
         failure.stderr
     );
+
+    // timeout= is for a registry the mount reaches itself: elsewhere it says where it goes.
+    let layout = tempfile::tempdir().unwrap();
+    let oci = format!("oci:{}", layout.path().display());
+    for (source, says) in [
+        (oci.as_str(), "not oci: directories"),
+        (
+            "exec:reposure-surrogate --registry http://127.0.0.1:9 session",
+            "--timeout",
+        ),
+        ("some-registry", "Kubernetes Registry"),
+    ] {
+        let failure = Mount::try_new(source, &["timeout=5"], &[]).err().unwrap();
+        assert!(
+            failure.stderr.contains(says),
+            "{source}: {}",
+            failure.stderr
+        );
+        assert_eq!(
+            failure.stderr.trim().lines().count(),
+            1,
+            "{}",
+            failure.stderr
+        );
+    }
 }
 
 /// `errors.unavailable`: the registry goes away and comes back.
