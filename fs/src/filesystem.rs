@@ -19,7 +19,7 @@ use reposure_surrogate::digest::Digest;
 use reposure_surrogate::formats::single_file::PushFormat;
 use reposure_surrogate::names::{DEFAULT_TAG, Reference};
 use reposure_surrogate::registry::{ImageInfo, Registry};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::cache::DiskCache;
@@ -181,6 +181,10 @@ pub struct Filesystem {
     mounted_at: SystemTime,
     invalidator: Arc<std::sync::OnceLock<Invalidator>>,
     read_context: ReadContext,
+    /// Each writer holds a copy until its last push is made; [`Filesystem::finish_writes`]
+    /// drops this one and waits for the rest.
+    writers_running: Mutex<Option<mpsc::Sender<()>>>,
+    writers_finished: tokio::sync::Mutex<mpsc::Receiver<()>>,
 }
 
 impl Filesystem {
@@ -191,6 +195,7 @@ impl Filesystem {
             Some((dir, limit)) => Some(DiskCache::open(dir.clone(), *limit)?),
             None => None,
         };
+        let (running, finished) = mpsc::channel(1);
         let read_context = ReadContext {
             registry: registry.clone(),
             budget: ReadBudget::new(config.read_ahead_budget),
@@ -209,6 +214,8 @@ impl Filesystem {
             mounted_at: SystemTime::now(),
             invalidator: Arc::default(),
             read_context,
+            writers_running: Mutex::new(Some(running)),
+            writers_finished: tokio::sync::Mutex::new(finished),
         })
     }
 
@@ -625,12 +632,14 @@ impl Filesystem {
             tag: tag.to_owned(),
             format: self.config.format,
         };
+        let running = self.writers_running.lock().expect("lock").clone();
         let writer = Arc::new(WriteHandle::spawn(
             self.registry.clone(),
             target,
             &self.config.spool_dir,
             new_content,
             on_published,
+            running,
         )?);
         let ino = self.inodes.writing(name, &writer);
         writing.insert(
@@ -817,6 +826,22 @@ impl Filesystem {
                 None => Ok(()),
             }
         }
+    }
+
+    /// Once the kernel has unmounted: releases every file still open for writing (the
+    /// kernel drops releases it had not sent yet) and waits up to `limit` for every writer
+    /// to make its last push, so that a file closed just before the unmount is not lost.
+    /// Returns whether they all finished.
+    pub async fn finish_writes(&self, limit: Duration) -> bool {
+        self.handles.lock().expect("lock").clear();
+        self.writing.lock().expect("lock").clear();
+        drop(self.writers_running.lock().expect("lock").take());
+        let mut finished = self.writers_finished.lock().await;
+        // Nothing is ever sent: the channel closes when the last writer is done.
+        if matches!(finished.try_recv(), Err(mpsc::error::TryRecvError::Empty)) {
+            info!("waiting for the files being pushed");
+        }
+        tokio::time::timeout(limit, finished.recv()).await.is_ok()
     }
 
     /// `release`: the last close of an open file.

@@ -9,25 +9,22 @@
 //! the same distinction for the same reason.)
 //!
 //! The kernel names the calling *thread* in each request, so processes are compared by
-//! thread-group id, read from `/proc`. A thread that cannot be looked up (gone, or in a pid
-//! namespace the mount cannot see, where the kernel reports 0 for every caller) is only
-//! the same process as the very same id.
+//! thread-group id, read from `/proc` only when the ids differ. Where `/proc` does not show
+//! a caller (a pid namespace the mount cannot see, where the kernel reports 0 for every
+//! caller, or `/proc` mounted with `hidepid=`), the two are taken to be the same process:
+//! every close then pushes, as it would without this rule, rather than a close from another
+//! thread of the writer (Go, Java and tokio programs close on any thread) pushing nothing.
 
-/// The process of a request: the kernel's caller id and, where `/proc` has it, its
-/// thread-group id.
+/// The process of a request, as the kernel named it (a thread id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pid: u32,
-    tgid: Option<u32>,
 }
 
 impl Caller {
-    /// The caller the kernel named (a thread id).
+    /// The caller the kernel named.
     pub fn new(pid: u32) -> Self {
-        Self {
-            pid,
-            tgid: thread_group(pid),
-        }
+        Self { pid }
     }
 
     /// This process: for callers of the core that are not the kernel (tests, tools).
@@ -35,9 +32,15 @@ impl Caller {
         Self::new(std::process::id())
     }
 
-    /// Whether `other` is a thread of the same process.
+    /// Whether `other` is a thread of the same process (or either cannot be told apart).
     pub fn same_process(&self, other: &Caller) -> bool {
-        self.pid == other.pid || (self.tgid.is_some() && self.tgid == other.tgid)
+        if self.pid == other.pid {
+            return true;
+        }
+        match (thread_group(self.pid), thread_group(other.pid)) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => true,
+        }
     }
 
     /// The id the kernel gave, for logs.
@@ -90,9 +93,9 @@ mod tests {
     }
 
     #[test]
-    fn callers_nobody_can_look_up_are_only_themselves() {
+    fn callers_nobody_can_look_up_count_as_the_same_process() {
         // pid 0: the caller is in a pid namespace the mount cannot see.
         assert!(Caller::new(0).same_process(&Caller::new(0)));
-        assert!(!Caller::new(0).same_process(&Caller::this_process()));
+        assert!(Caller::new(0).same_process(&Caller::this_process()));
     }
 }

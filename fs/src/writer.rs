@@ -99,12 +99,16 @@ impl WriteHandle {
     /// Starts the actor; the spool file is created in `spool_dir`. `new_content` says
     /// whether closing without writing still publishes (an empty) content: true for a
     /// created or truncated file, false for a plain open for writing (as `touch` does).
+    ///
+    /// The actor holds `running` until it has made its last push, so that whoever holds the
+    /// receiving end can wait for every writer to finish.
     pub fn spawn(
         registry: Arc<dyn Registry>,
         target: Target,
         spool_dir: &Path,
         new_content: bool,
         on_published: OnPublished,
+        running: Option<mpsc::Sender<()>>,
     ) -> FsResult<Self> {
         let spool = Scratch::new_in(spool_dir).map_err(FsError::Spool)?;
         let size = Arc::new(AtomicU64::new(0));
@@ -152,6 +156,7 @@ impl WriteHandle {
                 {
                     error!(error = %e, "push at release failed");
                 }
+                drop(running);
             }
             .instrument(span),
         );
@@ -232,7 +237,8 @@ struct Writer {
     replacing: Arc<AtomicBool>,
     /// The content differs from what was last published.
     dirty: bool,
-    /// The last publish failed: close() reported it, and release does not try again.
+    /// The last publish failed and nothing was written since: close() reported it, and
+    /// release does not try again.
     failed: bool,
     /// A write could not be spooled (a full disk): the spool no longer holds what the
     /// program wrote, so every later write and flush fails with this errno and nothing is
@@ -258,6 +264,8 @@ impl Writer {
     }
 
     fn mark_dirty(&mut self) {
+        // New content since a failed push: the release pushes it (or fails it) again.
+        self.failed = false;
         self.dirty = true;
         self.replacing.store(true, Ordering::Relaxed);
     }

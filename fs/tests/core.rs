@@ -246,15 +246,7 @@ async fn read_failure_is_eio_and_next_open_recovers() {
 async fn writes_must_be_sequential() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store);
-    let (_, fh) = fs
-        .create(
-            ROOT,
-            OsStr::new("seq"),
-            libc::O_WRONLY | libc::O_CREAT,
-            Caller::this_process(),
-        )
-        .await
-        .unwrap();
+    let fh = create_in_root(&fs, "seq").await;
     fs.write(fh, 0, b"abc".to_vec()).await.unwrap();
     assert_eq!(
         fs.write(fh, 10, b"x".to_vec()).await.unwrap_err().errno(),
@@ -425,15 +417,7 @@ async fn a_push_answers_after_the_kernel_dropped_its_names() {
         });
         answer
     }));
-    let (_, fh) = fs
-        .create(
-            ROOT,
-            OsStr::new("img"),
-            libc::O_WRONLY | libc::O_CREAT,
-            Caller::this_process(),
-        )
-        .await
-        .unwrap();
+    let fh = create_in_root(&fs, "img").await;
     fs.write(fh, 0, b"x".to_vec()).await.unwrap();
     let started = std::time::Instant::now();
     fs.flush(fh, Caller::this_process()).await.unwrap();
@@ -523,6 +507,16 @@ async fn a_file_being_written_keeps_its_inode_until_released() {
     ));
 }
 
+/// Creates `name` in the root for writing, as this process; the handle.
+async fn create_in_root(fs: &Filesystem, name: &str) -> u64 {
+    let flags = libc::O_WRONLY | libc::O_CREAT;
+    let (_, fh) = fs
+        .create(ROOT, OsStr::new(name), flags, Caller::this_process())
+        .await
+        .unwrap();
+    fh
+}
+
 /// Another process that was only handed the descriptor (here a child process).
 struct OtherProcess(std::process::Child);
 
@@ -556,15 +550,7 @@ async fn only_the_openers_close_pushes() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store.clone());
     let child = OtherProcess::start();
-    let (_, fh) = fs
-        .create(
-            ROOT,
-            OsStr::new("doc"),
-            libc::O_WRONLY | libc::O_CREAT,
-            Caller::this_process(),
-        )
-        .await
-        .unwrap();
+    let fh = create_in_root(&fs, "doc").await;
     fs.write(fh, 0, b"first half, ".to_vec()).await.unwrap();
     fs.flush(fh, child.caller()).await.unwrap();
     // A mount that never saw the file open reads what the registry has.
@@ -615,15 +601,7 @@ async fn a_stuck_invalidation_holds_a_close_for_a_bounded_time() {
         keeper.lock().unwrap().push(done);
         answer
     }));
-    let (_, fh) = fs
-        .create(
-            ROOT,
-            OsStr::new("stuck"),
-            libc::O_WRONLY | libc::O_CREAT,
-            Caller::this_process(),
-        )
-        .await
-        .unwrap();
+    let fh = create_in_root(&fs, "stuck").await;
     fs.write(fh, 0, b"one".to_vec()).await.unwrap();
     let started = std::time::Instant::now();
     fs.fsync(fh).await.unwrap();
@@ -638,4 +616,49 @@ async fn a_stuck_invalidation_holds_a_close_for_a_bounded_time() {
     );
     assert_eq!(pending.lock().unwrap().len(), 2);
     fs.release(fh);
+}
+
+/// An unmount releases the files the kernel never sent a release for and waits for their
+/// pushes: content a child wrote after its opener closed is not lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn finishing_writes_pushes_files_never_released() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    let child = OtherProcess::start();
+    let fh = create_in_root(&fs, "late").await;
+    fs.write(fh, 0, b"written by a child".to_vec())
+        .await
+        .unwrap();
+    fs.flush(fh, child.caller()).await.unwrap();
+    assert!(fs.finish_writes(std::time::Duration::from_secs(10)).await);
+    assert_eq!(
+        read_file(&filesystem(store), ROOT, "late").await.unwrap(),
+        b"written by a child"
+    );
+}
+
+/// A push that failed is tried again at release if more was written since: the opener
+/// closed mid-write (and was told of the failure), a child then wrote the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_written_after_a_failed_push_is_pushed_at_release() {
+    use reposure_surrogate::store::faulty::Faults;
+    let (memory, faulty, fs) = faulty_filesystem();
+    let child = OtherProcess::start();
+    let fh = create_in_root(&fs, "retried").await;
+    fs.write(fh, 0, b"first, ".to_vec()).await.unwrap();
+    faulty.set(Faults {
+        put_manifest_fails: true,
+        ..Default::default()
+    });
+    assert!(fs.flush(fh, Caller::this_process()).await.is_err());
+    faulty.set(Faults::default());
+    fs.write(fh, 7, b"then the rest".to_vec()).await.unwrap();
+    fs.flush(fh, child.caller()).await.unwrap();
+    fs.release(fh);
+    assert!(fs.finish_writes(std::time::Duration::from_secs(10)).await);
+    let elsewhere = filesystem(memory);
+    assert_eq!(
+        read_file(&elsewhere, ROOT, "retried").await.unwrap(),
+        b"first, then the rest"
+    );
 }

@@ -41,6 +41,11 @@ type Invalidation = (u64, Vec<String>, tokio::sync::oneshot::Sender<()>);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_ALLOWANCE: Duration = Duration::from_secs(10);
 
+/// How long an unmount waits for the pushes of files closed just before it (a push at the
+/// last release is not waited for by anyone else): long enough for a large file on a
+/// normal link, short of a service manager's usual stop timeout (90 s).
+const FINISH_PUSHES: Duration = Duration::from_secs(60);
+
 pub const USAGE: &str = "usage: reposure-mount SOURCE MOUNTPOINT [-f] [-o OPT[,OPT...]]
 
 SOURCE is [NAMESPACE/]NAME (a Registry of the Kubernetes cluster, reached through its
@@ -422,6 +427,12 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
     reporter.ready();
     session.run().context("the FUSE session failed")?;
     info!("unmounted");
+    if !runtime.block_on(core.finish_writes(FINISH_PUSHES)) {
+        tracing::error!(
+            wait_s = FINISH_PUSHES.as_secs(),
+            "files closed just before the unmount were still being pushed; they may not be in the registry"
+        );
+    }
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! SEMANTICS.md is the contract: every row id it lists must be named by a test that
 //! exercises it (in this directory's test files), no test may name a row that is gone, and
-//! its errno table names every errno the filesystem can return.
+//! its errno table names every errno the filesystem's code names.
 
 use std::collections::BTreeSet;
 use std::path::Path;

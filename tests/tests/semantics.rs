@@ -624,7 +624,11 @@ fn only_the_process_that_opened_a_file_pushes_it() {
 
     let file = fs::File::create(mount.path("handed")).unwrap();
     let mut child = std::process::Command::new("sh")
-        .args(["-c", "sleep 0.5; printf 'written '; printf 'by a child'"])
+        // `sleep` inherits the descriptor too, and exits holding a file that is not empty.
+        .args([
+            "-c",
+            "sleep 0.5; printf 'written '; sleep 0.2; printf 'by a child'",
+        ])
         .stdout(file)
         .spawn()
         .unwrap();
