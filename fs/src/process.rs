@@ -87,9 +87,10 @@ mod tests {
             .spawn()
             .unwrap();
         let other = Caller::new(child.id());
+        let same = Caller::this_process().same_process(&other);
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(!Caller::this_process().same_process(&other));
+        assert!(!same);
     }
 
     #[test]
