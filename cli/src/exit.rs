@@ -9,7 +9,7 @@
 //! | 4 | access refused: registry credentials, or Kubernetes RBAC |
 //! | 5 | unavailable: the registry or cluster cannot be reached, the surrogate is not ready, a timeout |
 
-use reposure_surrogate::RegistryError;
+use reposure_registry::RegistryError;
 
 pub const FAILED: i32 = 1;
 pub const USAGE: i32 = 2;
@@ -23,7 +23,7 @@ pub fn code(error: &anyhow::Error) -> i32 {
         if let Some(registry) = cause.downcast_ref::<RegistryError>() {
             return match registry {
                 RegistryError::NotFound(_) => NOT_FOUND,
-                RegistryError::InvalidName { .. } => USAGE,
+                RegistryError::InvalidName { .. } | RegistryError::Usage(_) => USAGE,
                 RegistryError::Unauthorized(_)
                 | RegistryError::Denied(_)
                 | RegistryError::UntrustedCertificate(_) => REFUSED,

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use futures::StreamExt;
-use reposure_surrogate::formats::single_file::PushFormat;
-use reposure_surrogate::import;
-use reposure_surrogate::names::{self, Reference};
-use reposure_surrogate::registry::{FileUpload, Registry};
-use reposure_surrogate::scratch::Scratch;
+use reposure_registry::Registry;
+use reposure_registry::formats::single_file::PushFormat;
+use reposure_registry::names::{self, Reference};
+use reposure_registry::pull::list_images;
+use reposure_registry::push::{Content, LocalFile, push_path, with_progress};
+use reposure_registry::scratch::Scratch;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
@@ -123,7 +124,7 @@ pub async fn run(command: ImageCommand, registry: Arc<dyn Registry>, quiet: bool
         ImageCommand::Delete { name, .. } => {
             let targets = match name {
                 Some(name) => vec![tag_of(&name)?],
-                None => all_tags(registry.as_ref()).await?,
+                None => list_images(registry.as_ref()).await?,
             };
             for (repository, tag) in targets {
                 registry
@@ -164,35 +165,23 @@ async fn push(
     if !metadata.is_file() {
         bail!(Usage(format!("{} is not a file", path.display())));
     }
-    let scratch = std::env::temp_dir();
-    let digest = match import::push_archive(registry, &repository, &tag, path, &scratch)
-        .await
-        .with_context(|| format!("cannot push {} as {name}", path.display()))?
-    {
-        Some(digest) => digest,
-        None => {
-            let bar = progress::bar(metadata.len(), "push", quiet);
-            let file = tokio::fs::File::open(path).await?;
-            let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-                .map(|r| r.map_err(reposure_surrogate::RegistryError::from))
-                .boxed();
-            let file_name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("file")
-                .to_owned();
-            let upload = FileUpload {
-                file_name,
-                size: metadata.len(),
-                format,
-                created: None,
-                body: progress::counted(body, bar.clone()),
-            };
-            let pushed = registry.push_file(&repository, &tag, upload).await;
-            bar.finish_and_clear();
-            pushed.with_context(|| format!("cannot push {} as {name}", path.display()))?
-        }
+    let bar = progress::bar(metadata.len(), "push", quiet);
+    let file = LocalFile {
+        path,
+        file_name: path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file")
+            .to_owned(),
+        format,
+        created: None,
+        content: Content::Detect,
+        scratch_dir: &std::env::temp_dir(),
+        progress: Some(progress::reporter(&bar)),
     };
+    let pushed = push_path(registry, &repository, &tag, file).await;
+    bar.finish_and_clear();
+    let digest = pushed.with_context(|| format!("cannot push {} as {name}", path.display()))?;
     println!("{repository}:{tag} {digest}");
     Ok(())
 }
@@ -204,24 +193,11 @@ async fn pull(
     output: Option<&Path>,
     quiet: bool,
 ) -> Result<()> {
-    let (repository, reference) = names::parse_image(name)?;
-    let info = registry
-        .resolve(&repository, &reference)
+    let pulled = reposure_registry::pull::pull(registry, name, unpack)
         .await
         .with_context(|| format!("cannot pull {name}"))?;
-    let content = match (&info.file, unpack) {
-        (Ok(file), true) => file,
-        (Err(reason), true) => bail!(
-            "{name} is not a single file ({reason}); pull it without --unpack to get the image archive"
-        ),
-        (_, false) => &info.archive,
-    };
-    let bar = progress::bar(content.length(), "pull", quiet);
-    let stream = registry
-        .read(&repository, content, 0, content.length())
-        .await
-        .with_context(|| format!("cannot pull {name}"))?;
-    let mut stream = progress::counted(stream, bar.clone());
+    let bar = progress::bar(pulled.length, "pull", quiet);
+    let mut stream = with_progress(pulled.stream, progress::reporter(&bar));
     match output {
         Some(path) => {
             let dir = path
@@ -261,18 +237,8 @@ struct ImageName {
     tag: String,
 }
 
-async fn all_tags(registry: &dyn Registry) -> Result<Vec<(String, String)>> {
-    let mut all = Vec::new();
-    for repository in registry.list_repositories().await? {
-        for tag in registry.list_tags(&repository).await? {
-            all.push((repository.clone(), tag));
-        }
-    }
-    Ok(all)
-}
-
 async fn list(registry: &dyn Registry, format: Format) -> Result<()> {
-    let images: Vec<ImageName> = all_tags(registry)
+    let images: Vec<ImageName> = list_images(registry)
         .await
         .context("cannot list images")?
         .into_iter()

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
-use reposure_operator::cluster::explain;
+use reposure_client::kubernetes::explain;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -73,7 +73,7 @@ where
             Err(reason) => reason,
         };
         if Instant::now() >= deadline {
-            bail!(reposure_surrogate::RegistryError::Unavailable(format!(
+            bail!(reposure_registry::RegistryError::Unavailable(format!(
                 "{what} did not happen within {}s: {reason}",
                 timeout.as_secs()
             )));
@@ -154,7 +154,7 @@ pub async fn pod_with_labels(pods: &Api<Pod>, selector: &str, scope: &Scope<'_>)
         .or(list.items.first())
         .map(|p| p.name_any())
         .ok_or_else(|| {
-            reposure_surrogate::RegistryError::NotFound(format!(
+            reposure_registry::RegistryError::NotFound(format!(
                 "no pod with labels {selector} in namespace {}",
                 scope.namespace
             ))

@@ -23,7 +23,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use reposure_operator::cluster::{self, KubeOptions};
+use reposure_client::kubernetes::{self as cluster, KubeOptions};
+use reposure_client::source::Source;
+use reposure_registry::credentials::OptionNames;
+use reposure_registry::{RegistryError, logging};
 
 use crate::image::ImageCommand;
 use crate::operator::OperatorCommand;
@@ -117,20 +120,21 @@ fn main() {
         reposure_mount::main(mount_args(args, &kube));
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REPOSURE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init("warn", logging::Destination::Stderr).expect("stderr needs no opening");
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     if let Err(error) = runtime.block_on(run(cli.command, kube, cli.direct, cli.quiet)) {
-        let message = error
+        let mut message = error
             .chain()
             .map(|c| c.to_string())
             .collect::<Vec<_>>()
             .join(": ");
+        if let Some(hint) = error
+            .chain()
+            .find_map(|c| c.downcast_ref::<RegistryError>())
+            .and_then(|registry| OptionNames::FLAGS.hint(registry))
+        {
+            message.push_str(&format!("; {hint}"));
+        }
         eprintln!("reposure: {message}");
         std::process::exit(exit::code(&error));
     }
@@ -140,13 +144,12 @@ fn main() {
 /// `reposure-mount`'s terms.
 fn mount_args(mut args: Vec<OsString>, kube: &KubeOptions) -> Vec<OsString> {
     if let (Some(namespace), Some(first)) = (&kube.namespace, args.first_mut())
-        && let Some(source) = first.to_str()
-        && cluster::parse_target(source).is_some_and(|(ns, _)| ns.is_none())
-        && source
-            .parse::<reposure_surrogate::source::Source>()
-            .is_err()
+        && let Some(Ok(Source::Kubernetes {
+            namespace: None,
+            name,
+        })) = first.to_str().map(str::parse)
     {
-        *first = format!("{namespace}/{source}").into();
+        *first = format!("{namespace}/{name}").into();
     }
     let mut options = Vec::new();
     if let Some(kubeconfig) = &kube.kubeconfig {

@@ -64,12 +64,7 @@ pub enum OperatorCommand {
 }
 
 pub async fn run(command: OperatorCommand, client: Client, namespace: &str) -> Result<()> {
-    let scope = Scope { namespace };
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let roles: Api<Role> = Api::namespaced(client.clone(), namespace);
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let apis = Apis::new(&client, namespace);
     match command {
         OperatorCommand::Install {
             role,
@@ -78,78 +73,23 @@ pub async fn run(command: OperatorCommand, client: Client, namespace: &str) -> R
             operator_image,
             surrogate_image,
         } => {
-            kubernetes::apply(
-                &crds,
-                &reposure_operator::resource::crd(),
-                &Scope {
-                    namespace: "(cluster)",
-                },
-            )
-            .await?;
-            let (account, binding, deployment) =
-                manifests::operator_objects(namespace, &operator_image, &surrogate_image);
-            kubernetes::apply(&accounts, &account, &scope).await?;
-            kubernetes::apply(&roles, &manifests::operator_role(namespace), &scope).await?;
-            kubernetes::apply(&bindings, &binding, &scope).await?;
-            kubernetes::apply(&roles, &manifests::user_role(namespace), &scope).await?;
-            if let Some(cluster_role) = role {
-                let extra = RoleBinding {
-                    metadata: ObjectMeta {
-                        name: Some(EXTRA_BINDING.into()),
-                        namespace: Some(namespace.into()),
-                        ..Default::default()
-                    },
-                    role_ref: RoleRef {
-                        api_group: "rbac.authorization.k8s.io".into(),
-                        kind: "ClusterRole".into(),
-                        name: cluster_role,
-                    },
-                    subjects: Some(vec![Subject {
-                        kind: "ServiceAccount".into(),
-                        name: OPERATOR.into(),
-                        namespace: Some(namespace.into()),
-                        ..Default::default()
-                    }]),
-                };
-                kubernetes::apply(&bindings, &extra, &scope).await?;
-            }
-            kubernetes::apply(&deployments, &deployment, &scope).await?;
-            eprintln!(
-                "operator applied in namespace {namespace}; bind people to the Role {USER_ROLE} to let them mount"
-            );
+            install(&apis, role, &operator_image, &surrogate_image).await?;
             if wait {
                 kubernetes::wait_available(
-                    &deployments,
+                    &apis.deployments,
                     OPERATOR,
                     Duration::from_secs(timeout),
-                    &scope,
+                    &apis.scope(),
                 )
                 .await?;
                 eprintln!("operator is available");
             }
+            Ok(())
         }
         OperatorCommand::Uninstall { wait, timeout, crd } => {
-            kubernetes::delete(&deployments, OPERATOR, &scope).await?;
-            kubernetes::delete(&bindings, EXTRA_BINDING, &scope).await?;
-            kubernetes::delete(&bindings, OPERATOR, &scope).await?;
-            kubernetes::delete(&roles, OPERATOR, &scope).await?;
-            kubernetes::delete(&roles, USER_ROLE, &scope).await?;
-            kubernetes::delete(&accounts, OPERATOR, &scope).await?;
-            if crd {
-                let name = reposure_operator::resource::crd()
-                    .metadata
-                    .name
-                    .unwrap_or_default();
-                kubernetes::delete(
-                    &crds,
-                    &name,
-                    &Scope {
-                        namespace: "(cluster)",
-                    },
-                )
-                .await?;
-            }
+            uninstall(&apis, crd).await?;
             if wait {
+                let deployments = &apis.deployments;
                 kubernetes::wait_for(
                     Duration::from_secs(timeout),
                     "the operator going away",
@@ -163,17 +103,114 @@ pub async fn run(command: OperatorCommand, client: Client, namespace: &str) -> R
                 .await?;
             }
             eprintln!("operator removed from namespace {namespace}");
+            Ok(())
         }
         OperatorCommand::Logs { follow } => {
             let pods: Api<Pod> = Api::namespaced(client, namespace);
+            let scope = apis.scope();
             let pod = kubernetes::pod_with_labels(
                 &pods,
                 &format!("app.kubernetes.io/name={OPERATOR}"),
                 &scope,
             )
             .await?;
-            kubernetes::print_pod_log(&pods, &pod, follow, &scope).await?;
+            kubernetes::print_pod_log(&pods, &pod, follow, &scope).await
         }
+    }
+}
+
+/// The APIs an install touches, in the operator's namespace (and the cluster's CRDs).
+struct Apis<'a> {
+    namespace: &'a str,
+    accounts: Api<ServiceAccount>,
+    roles: Api<Role>,
+    bindings: Api<RoleBinding>,
+    deployments: Api<Deployment>,
+    crds: Api<CustomResourceDefinition>,
+}
+
+impl<'a> Apis<'a> {
+    fn new(client: &Client, namespace: &'a str) -> Self {
+        Self {
+            namespace,
+            accounts: Api::namespaced(client.clone(), namespace),
+            roles: Api::namespaced(client.clone(), namespace),
+            bindings: Api::namespaced(client.clone(), namespace),
+            deployments: Api::namespaced(client.clone(), namespace),
+            crds: Api::all(client.clone()),
+        }
+    }
+
+    fn scope(&self) -> Scope<'a> {
+        Scope {
+            namespace: self.namespace,
+        }
+    }
+}
+
+/// Where cluster-wide objects (the CRD) are, for messages.
+const CLUSTER: Scope<'static> = Scope {
+    namespace: "(cluster)",
+};
+
+/// Applies the CRD, the operator's RBAC and its Deployment.
+async fn install(
+    apis: &Apis<'_>,
+    cluster_role: Option<String>,
+    operator_image: &str,
+    surrogate_image: &str,
+) -> Result<()> {
+    let (namespace, scope) = (apis.namespace, apis.scope());
+    kubernetes::apply(&apis.crds, &reposure_client::resource::crd(), &CLUSTER).await?;
+    let (account, binding, deployment) =
+        manifests::operator_objects(namespace, operator_image, surrogate_image);
+    kubernetes::apply(&apis.accounts, &account, &scope).await?;
+    kubernetes::apply(&apis.roles, &manifests::operator_role(namespace), &scope).await?;
+    kubernetes::apply(&apis.bindings, &binding, &scope).await?;
+    kubernetes::apply(&apis.roles, &manifests::user_role(namespace), &scope).await?;
+    if let Some(cluster_role) = cluster_role {
+        let extra = RoleBinding {
+            metadata: ObjectMeta {
+                name: Some(EXTRA_BINDING.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: cluster_role,
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: OPERATOR.into(),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            }]),
+        };
+        kubernetes::apply(&apis.bindings, &extra, &scope).await?;
+    }
+    kubernetes::apply(&apis.deployments, &deployment, &scope).await?;
+    eprintln!(
+        "operator applied in namespace {namespace}; bind people to the Role {USER_ROLE} to let them mount"
+    );
+    Ok(())
+}
+
+/// Deletes what [`install`] applied; the CRD (and so every Registry) only with `crd`.
+async fn uninstall(apis: &Apis<'_>, crd: bool) -> Result<()> {
+    let scope = apis.scope();
+    kubernetes::delete(&apis.deployments, OPERATOR, &scope).await?;
+    kubernetes::delete(&apis.bindings, EXTRA_BINDING, &scope).await?;
+    kubernetes::delete(&apis.bindings, OPERATOR, &scope).await?;
+    kubernetes::delete(&apis.roles, OPERATOR, &scope).await?;
+    kubernetes::delete(&apis.roles, USER_ROLE, &scope).await?;
+    kubernetes::delete(&apis.accounts, OPERATOR, &scope).await?;
+    if crd {
+        let name = reposure_client::resource::crd()
+            .metadata
+            .name
+            .unwrap_or_default();
+        kubernetes::delete(&apis.crds, &name, &CLUSTER).await?;
     }
     Ok(())
 }

@@ -2,9 +2,10 @@
 
 use std::io::IsTerminal;
 
-use futures::StreamExt;
+use std::sync::Arc;
+
 use indicatif::{ProgressBar, ProgressStyle};
-use reposure_surrogate::ByteStream;
+use reposure_registry::push::Progress;
 
 /// A bar for `total` bytes, hidden unless stderr is a terminal and `quiet` is off.
 pub fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
@@ -23,13 +24,8 @@ pub fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Counts a stream's bytes on `bar` as they pass.
-pub fn counted(stream: ByteStream, bar: ProgressBar) -> ByteStream {
-    stream
-        .inspect(move |chunk| {
-            if let Ok(bytes) = chunk {
-                bar.inc(bytes.len() as u64);
-            }
-        })
-        .boxed()
+/// Shows on `bar` how many bytes passed.
+pub fn reporter(bar: &ProgressBar) -> Progress {
+    let bar = bar.clone();
+    Arc::new(move |passed| bar.set_position(passed))
 }

@@ -7,13 +7,13 @@ use clap::{Args, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, ObjectMeta};
 use kube::{Api, Client, ResourceExt};
-use reposure_operator::cluster::explain;
-use reposure_operator::endpoint::registry_url;
-use reposure_operator::resource::{
+use reposure_client::kubernetes::explain;
+use reposure_client::resource::{
     DEFAULT_CA_KEY, Registry, RegistryDirect, RegistryIndirect, RegistrySpec, RegistryType,
 };
-use reposure_surrogate::RegistryError;
-use reposure_surrogate::docker_config::{self, DockerCredentials};
+use reposure_operator::endpoint::registry_url;
+use reposure_registry::RegistryError;
+use reposure_registry::credentials::{Credentials, docker_config};
 
 use crate::exit::Usage;
 use crate::kubernetes::{self, Scope};
@@ -209,8 +209,11 @@ fn ready_of(registry: &Registry) -> Result<(), String> {
 }
 
 pub async fn run(command: RegistryCommand, client: Client, namespace: &str) -> Result<()> {
-    let registries: Api<Registry> = Api::namespaced(client.clone(), namespace);
-    let scope = Scope { namespace };
+    let registries = Registries {
+        api: Api::namespaced(client.clone(), namespace),
+        client,
+        namespace,
+    };
     match command {
         RegistryCommand::Create {
             name,
@@ -221,7 +224,7 @@ pub async fn run(command: RegistryCommand, client: Client, namespace: &str) -> R
             wait,
             timeout,
         } => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            let secrets: Api<Secret> = Api::namespaced(registries.client.clone(), namespace);
             let mut spec = spec_for(&location, namespace, &secrets).await?;
             if authentication_secret.is_some() {
                 spec.authentication_secret = authentication_secret;
@@ -230,150 +233,178 @@ pub async fn run(command: RegistryCommand, client: Client, namespace: &str) -> R
             if authorization_secret.is_some() {
                 spec.authorization_secret = authorization_secret;
             }
-            // The operator would refuse it; say so now.
-            registry_url(&spec, namespace).map_err(|e| Usage(e.0))?;
-            let mut registry = Registry::new(&name, spec);
-            registry.metadata = ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(namespace.to_owned()),
-                ..Default::default()
-            };
-            kubernetes::apply(&registries, &registry, &scope).await?;
-            eprintln!("registry {name} applied in namespace {namespace}");
+            registries.create(&name, spec).await?;
             if wait {
-                kubernetes::wait_for(
-                    Duration::from_secs(timeout),
-                    &format!("Registry {name} becoming ready"),
-                    || async {
-                        let registry = registries
-                            .get(&name)
-                            .await
-                            .map_err(|e| explain(e, "get", RESOURCE, &name, namespace))?;
-                        Ok(ready_of(&registry))
-                    },
-                )
-                .await?;
-                eprintln!("registry {name} is ready");
+                registries
+                    .wait_ready(&name, Duration::from_secs(timeout))
+                    .await?;
             }
+            Ok(())
         }
         // Without a name, --all was given (the parser requires one or the other).
-        RegistryCommand::Delete { name, .. } => {
-            let names = match name {
-                Some(name) => vec![name],
-                None => registries
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| explain(e, "list", RESOURCE, "", namespace))?
-                    .items
-                    .iter()
-                    .map(|r| r.name_any())
-                    .collect(),
-            };
-            for name in names {
-                if !kubernetes::delete(&registries, &name, &scope).await? {
-                    bail!(RegistryError::NotFound(format!(
-                        "no Registry {name:?} in namespace {namespace}"
-                    )));
-                }
-                eprintln!("registry {name} deleted");
-            }
-        }
-        RegistryCommand::List { format } => {
-            let list = registries
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| explain(e, "list", RESOURCE, "", namespace))?;
-            print_data(&list.items, format, |items| {
-                items
-                    .iter()
-                    .map(|r| {
-                        let ready = match ready_of(r) {
-                            Ok(()) => "Ready".to_owned(),
-                            Err(reason) => format!(
-                                "NotReady ({})",
-                                reason.split(':').next().unwrap_or_default()
-                            ),
-                        };
-                        format!("{}\t{}\n", r.name_any(), ready)
-                    })
-                    .collect()
-            })?;
-        }
+        RegistryCommand::Delete { name, .. } => registries.delete(name).await,
+        RegistryCommand::List { format } => registries.list(format).await,
         RegistryCommand::Describe { name, format } => {
-            let mut registry = registries
-                .get(&name)
-                .await
-                .map_err(|e| explain(e, "get", RESOURCE, &name, namespace))?;
+            let mut registry = registries.get(&name).await?;
             registry.metadata.managed_fields = None;
             print_data(&registry, format, |r| {
                 serde_yaml::to_string(r).unwrap_or_default()
-            })?;
+            })
         }
-        RegistryCommand::Info { name, what } => {
-            let registry = registries
-                .get(&name)
-                .await
-                .map_err(|e| explain(e, "get", RESOURCE, &name, namespace))?;
-            let url = registry_url(&registry.spec, namespace).map_err(|e| Usage(e.0))?;
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            match what {
-                InfoItem::Host => println!("{url}"),
-                InfoItem::Cert => {
-                    let secret_name = registry.spec.authentication_secret.clone().ok_or_else(|| {
-                        RegistryError::NotFound(format!("Registry {name} has no authenticationSecret (no CA: plain HTTP or the system roots)"))
-                    })?;
-                    let key = registry
-                        .spec
-                        .authentication_secret_data_key
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_CA_KEY.into());
-                    let data = secret_value(&secrets, &secret_name, &key, namespace).await?;
-                    print!("{}", String::from_utf8_lossy(&data));
-                }
-                InfoItem::Username => {
-                    let secret_name =
-                        registry.spec.authorization_secret.clone().ok_or_else(|| {
-                            RegistryError::NotFound(format!(
-                                "Registry {name} has no authorizationSecret"
-                            ))
-                        })?;
-                    let config =
-                        secret_value(&secrets, &secret_name, ".dockerconfigjson", namespace)
-                            .await?;
-                    let host = url.split("://").nth(1).unwrap_or(&url);
-                    match docker_config::credentials_for(&config, host)? {
-                        Some(DockerCredentials::Basic { username, .. }) => println!("{username}"),
-                        Some(DockerCredentials::Bearer(_)) => {
-                            bail!("the credentials for {host} are a token, with no user name")
-                        }
-                        None => bail!(RegistryError::NotFound(format!(
-                            "Secret {secret_name} has no entry for {host}"
-                        ))),
+        RegistryCommand::Info { name, what } => registries.info(&name, what).await,
+        RegistryCommand::Logs { name, follow } => registries.logs(&name, follow).await,
+    }
+}
+
+/// The Registries of one namespace.
+struct Registries<'a> {
+    client: Client,
+    namespace: &'a str,
+    api: Api<Registry>,
+}
+
+impl Registries<'_> {
+    fn scope(&self) -> Scope<'_> {
+        Scope {
+            namespace: self.namespace,
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Registry> {
+        Ok(self
+            .api
+            .get(name)
+            .await
+            .map_err(|e| explain(e, "get", RESOURCE, name, self.namespace))?)
+    }
+
+    async fn all(&self) -> Result<Vec<Registry>> {
+        Ok(self
+            .api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| explain(e, "list", RESOURCE, "", self.namespace))?
+            .items)
+    }
+
+    async fn create(&self, name: &str, spec: RegistrySpec) -> Result<()> {
+        // The operator would refuse it; say so now.
+        registry_url(&spec, self.namespace).map_err(|e| Usage(e.0))?;
+        let mut registry = Registry::new(name, spec);
+        registry.metadata = ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace.to_owned()),
+            ..Default::default()
+        };
+        kubernetes::apply(&self.api, &registry, &self.scope()).await?;
+        eprintln!("registry {name} applied in namespace {}", self.namespace);
+        Ok(())
+    }
+
+    async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<()> {
+        kubernetes::wait_for(
+            timeout,
+            &format!("Registry {name} becoming ready"),
+            || async { Ok(ready_of(&self.get(name).await?)) },
+        )
+        .await?;
+        eprintln!("registry {name} is ready");
+        Ok(())
+    }
+
+    /// Deletes `name`, or every Registry of the namespace.
+    async fn delete(&self, name: Option<String>) -> Result<()> {
+        let names = match name {
+            Some(name) => vec![name],
+            None => self.all().await?.iter().map(|r| r.name_any()).collect(),
+        };
+        for name in names {
+            if !kubernetes::delete(&self.api, &name, &self.scope()).await? {
+                bail!(RegistryError::NotFound(format!(
+                    "no Registry {name:?} in namespace {}",
+                    self.namespace
+                )));
+            }
+            eprintln!("registry {name} deleted");
+        }
+        Ok(())
+    }
+
+    async fn list(&self, format: Format) -> Result<()> {
+        let items = self.all().await?;
+        print_data(&items, format, |items| {
+            items
+                .iter()
+                .map(|r| {
+                    let ready = match ready_of(r) {
+                        Ok(()) => "Ready".to_owned(),
+                        Err(reason) => format!(
+                            "NotReady ({})",
+                            reason.split(':').next().unwrap_or_default()
+                        ),
+                    };
+                    format!("{}\t{}\n", r.name_any(), ready)
+                })
+                .collect()
+        })
+    }
+
+    async fn info(&self, name: &str, what: InfoItem) -> Result<()> {
+        let registry = self.get(name).await?;
+        let namespace = self.namespace;
+        let url = registry_url(&registry.spec, namespace).map_err(|e| Usage(e.0))?;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        match what {
+            InfoItem::Host => println!("{url}"),
+            InfoItem::Cert => {
+                let secret_name = registry.spec.authentication_secret.clone().ok_or_else(|| {
+                    RegistryError::NotFound(format!("Registry {name} has no authenticationSecret (no CA: plain HTTP or the system roots)"))
+                })?;
+                let key = registry
+                    .spec
+                    .authentication_secret_data_key
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CA_KEY.into());
+                let data = secret_value(&secrets, &secret_name, &key, namespace).await?;
+                print!("{}", String::from_utf8_lossy(&data));
+            }
+            InfoItem::Username => {
+                let secret_name = registry.spec.authorization_secret.clone().ok_or_else(|| {
+                    RegistryError::NotFound(format!("Registry {name} has no authorizationSecret"))
+                })?;
+                let config =
+                    secret_value(&secrets, &secret_name, ".dockerconfigjson", namespace).await?;
+                let host = url.split("://").nth(1).unwrap_or(&url);
+                match docker_config::credentials_for(&config, host)? {
+                    Some(Credentials::Basic { username, .. }) => println!("{username}"),
+                    Some(Credentials::Bearer(_)) => {
+                        bail!("the credentials for {host} are a token, with no user name")
                     }
+                    None => bail!(RegistryError::NotFound(format!(
+                        "Secret {secret_name} has no entry for {host}"
+                    ))),
                 }
             }
         }
-        RegistryCommand::Logs { name, follow } => {
-            let registry = registries
-                .get(&name)
-                .await
-                .map_err(|e| explain(e, "get", RESOURCE, &name, namespace))?;
-            let pods: Api<Pod> = Api::namespaced(client, namespace);
-            let pod = match registry.status.and_then(|s| s.surrogate_pod) {
-                Some(pod) => pod,
-                None => {
-                    kubernetes::pod_with_labels(
-                        &pods,
-                        &reposure_operator::workload::selector(&name),
-                        &scope,
-                    )
-                    .await?
-                }
-            };
-            kubernetes::print_pod_log(&pods, &pod, follow, &scope).await?;
-        }
+        Ok(())
     }
-    Ok(())
+
+    async fn logs(&self, name: &str, follow: bool) -> Result<()> {
+        let registry = self.get(name).await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), self.namespace);
+        let pod = match registry.status.and_then(|s| s.surrogate_pod) {
+            Some(pod) => pod,
+            None => {
+                kubernetes::pod_with_labels(
+                    &pods,
+                    &reposure_operator::workload::selector(name),
+                    &self.scope(),
+                )
+                .await?
+            }
+        };
+        kubernetes::print_pod_log(&pods, &pod, follow, &self.scope()).await
+    }
 }
 
 async fn secret_value(

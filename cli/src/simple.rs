@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 use kube::{Api, Client};
-use reposure_operator::cluster::explain;
+use reposure_client::kubernetes::explain;
 use reposure_operator::objects::single_pod_deployment;
 
 use crate::kubernetes::{self, Scope};
@@ -224,20 +224,12 @@ fn deployment(namespace: &str, image: &str, tls: bool, htpasswd: bool) -> Deploy
 }
 
 pub async fn run(command: SimpleCommand, client: Client, namespace: &str) -> Result<()> {
-    let scope = Scope { namespace };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let exists = |name: &'static str| {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .get_opt(name)
-                .await
-                .map(|s| s.is_some())
-                .map_err(|e| explain(e, "get", "secrets", name, namespace))
-        }
+    let apis = Apis {
+        namespace,
+        secrets: Api::namespaced(client.clone(), namespace),
+        claims: Api::namespaced(client.clone(), namespace),
+        services: Api::namespaced(client.clone(), namespace),
+        deployments: Api::namespaced(client, namespace),
     };
     match command {
         SimpleCommand::Install {
@@ -247,114 +239,178 @@ pub async fn run(command: SimpleCommand, client: Client, namespace: &str) -> Res
             timeout,
             image,
         } => {
-            if authentication && !exists(AUTHENTICATION_SECRET).await? {
-                let (ca, cert, key) =
-                    certificates(namespace).context("cannot make the certificates")?;
-                let tls = secret(
-                    AUTHENTICATION_SECRET,
-                    namespace,
-                    "kubernetes.io/tls",
-                    &[
-                        ("tls.crt", cert.into_bytes()),
-                        ("tls.key", key.into_bytes()),
-                        ("ca.crt", ca.into_bytes()),
-                    ],
-                );
-                kubernetes::apply(&secrets, &tls, &scope).await?;
-            }
-            if authorization && !exists(AUTHORIZATION_SECRET).await? {
-                let password = random_password();
-                let hash = bcrypt::hash(&password, bcrypt::DEFAULT_COST)
-                    .context("cannot hash the password")?;
-                let htpasswd = secret(
-                    HTPASSWD_SECRET,
-                    namespace,
-                    "Opaque",
-                    &[("htpasswd", format!("{USER}:{hash}\n").into_bytes())],
-                );
-                kubernetes::apply(&secrets, &htpasswd, &scope).await?;
-                let config = secret(
-                    AUTHORIZATION_SECRET,
-                    namespace,
-                    "kubernetes.io/dockerconfigjson",
-                    &[(
-                        ".dockerconfigjson",
-                        docker_config(&host(namespace), USER, &password),
-                    )],
-                );
-                kubernetes::apply(&secrets, &config, &scope).await?;
-                eprintln!(
-                    "user {USER}; its password is in Secret {AUTHORIZATION_SECRET}:\n  kubectl get secret {AUTHORIZATION_SECRET} -n {namespace} -o jsonpath='{{.data.\\.dockerconfigjson}}' | base64 -d"
-                );
-            }
-            let claim = PersistentVolumeClaim {
-                metadata: meta(NAME, namespace),
-                spec: Some(PersistentVolumeClaimSpec {
-                    access_modes: Some(vec!["ReadWriteOnce".into()]),
-                    resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([(
-                            "storage".into(),
-                            Quantity(STORAGE.into()),
-                        )])),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            kubernetes::apply(&claims, &claim, &scope).await?;
-            let tls = authentication || exists(AUTHENTICATION_SECRET).await?;
-            let htpasswd = authorization || exists(HTPASSWD_SECRET).await?;
-            kubernetes::apply(
-                &deployments,
-                &deployment(namespace, &image, tls, htpasswd),
-                &scope,
-            )
-            .await?;
-            let service = Service {
-                metadata: meta(NAME, namespace),
-                spec: Some(ServiceSpec {
-                    selector: Some(BTreeMap::from([(
-                        "app.kubernetes.io/name".into(),
-                        NAME.into(),
-                    )])),
-                    ports: Some(vec![ServicePort {
-                        name: Some(if tls { "https" } else { "http" }.into()),
-                        port: PORT.into(),
-                        target_port: Some(IntOrString::Int(PORT.into())),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            kubernetes::apply(&services, &service, &scope).await?;
-            eprintln!("simple registry applied: {}", host(namespace));
+            install(&apis, authentication, authorization, &image).await?;
             if wait {
                 kubernetes::wait_available(
-                    &deployments,
+                    &apis.deployments,
                     NAME,
                     Duration::from_secs(timeout),
-                    &scope,
+                    &apis.scope(),
                 )
                 .await?;
             }
+            Ok(())
         }
-        SimpleCommand::Uninstall { delete_data } => {
-            kubernetes::delete(&deployments, NAME, &scope).await?;
-            kubernetes::delete(&services, NAME, &scope).await?;
-            for name in [AUTHENTICATION_SECRET, AUTHORIZATION_SECRET, HTPASSWD_SECRET] {
-                kubernetes::delete(&secrets, name, &scope).await?;
-            }
-            if delete_data {
-                kubernetes::delete(&claims, NAME, &scope).await?;
-            } else {
-                eprintln!(
-                    "kept the data volume (PersistentVolumeClaim {NAME}); --delete-data removes it"
-                );
-            }
+        SimpleCommand::Uninstall { delete_data } => uninstall(&apis, delete_data).await,
+        SimpleCommand::Host => {
+            println!("{}", host(namespace));
+            Ok(())
         }
-        SimpleCommand::Host => println!("{}", host(namespace)),
+    }
+}
+
+/// The APIs of the simple registry's namespace.
+struct Apis<'a> {
+    namespace: &'a str,
+    secrets: Api<Secret>,
+    claims: Api<PersistentVolumeClaim>,
+    services: Api<Service>,
+    deployments: Api<Deployment>,
+}
+
+impl Apis<'_> {
+    fn scope(&self) -> Scope<'_> {
+        Scope {
+            namespace: self.namespace,
+        }
+    }
+
+    async fn secret_exists(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .secrets
+            .get_opt(name)
+            .await
+            .map(|s| s.is_some())
+            .map_err(|e| explain(e, "get", "secrets", name, self.namespace))?)
+    }
+}
+
+/// Applies the registry, its volume and Service, and the Secrets asked for that do not
+/// exist yet.
+async fn install(
+    apis: &Apis<'_>,
+    authentication: bool,
+    authorization: bool,
+    image: &str,
+) -> Result<()> {
+    let (namespace, scope) = (apis.namespace, apis.scope());
+    if authentication && !apis.secret_exists(AUTHENTICATION_SECRET).await? {
+        make_tls_secret(apis).await?;
+    }
+    if authorization && !apis.secret_exists(AUTHORIZATION_SECRET).await? {
+        make_credentials(apis).await?;
+    }
+    kubernetes::apply(&apis.claims, &data_volume(namespace), &scope).await?;
+    let tls = authentication || apis.secret_exists(AUTHENTICATION_SECRET).await?;
+    let htpasswd = authorization || apis.secret_exists(HTPASSWD_SECRET).await?;
+    kubernetes::apply(
+        &apis.deployments,
+        &deployment(namespace, image, tls, htpasswd),
+        &scope,
+    )
+    .await?;
+    kubernetes::apply(&apis.services, &service(namespace, tls), &scope).await?;
+    eprintln!("simple registry applied: {}", host(namespace));
+    Ok(())
+}
+
+/// A CA and a certificate for the registry's Service name, in a `kubernetes.io/tls` Secret.
+async fn make_tls_secret(apis: &Apis<'_>) -> Result<()> {
+    let namespace = apis.namespace;
+    let (ca, cert, key) = certificates(namespace).context("cannot make the certificates")?;
+    let tls = secret(
+        AUTHENTICATION_SECRET,
+        namespace,
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", cert.into_bytes()),
+            ("tls.key", key.into_bytes()),
+            ("ca.crt", ca.into_bytes()),
+        ],
+    );
+    kubernetes::apply(&apis.secrets, &tls, &apis.scope()).await?;
+    Ok(())
+}
+
+/// A user with a random password: its htpasswd for the registry, its Docker config for
+/// the surrogate.
+async fn make_credentials(apis: &Apis<'_>) -> Result<()> {
+    let namespace = apis.namespace;
+    let password = random_password();
+    let hash = bcrypt::hash(&password, bcrypt::DEFAULT_COST).context("cannot hash the password")?;
+    let htpasswd = secret(
+        HTPASSWD_SECRET,
+        namespace,
+        "Opaque",
+        &[("htpasswd", format!("{USER}:{hash}\n").into_bytes())],
+    );
+    kubernetes::apply(&apis.secrets, &htpasswd, &apis.scope()).await?;
+    let config = secret(
+        AUTHORIZATION_SECRET,
+        namespace,
+        "kubernetes.io/dockerconfigjson",
+        &[(
+            ".dockerconfigjson",
+            docker_config(&host(namespace), USER, &password),
+        )],
+    );
+    kubernetes::apply(&apis.secrets, &config, &apis.scope()).await?;
+    eprintln!(
+        "user {USER}; its password is in Secret {AUTHORIZATION_SECRET}:\n  kubectl get secret {AUTHORIZATION_SECRET} -n {namespace} -o jsonpath='{{.data.\\.dockerconfigjson}}' | base64 -d"
+    );
+    Ok(())
+}
+
+async fn uninstall(apis: &Apis<'_>, delete_data: bool) -> Result<()> {
+    let scope = apis.scope();
+    kubernetes::delete(&apis.deployments, NAME, &scope).await?;
+    kubernetes::delete(&apis.services, NAME, &scope).await?;
+    for name in [AUTHENTICATION_SECRET, AUTHORIZATION_SECRET, HTPASSWD_SECRET] {
+        kubernetes::delete(&apis.secrets, name, &scope).await?;
+    }
+    if delete_data {
+        kubernetes::delete(&apis.claims, NAME, &scope).await?;
+    } else {
+        eprintln!("kept the data volume (PersistentVolumeClaim {NAME}); --delete-data removes it");
     }
     Ok(())
+}
+
+/// The registry's storage.
+fn data_volume(namespace: &str) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: meta(NAME, namespace),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity(STORAGE.into()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn service(namespace: &str, tls: bool) -> Service {
+    Service {
+        metadata: meta(NAME, namespace),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".into(),
+                NAME.into(),
+            )])),
+            ports: Some(vec![ServicePort {
+                name: Some(if tls { "https" } else { "http" }.into()),
+                port: PORT.into(),
+                target_port: Some(IntOrString::Int(PORT.into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use reposure_surrogate::registry::FileContent;
-use reposure_surrogate::scratch::Scratch;
+use reposure_registry::operations::FileContent;
+use reposure_registry::scratch::Scratch;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 

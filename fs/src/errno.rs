@@ -1,6 +1,6 @@
 //! Every refusal of the filesystem, and the one table that maps each to an errno.
 
-use reposure_surrogate::RegistryError;
+use reposure_registry::RegistryError;
 
 /// Why a filesystem operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ impl FsError {
             },
             FsError::Registry(e) => match e {
                 RegistryError::NotFound(_) => libc::ENOENT,
-                RegistryError::InvalidName { .. } => libc::EINVAL,
+                RegistryError::InvalidName { .. } | RegistryError::Usage(_) => libc::EINVAL,
                 RegistryError::Unauthorized(_) | RegistryError::Denied(_) => libc::EACCES,
                 RegistryError::DeleteDisabled => libc::EPERM,
                 RegistryError::Unsupported(_) => libc::EOPNOTSUPP,

@@ -14,11 +14,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use reposure_surrogate::RegistryError;
-use reposure_surrogate::digest::Digest;
-use reposure_surrogate::formats::single_file::PushFormat;
-use reposure_surrogate::names::{DEFAULT_TAG, Reference};
-use reposure_surrogate::registry::{ImageInfo, Registry};
+use reposure_registry::RegistryError;
+use reposure_registry::digest::Digest;
+use reposure_registry::formats::single_file::PushFormat;
+use reposure_registry::names::{self, DEFAULT_TAG, Reference};
+use reposure_registry::operations::{ImageInfo, Registry};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -231,10 +231,7 @@ impl Filesystem {
         let (Some(invalidate), Some(tag)) = (self.invalidator.get(), image.tag()) else {
             return;
         };
-        let parent = image
-            .repository
-            .rsplit_once('/')
-            .map_or("", |(parent, _)| parent);
+        let (parent, _) = names::parent_and_base(&image.repository);
         // Nobody waits: the kernel drops the names once this operation lets go of the lock.
         drop(invalidate(
             self.inodes.dir(parent),
@@ -416,18 +413,11 @@ impl Filesystem {
         let mut entries = namespace::listing(&dir, &sub_dirs, &tags);
         // Files being written show while they are open.
         for name in self.writing.lock().expect("lock").keys() {
-            let (parent, base) = name
-                .repository
-                .rsplit_once('/')
-                .unwrap_or(("", &name.repository));
+            let (parent, base) = names::parent_and_base(&name.repository);
             if parent == dir
                 && let Some(tag) = name.tag()
             {
-                let file = if tag == DEFAULT_TAG && !sub_dirs.contains(base) {
-                    base.to_owned()
-                } else {
-                    format!("{base}:{tag}")
-                };
+                let file = namespace::listed_name(&name.repository, tag, sub_dirs.contains(base));
                 entries
                     .entry(file)
                     .or_insert_with(|| namespace::Node::Image {
@@ -571,10 +561,7 @@ impl Filesystem {
     /// The parent of a directory inode (for `..`).
     pub fn parent_of(&self, ino: u64) -> u64 {
         match self.inodes.get(ino) {
-            Some(Inode::Dir(path)) => {
-                let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-                self.inodes.dir(parent)
-            }
+            Some(Inode::Dir(path)) => self.inodes.dir(names::parent_and_base(&path).0),
             _ => crate::inode::ROOT,
         }
     }
@@ -607,11 +594,9 @@ impl Filesystem {
         let metadata = self.metadata.clone();
         let published_name = name.clone();
         let invalidator = self.invalidator.clone();
-        let parent = published_name
-            .repository
-            .rsplit_once('/')
-            .map_or(String::new(), |(parent, _)| parent.to_owned());
-        let parent_ino = self.inodes.dir(&parent);
+        let parent_ino = self
+            .inodes
+            .dir(names::parent_and_base(&published_name.repository).0);
         let on_published: OnPublished = Box::new(move |_: &Digest| {
             metadata.invalidate(&published_name);
             metadata.published(&published_name.repository);

@@ -124,7 +124,7 @@ pub fn to_file_attr(attr: &Attr, ownership: Ownership) -> FileAttr {
 fn errno(error: &FsError) -> Errno {
     match error {
         FsError::NotFound => {}
-        FsError::Registry(reposure_surrogate::RegistryError::NotFound(_)) => {}
+        FsError::Registry(reposure_registry::RegistryError::NotFound(_)) => {}
         other => warn!(error = %other, errno = other.errno(), "operation failed"),
     }
     Errno::from_i32(error.errno())

@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use reposure_surrogate::names::Reference;
-use reposure_surrogate::registry::ImageInfo;
+use reposure_registry::names::Reference;
+use reposure_registry::operations::ImageInfo;
 
 use crate::writer::WriteHandle;
 
@@ -76,7 +76,7 @@ pub enum Inode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Dir(String),
-    Version(ImageName, reposure_surrogate::digest::Digest),
+    Version(ImageName, reposure_registry::digest::Digest),
     Listed(ImageName),
     Writing(u64),
 }

@@ -2,6 +2,8 @@
 //!
 //! Layers, top to bottom:
 //!
+//! * [`mount`]: the kernel session around the core: mounting, the invalidation thread,
+//!   unmounting on a signal, and waiting for the last pushes once unmounted.
 //! * [`fuse`]: a thin adapter from `fuser` callbacks to the core. It never waits on the
 //!   network: every callback moves its reply into a tokio task and returns at once, so a
 //!   slow read cannot stall `ls` of another directory.
@@ -25,6 +27,7 @@ pub mod filesystem;
 pub mod fuse;
 pub mod inode;
 mod metadata;
+pub mod mount;
 pub mod namespace;
 pub mod process;
 pub mod reader;

@@ -10,8 +10,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reposure_surrogate::RegistryError;
-use reposure_surrogate::registry::{ImageInfo, Registry};
+use reposure_registry::RegistryError;
+use reposure_registry::names;
+use reposure_registry::operations::{ImageInfo, Registry};
 
 use crate::errno::FsResult;
 use crate::inode::ImageName;
@@ -118,7 +119,8 @@ impl Metadata {
         let mut local = self.local_dirs.lock().expect("lock");
         let mut hidden = self.hidden_dirs.lock().expect("lock");
         let mut path = repository;
-        while let Some((parent, _)) = path.rsplit_once('/') {
+        while !path.is_empty() {
+            let (parent, _) = names::parent_and_base(path);
             local.remove(parent);
             hidden.remove(parent);
             path = parent;

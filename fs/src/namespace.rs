@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use reposure_surrogate::names::{self, DEFAULT_TAG};
+use reposure_registry::names::{self, DEFAULT_TAG};
 
 use crate::errno::{FsError, FsResult};
 
@@ -42,7 +42,7 @@ pub fn split_file_name(dir: &str, name: &str) -> (String, Option<String>) {
 /// Every file name that can stand for `repository:tag` in its directory: `NAME:TAG`, and
 /// the bare `NAME` for `latest`.
 pub fn file_names(repository: &str, tag: &str) -> Vec<String> {
-    let name = repository.rsplit('/').next().unwrap_or(repository);
+    let name = names::base_name(repository);
     let mut names = vec![format!("{name}:{tag}")];
     if tag == DEFAULT_TAG {
         names.push(name.to_owned());
@@ -115,17 +115,20 @@ pub fn children(dir: &str, repositories: &[String]) -> (BTreeSet<String>, Vec<St
 /// repository's last segment is also a directory name (then `latest` is listed as
 /// `NAME:latest` too).
 pub fn tag_file_names(repository: &str, tags: &[String], shadowed: bool) -> Vec<(String, String)> {
-    let name = repository.rsplit('/').next().unwrap_or(repository);
     tags.iter()
-        .map(|tag| {
-            let file = if tag == DEFAULT_TAG && !shadowed {
-                name.to_owned()
-            } else {
-                format!("{name}:{tag}")
-            };
-            (file, tag.clone())
-        })
+        .map(|tag| (listed_name(repository, tag, shadowed), tag.clone()))
         .collect()
+}
+
+/// The one name `repository:tag` is listed under in its directory: the bare `NAME` for
+/// `latest`, unless `shadowed` (the name is also a directory), else `NAME:TAG`.
+pub fn listed_name(repository: &str, tag: &str, shadowed: bool) -> String {
+    let name = names::base_name(repository);
+    if tag == DEFAULT_TAG && !shadowed {
+        name.to_owned()
+    } else {
+        format!("{name}:{tag}")
+    }
 }
 
 /// A directory listing: name → node, sorted by name.
@@ -139,8 +142,7 @@ pub fn listing(
         .map(|d| (d.clone(), Node::Dir(join(dir, d))))
         .collect();
     for (repository, tags) in tags_by_repository {
-        let name = repository.rsplit('/').next().unwrap_or(repository);
-        let shadowed = sub_dirs.contains(name);
+        let shadowed = sub_dirs.contains(names::base_name(repository));
         for (file, tag) in tag_file_names(repository, tags, shadowed) {
             entries.entry(file).or_insert_with(|| Node::Image {
                 repository: repository.clone(),

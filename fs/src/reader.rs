@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use reposure_surrogate::registry::{FileContent, Registry};
-use reposure_surrogate::{ByteStream, RegistryError};
+use reposure_registry::operations::{FileContent, Registry};
+use reposure_registry::{ByteStream, RegistryError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{Instrument, warn};
 

@@ -13,20 +13,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use futures::StreamExt;
-use reposure_surrogate::digest::Digest;
-use reposure_surrogate::formats::single_file::PushFormat;
-use reposure_surrogate::registry::{FileUpload, Registry};
-use reposure_surrogate::scratch::Scratch;
+use reposure_registry::Registry;
+use reposure_registry::digest::Digest;
+use reposure_registry::formats::single_file::PushFormat;
+use reposure_registry::names;
+use reposure_registry::push::{Content, LocalFile, push_path};
+use reposure_registry::scratch::Scratch;
 use std::os::unix::fs::FileExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, error, info, warn};
 
 use crate::actor::ask;
 use crate::errno::{FsError, FsResult};
-
-/// Read size when streaming the spooled file to the registry.
-const UPLOAD_CHUNK: usize = 1024 * 1024;
 
 /// How long a `close()` waits, after its push, for the kernel to drop the name's cached
 /// entry (so that the next `open` finds the new image). Dropping an entry takes
@@ -327,11 +325,22 @@ impl Writer {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let result = match self.push_as_archive().await {
-            Ok(Some(digest)) => Ok(digest),
-            Ok(None) => self.push_as_file(size).await,
-            Err(e) => Err(e),
+        let file = LocalFile {
+            path: &self.spool.path(),
+            file_name: names::base_name(&self.target.repository).to_owned(),
+            format: self.target.format,
+            created: None,
+            content: Content::Detect,
+            scratch_dir: &self.spool_dir,
+            progress: None,
         };
+        let result = push_path(
+            self.registry.as_ref(),
+            &self.target.repository,
+            &self.target.tag,
+            file,
+        )
+        .await;
         match result {
             Ok(digest) => {
                 info!(%digest, size, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
@@ -357,47 +366,4 @@ impl Writer {
             }
         }
     }
-
-    /// An image archive written to a name pushes the image it holds.
-    async fn push_as_archive(&self) -> reposure_surrogate::Result<Option<Digest>> {
-        reposure_surrogate::import::push_archive(
-            self.registry.as_ref(),
-            &self.target.repository,
-            &self.target.tag,
-            &self.spool.path(),
-            &self.spool_dir,
-        )
-        .await
-    }
-
-    /// Anything else is stored as a single-file image.
-    async fn push_as_file(&self, size: u64) -> reposure_surrogate::Result<Digest> {
-        let reader = self.spool.reopen()?;
-        let body = tokio_stream_of(tokio::fs::File::from_std(reader), size);
-        let file_name = self
-            .target
-            .repository
-            .rsplit('/')
-            .next()
-            .unwrap_or(&self.target.repository)
-            .to_owned();
-        let upload = FileUpload {
-            created: None,
-            file_name,
-            size,
-            format: self.target.format,
-            body,
-        };
-        self.registry
-            .push_file(&self.target.repository, &self.target.tag, upload)
-            .await
-    }
-}
-
-/// Streams `size` bytes of a file.
-fn tokio_stream_of(file: tokio::fs::File, size: u64) -> reposure_surrogate::ByteStream {
-    use tokio::io::AsyncReadExt;
-    tokio_util::io::ReaderStream::with_capacity(file.take(size), UPLOAD_CHUNK)
-        .map(|chunk| chunk.map_err(reposure_surrogate::RegistryError::from))
-        .boxed()
 }

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use reposure_fs::errno::FsError;
 use reposure_fs::inode::ROOT;
 use reposure_fs::{Caller, Filesystem, FsConfig};
-use reposure_surrogate::RegistryError;
-use reposure_surrogate::registry::StoreRegistry;
-use reposure_surrogate::store::memory::{MemoryStore, TagDeletion};
+use reposure_registry::RegistryError;
+use reposure_registry::operations::StoreRegistry;
+use reposure_registry::store::memory::{MemoryStore, TagDeletion};
 
 fn filesystem(store: Arc<MemoryStore>) -> Arc<Filesystem> {
     let registry = Arc::new(StoreRegistry::new(store));
@@ -72,17 +72,17 @@ async fn corrupt_blob_fails_the_last_read() {
     let attr = fs.lookup(ROOT, OsStr::new("victim")).await.unwrap();
     assert_eq!(attr.size, 200_000);
     let info = {
-        use reposure_surrogate::registry::Registry;
+        use reposure_registry::operations::Registry;
         let registry = StoreRegistry::new(store.clone());
         registry
             .resolve(
                 "victim",
-                &reposure_surrogate::names::Reference::Tag("latest".into()),
+                &reposure_registry::names::Reference::Tag("latest".into()),
             )
             .await
             .unwrap()
     };
-    let Ok(reposure_surrogate::registry::FileContent::Blob { blob, .. }) = info.file else {
+    let Ok(reposure_registry::operations::FileContent::Blob { blob, .. }) = info.file else {
         panic!()
     };
     let mut corrupt = original_blob(&store, &blob.digest).await;
@@ -98,14 +98,14 @@ async fn corrupt_blob_fails_again_after_a_retry_in_pages() {
     let fs = filesystem(store.clone());
     write_file(&fs, ROOT, "victim", &vec![42u8; 200_000]).await;
     let registry = StoreRegistry::new(store.clone());
-    let info = reposure_surrogate::registry::Registry::resolve(
+    let info = reposure_registry::operations::Registry::resolve(
         &registry,
         "victim",
-        &reposure_surrogate::names::Reference::Tag("latest".into()),
+        &reposure_registry::names::Reference::Tag("latest".into()),
     )
     .await
     .unwrap();
-    let Ok(reposure_surrogate::registry::FileContent::Blob { blob, .. }) = info.file else {
+    let Ok(reposure_registry::operations::FileContent::Blob { blob, .. }) = info.file else {
         panic!()
     };
     let mut corrupt = original_blob(&store, &blob.digest).await;
@@ -131,12 +131,9 @@ async fn corrupt_blob_fails_again_after_a_retry_in_pages() {
     assert!(failed, "a page-by-page retry must fail too");
 }
 
-async fn original_blob(
-    store: &MemoryStore,
-    digest: &reposure_surrogate::digest::Digest,
-) -> Vec<u8> {
+async fn original_blob(store: &MemoryStore, digest: &reposure_registry::digest::Digest) -> Vec<u8> {
     use futures::TryStreamExt;
-    use reposure_surrogate::store::Store;
+    use reposure_registry::store::Store;
     let chunks: Vec<Bytes> = store
         .get_blob("any", digest, 0, None)
         .await
@@ -149,11 +146,11 @@ async fn original_blob(
 
 fn faulty_filesystem() -> (
     Arc<MemoryStore>,
-    Arc<reposure_surrogate::store::faulty::FaultyStore>,
+    Arc<reposure_registry::store::faulty::FaultyStore>,
     Arc<Filesystem>,
 ) {
     let memory = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
-    let faulty = Arc::new(reposure_surrogate::store::faulty::FaultyStore::new(
+    let faulty = Arc::new(reposure_registry::store::faulty::FaultyStore::new(
         memory.clone(),
     ));
     let registry = Arc::new(StoreRegistry::new(faulty.clone()));
@@ -182,7 +179,7 @@ async fn push(fs: &Filesystem, name: &str, content: &[u8]) -> Result<(), FsError
 
 #[tokio::test(flavor = "multi_thread")]
 async fn blob_upload_failure_fails_flush_and_creates_no_tag() {
-    use reposure_surrogate::store::faulty::Faults;
+    use reposure_registry::store::faulty::Faults;
     let (memory, faulty, fs) = faulty_filesystem();
     faulty.set(Faults {
         put_blob_fails_after: Some(100_000),
@@ -203,7 +200,7 @@ async fn blob_upload_failure_fails_flush_and_creates_no_tag() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manifest_failure_keeps_the_previous_content() {
-    use reposure_surrogate::store::faulty::Faults;
+    use reposure_registry::store::faulty::Faults;
     let (_memory, faulty, fs) = faulty_filesystem();
     push(&fs, "kept", b"old").await.unwrap();
     faulty.set(Faults {
@@ -220,7 +217,7 @@ async fn manifest_failure_keeps_the_previous_content() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn read_failure_is_eio_and_next_open_recovers() {
-    use reposure_surrogate::store::faulty::Faults;
+    use reposure_registry::store::faulty::Faults;
     let (_memory, faulty, fs) = faulty_filesystem();
     push(&fs, "flaky", &vec![5u8; 10_000]).await.unwrap();
     let attr = fs.lookup(ROOT, OsStr::new("flaky")).await.unwrap();
@@ -641,7 +638,7 @@ async fn finishing_writes_pushes_files_never_released() {
 /// closed mid-write (and was told of the failure), a child then wrote the rest.
 #[tokio::test(flavor = "multi_thread")]
 async fn content_written_after_a_failed_push_is_pushed_at_release() {
-    use reposure_surrogate::store::faulty::Faults;
+    use reposure_registry::store::faulty::Faults;
     let (memory, faulty, fs) = faulty_filesystem();
     let child = OtherProcess::start();
     let fh = create_in_root(&fs, "retried").await;

@@ -14,8 +14,8 @@ use proptest::prelude::*;
 use reposure_fs::errno::FsError;
 use reposure_fs::inode::ROOT;
 use reposure_fs::{Caller, Filesystem, FsConfig};
-use reposure_surrogate::registry::{FileUpload, Registry, StoreRegistry};
-use reposure_surrogate::store::memory::{MemoryStore, TagDeletion};
+use reposure_registry::operations::{FileUpload, Registry, StoreRegistry};
+use reposure_registry::store::memory::{MemoryStore, TagDeletion};
 
 /// The names the operations use: (directory, file name, repository, tag).
 const NAMES: [(&str, &str, &str, &str); 5] = [

@@ -8,9 +8,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use reposure_fuzz::{memory_registry, runtime};
-use reposure_surrogate::import::push_archive;
-use reposure_surrogate::names::Reference;
-use reposure_surrogate::store::Store;
+use reposure_registry::import::push_archive;
+use reposure_registry::names::Reference;
+use reposure_registry::store::Store;
 
 fuzz_target!(|data: &[u8]| {
     let input = tempfile::NamedTempFile::new().expect("a temporary file");

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use libfuzzer_sys::fuzz_target;
 use reposure_fuzz::{memory_registry, runtime};
-use reposure_surrogate::digest::Digest;
-use reposure_surrogate::formats::manifest::{StoredManifest, media_type_of};
-use reposure_surrogate::names::Reference;
-use reposure_surrogate::registry::Registry;
-use reposure_surrogate::store::Store;
+use reposure_registry::digest::Digest;
+use reposure_registry::formats::manifest::{StoredManifest, media_type_of};
+use reposure_registry::names::Reference;
+use reposure_registry::operations::Registry;
+use reposure_registry::store::Store;
 
 const SEPARATOR: &[u8] = b"\n--blob--\n";
 

@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use reposure_surrogate::registry::StoreRegistry;
-use reposure_surrogate::store::memory::{MemoryStore, TagDeletion};
+use reposure_registry::operations::StoreRegistry;
+use reposure_registry::store::memory::{MemoryStore, TagDeletion};
 
 /// One runtime for every input of a run.
 pub fn runtime() -> &'static tokio::runtime::Runtime {

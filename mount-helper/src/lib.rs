@@ -17,34 +17,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use reposure_fs::fuse::{FuseAdapter, Ownership};
+use reposure_client::kubernetes::KubeOptions;
+use reposure_client::source::{OpenOptions, Source};
+use reposure_fs::fuse::Ownership;
+use reposure_fs::mount::{MountSettings, serve};
 use reposure_fs::{Filesystem, FsConfig};
-use reposure_operator::cluster::{self, KubeExec, KubeOptions};
-use reposure_surrogate::registry::Registry;
+use reposure_registry::credentials::{OptionNames, UserOptions};
+use reposure_registry::{Registry, logging};
 use reposure_surrogate::session::client::SessionClient;
-use reposure_surrogate::source::Source;
-use reposure_surrogate::store::http::HttpOptions;
-use tracing::info;
+use reposure_surrogate::session::transport::InProcess;
 
 use crate::daemon::Reporter;
 use crate::options::MountOptions;
-
-/// How often, and how far apart, a signal's unmount is tried before a lazy detach.
-const UNMOUNT_ATTEMPTS: u32 = 20;
-const UNMOUNT_RETRY: Duration = Duration::from_millis(100);
-
-/// Names of a directory the kernel must drop, and who waits for that.
-type Invalidation = (u64, Vec<String>, tokio::sync::oneshot::Sender<()>);
 
 /// How long the mount waits for the registry to answer its first request before failing
 /// (or `timeout=` and the time connecting may take, if longer).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_ALLOWANCE: Duration = Duration::from_secs(10);
-
-/// How long an unmount waits for the pushes of files closed just before it (a push at the
-/// last release is not waited for by anyone else): long enough for a large file on a
-/// normal link, short of a service manager's usual stop timeout (90 s).
-const FINISH_PUSHES: Duration = Duration::from_secs(60);
 
 pub const USAGE: &str = "usage: reposure-mount SOURCE MOUNTPOINT [-f] [-o OPT[,OPT...]]
 
@@ -63,7 +52,7 @@ The password may also come from the REPOSURE_PASSWORD environment variable.
 Unmount with: fusermount3 -u MOUNTPOINT";
 
 struct Args {
-    source: String,
+    source: Source,
     mountpoint: PathBuf,
     foreground: bool,
     options: MountOptions,
@@ -103,62 +92,25 @@ fn parse_args(args: Vec<OsString>) -> Result<Args> {
     let [source, mountpoint] = <[OsString; 2]>::try_from(positional)
         .map_err(|_| anyhow::anyhow!("expected SOURCE and MOUNTPOINT\n{USAGE}"))?;
     Ok(Args {
-        source: text(source)?,
+        source: text(source)?.parse()?,
         mountpoint: mountpoint.into(),
         foreground,
         options: MountOptions::parse(option_lists.iter().map(String::as_str))?,
     })
 }
 
-/// Reads the registry credentials: never from argv.
-fn http_options(options: &MountOptions) -> Result<HttpOptions> {
-    let ca_pem = match &options.ca {
-        Some(path) => Some(
-            std::fs::read(path).with_context(|| format!("cannot read ca={}", path.display()))?,
-        ),
-        None => None,
-    };
-    let password = match &options.password_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read password_file={}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-        ),
-        None => std::env::var("REPOSURE_PASSWORD").ok(),
-    };
-    let credentials = match (&options.username, password) {
-        (Some(user), Some(password)) => Some((user.clone(), password)),
-        (Some(_), None) => {
-            bail!("username= needs a password: password_file=FILE or REPOSURE_PASSWORD")
-        }
-        (None, _) => None,
-    };
-    Ok(HttpOptions {
-        ca_pem,
-        credentials,
-        read_timeout: options.timeout,
-        ..Default::default()
-    })
-}
-
 fn init_logging(options: &MountOptions, foreground: bool) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REPOSURE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &options.log {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open log={}", path.display()))?;
-            builder.with_ansi(false).with_writer(Arc::new(file)).init();
-        }
-        None if foreground => builder.with_writer(std::io::stderr).init(),
-        None => builder.with_writer(std::io::sink).init(),
-    }
-    Ok(())
+    let destination = match (&options.log, foreground) {
+        (Some(path), _) => logging::Destination::File(path),
+        (None, true) => logging::Destination::Stderr,
+        (None, false) => logging::Destination::Discard,
+    };
+    logging::init("info", destination).with_context(|| {
+        format!(
+            "cannot open log={}",
+            options.log.as_deref().unwrap_or(Path::new("")).display()
+        )
+    })
 }
 
 fn check_mountpoint(path: &Path) -> Result<()> {
@@ -253,44 +205,40 @@ fn unescape_mount_path(field: &str) -> std::ffi::OsString {
     std::ffi::OsString::from_vec(out)
 }
 
-/// The registry behind SOURCE: a Kubernetes Registry by name, or a direct source.
+/// The registry behind SOURCE.
 fn open_registry(
-    source: &str,
+    source: &Source,
     options: &MountOptions,
-    http: HttpOptions,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Arc<dyn Registry>> {
-    let parse_error = match source.parse::<Source>() {
-        Ok(source) => return Ok(source.open(http)?),
-        Err(e) => e,
+    let open = OpenOptions {
+        http: UserOptions {
+            ca: options.ca.clone(),
+            username: options.username.clone(),
+            password_file: options.password_file.clone(),
+            timeout: options.timeout,
+            ..Default::default()
+        },
+        kube: KubeOptions {
+            kubeconfig: options.kubeconfig.clone(),
+            context: options.context.clone(),
+            namespace: None,
+        },
+        names: OptionNames::MOUNT,
     };
-    let Some((namespace, name)) = cluster::parse_target(source) else {
-        bail!("{parse_error}, or [NAMESPACE/]NAME for a Registry of the Kubernetes cluster");
-    };
-    if http.ca_pem.is_some() || http.credentials.is_some() {
-        bail!(
-            "ca=, username= and passwords do not apply to a Kubernetes Registry: its surrogate holds the registry's CA and credentials"
-        );
+    let registry = runtime.block_on(source.open(&open))?;
+    if options.in_process_session {
+        // The whole session protocol, served by a task of this process over a pipe in
+        // memory: measures what a surrogate costs apart from the process boundary.
+        let connector = InProcess::new(registry);
+        return Ok(Arc::new(SessionClient::new(Box::new(connector))));
     }
-    if http.read_timeout.is_some() {
-        bail!(
-            "timeout= does not apply to a Kubernetes Registry: its surrogate reaches the registry, with a timeout of its own (30 s)"
-        );
-    }
-    let kube = KubeOptions {
-        kubeconfig: options.kubeconfig.clone(),
-        context: options.context.clone(),
-        namespace,
-    };
-    let (client, namespace) = runtime.block_on(cluster::client(&kube))?;
-    let connector = KubeExec::new(client, namespace, name);
-    Ok(Arc::new(SessionClient::new(Box::new(connector))))
+    Ok(registry)
 }
 
 /// Everything after the fork: connect, mount, serve until unmounted.
 fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
     let options = &args.options;
-    let http = http_options(options)?;
     // glibc gives each thread its own malloc arena and keeps what is freed there; with the
     // I/O threads below that alone can hold tens of MiB. Two arenas keep the daemon's
     // resident memory close to what it actually uses.
@@ -303,29 +251,27 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
         .max_blocking_threads(16)
         .build()
         .context("cannot start the I/O runtime")?;
-    let mut registry = open_registry(&args.source, options, http, &runtime)?;
-    if options.in_process_session {
-        // The whole session protocol, served by a task of this process over a pipe in
-        // memory: measures what a surrogate costs apart from the process boundary.
-        let connector = reposure_surrogate::session::transport::InProcess::new(registry);
-        registry = Arc::new(reposure_surrogate::session::client::SessionClient::new(
-            Box::new(connector),
-        ));
-    }
+    let registry = open_registry(&args.source, options, &runtime)?;
     let description = registry.describe();
     // A longer timeout= than the check's own is the user saying the registry is slow.
     let check_timeout = options
         .timeout
         .map_or(CHECK_TIMEOUT, |t| CHECK_TIMEOUT.max(t + CONNECT_ALLOWANCE));
-    runtime
+    let checked = runtime
         .block_on(async { tokio::time::timeout(check_timeout, registry.check()).await })
         .map_err(|_| {
             anyhow::anyhow!(
                 "{description} did not answer within {}s",
                 check_timeout.as_secs()
             )
-        })?
-        .with_context(|| format!("cannot use {description}"))?;
+        })?;
+    if let Err(e) = checked {
+        let hint = OptionNames::MOUNT
+            .hint(&e)
+            .map(|hint| format!("; {hint}"))
+            .unwrap_or_default();
+        bail!("cannot use {description}: {e}{hint}");
+    }
 
     let spool_dir = options.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
     let config = FsConfig {
@@ -346,93 +292,14 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
         uid: options.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
         gid: options.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
     };
-    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), ownership);
-
-    let mut fuse_config = fuser::Config::default();
-    fuse_config.mount_options = vec![
-        fuser::MountOption::FSName(description.clone()),
-        fuser::MountOption::CUSTOM("subtype=reposure".into()),
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-        // The kernel checks permission bits against uid=/gid=, so `access` never reaches us.
-        fuser::MountOption::DefaultPermissions,
-    ];
-    if options.read_only {
-        fuse_config.mount_options.push(fuser::MountOption::RO);
-    }
-    if options.allow_other {
-        fuse_config.acl = fuser::SessionACL::All;
-    }
-    let mut session = fuser::Session::new(adapter, &args.mountpoint, &fuse_config)
-        .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
-
-    // The kernel handles an invalidation under the directory's lock, which a request it
-    // is waiting on may hold: sent from the thread that would answer that request, it would
-    // wait forever. Invalidations therefore go out from a thread of their own.
-    let notifier = session.notifier();
-    let (invalidations, queued) = std::sync::mpsc::channel::<Invalidation>();
-    std::thread::Builder::new()
-        .name("reposure-inval".into())
-        .spawn(move || {
-            for (parent, names, done) in queued {
-                for name in names {
-                    // An entry the kernel never cached is "not found": nothing to do.
-                    let _ =
-                        notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
-                }
-                let _ = done.send(());
-            }
-        })
-        .context("cannot start the invalidation thread")?;
-    core.set_invalidator(Box::new(move |parent, names| {
-        let (done, dropped) = tokio::sync::oneshot::channel();
-        let _ = invalidations.send((parent, names, done));
-        dropped
-    }));
-    let mut unmounter = session.unmount_callable();
-    let mountpoint = args.mountpoint.clone();
-    runtime.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-        // The kernel can refuse for a moment while it finishes requests of files just
-        // closed (EBUSY); then ask again, and in the end detach the mount lazily, so that a
-        // signal always ends the mount rather than leaving it up with nobody listening.
-        for attempt in 1..=UNMOUNT_ATTEMPTS {
-            match unmounter.unmount() {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, attempt, "unmount refused"),
-            }
-            tokio::time::sleep(UNMOUNT_RETRY).await;
-        }
-        let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
-            return;
-        };
-        // SAFETY: umount2(2) with a NUL-terminated path we own.
-        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
-            tracing::error!(error = %std::io::Error::last_os_error(), "lazy unmount failed");
-        }
-    });
-
-    info!(source = %description, mountpoint = %args.mountpoint.display(), "mounted");
-    reporter.ready();
-    session.run().context("the FUSE session failed")?;
-    info!("unmounted");
-    if !runtime.block_on(core.finish_writes(FINISH_PUSHES)) {
-        tracing::error!(
-            wait_s = FINISH_PUSHES.as_secs(),
-            "files closed just before the unmount were still being pushed; they may not be in the registry"
-        );
-    }
+    let settings = MountSettings {
+        mountpoint: args.mountpoint.clone(),
+        fs_name: description,
+        read_only: options.read_only,
+        allow_other: options.allow_other,
+        ownership,
+    };
+    serve(core, &runtime, &settings, || reporter.ready())?;
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use reposure_surrogate::formats::single_file::PushFormat;
+use reposure_registry::formats::single_file::PushFormat;
 
 /// Options that mount(8) passes to every helper and that mean nothing here.
 const GENERIC: &[&str] = &[

@@ -16,8 +16,8 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use crate::reconcile::{Context, error_policy, reconcile};
-use crate::resource::Registry;
 use crate::workload::APP_LABEL;
+use reposure_client::resource::Registry;
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(ctx: Context, namespace: &str) {

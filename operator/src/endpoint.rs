@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use crate::resource::RegistrySpec;
+use reposure_client::resource::RegistrySpec;
 
 /// Why a spec cannot be served.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,7 +101,7 @@ fn is_private(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{RegistryDirect, RegistryIndirect, RegistryType};
+    use reposure_client::resource::{RegistryDirect, RegistryIndirect, RegistryType};
 
     fn direct(host: &str, ca: bool) -> RegistrySpec {
         RegistrySpec {

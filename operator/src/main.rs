@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use reposure_operator::manifests;
 use reposure_operator::reconcile::Context;
+use reposure_registry::logging;
 
 #[derive(Parser)]
 #[command(name = "reposure-operator", version, about = "The Reposure operator")]
@@ -64,12 +65,7 @@ fn main() -> Result<()> {
             image_pull_policy,
         } => {
             let _ = rustls::crypto::ring::default_provider().install_default();
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("REPOSURE_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            logging::init("info", logging::Destination::Stderr).context("cannot set up logging")?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start tokio")?;
             runtime.block_on(async {
                 let client = kube::Client::try_default()

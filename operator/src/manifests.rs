@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
 use crate::objects::{restricted_security_context, single_pod_deployment};
-use crate::resource::{GROUP, crd};
+use reposure_client::resource::{GROUP, crd};
 
 /// The operator's name: its ServiceAccount, Role, RoleBinding and Deployment.
 pub const OPERATOR: &str = "reposure-operator";

@@ -25,8 +25,9 @@ use sha2::{Digest, Sha256};
 use tracing::{info, instrument, warn};
 
 use crate::endpoint::registry_url;
-use crate::resource::{DEFAULT_CA_KEY, READY, Registry, RegistryStatus};
 use crate::workload::{self, Credentials, SurrogateSpec};
+use reposure_client::kubernetes::{is_running, pod_is_ready};
+use reposure_client::resource::{DEFAULT_CA_KEY, READY, ReadyReason, Registry, RegistryStatus};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "reposure-operator";
@@ -72,14 +73,14 @@ pub enum Error {
 
 /// Why a Registry cannot be served; becomes the Ready condition.
 struct NotServable {
-    reason: &'static str,
+    reason: ReadyReason,
     message: String,
 }
 
 /// The condition the status will carry.
 struct Readiness {
     ready: bool,
-    reason: &'static str,
+    reason: ReadyReason,
     message: String,
     surrogate_pod: Option<String>,
 }
@@ -112,7 +113,9 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
     let requeue = match readiness.reason {
         _ if readiness.ready => Action::requeue(READY_RECHECK),
         // The pod may become ready without any watched object changing.
-        "SurrogateStarting" | "SurrogateNotReady" => Action::requeue(STARTING_RECHECK),
+        ReadyReason::SurrogateStarting | ReadyReason::SurrogateNotReady => {
+            Action::requeue(STARTING_RECHECK)
+        }
         // A spec or Secret problem: the watches bring the fix.
         _ => Action::await_change(),
     };
@@ -143,7 +146,7 @@ async fn surrogate_spec(
     let name = registry.name_any();
     if name.len() > MAX_NAME {
         return Ok(Err(NotServable {
-            reason: "InvalidSpec",
+            reason: ReadyReason::InvalidSpec,
             message: format!(
                 "the Registry name is {} characters long; use at most {MAX_NAME}",
                 name.len()
@@ -154,7 +157,7 @@ async fn surrogate_spec(
         Ok(url) => url,
         Err(e) => {
             return Ok(Err(NotServable {
-                reason: "InvalidSpec",
+                reason: ReadyReason::InvalidSpec,
                 message: e.0,
             }));
         }
@@ -178,7 +181,7 @@ async fn surrogate_spec(
             };
             let Some(data) = secret.data.as_ref().and_then(|d| d.get(&key)) else {
                 return Ok(Err(NotServable {
-                    reason: "SecretInvalid",
+                    reason: ReadyReason::SecretInvalid,
                     message: format!(
                         "Secret {secret_name:?} has no key {key:?} holding the CA certificate; add it or set spec.authenticationSecretDataKey"
                     ),
@@ -216,7 +219,7 @@ async fn surrogate_spec(
                 )
             } else {
                 return Ok(Err(NotServable {
-                    reason: "SecretInvalid",
+                    reason: ReadyReason::SecretInvalid,
                     message: format!(
                         "Secret {secret_name:?} is neither a kubernetes.io/dockerconfigjson secret (key .dockerconfigjson) nor a token (key token); create it with kubectl create secret docker-registry"
                     ),
@@ -245,7 +248,7 @@ async fn surrogate_spec(
 
 fn missing_secret(field: &str, secret: &str, namespace: &str) -> NotServable {
     NotServable {
-        reason: "SecretMissing",
+        reason: ReadyReason::SecretMissing,
         message: format!(
             "spec.{field} names Secret {secret:?}, which does not exist in namespace {namespace}; create it or fix the spec"
         ),
@@ -271,7 +274,7 @@ async fn surrogate_readiness(
         let name = pod.name_any();
         return Ok(Readiness {
             ready: true,
-            reason: "SurrogateReady",
+            reason: ReadyReason::SurrogateReady,
             message: format!("surrogate pod {name} serves {}", spec.registry_url),
             surrogate_pod: Some(name),
         });
@@ -279,7 +282,7 @@ async fn surrogate_readiness(
     let Some(pod) = live.first() else {
         return Ok(Readiness {
             ready: false,
-            reason: "SurrogateStarting",
+            reason: ReadyReason::SurrogateStarting,
             message: format!(
                 "waiting for the surrogate pod of Deployment {} to be created",
                 workload::deployment_name(&spec.registry_name)
@@ -312,29 +315,13 @@ async fn surrogate_readiness(
     Ok(Readiness {
         ready: false,
         reason: if is_running(pod) {
-            "SurrogateNotReady"
+            ReadyReason::SurrogateNotReady
         } else {
-            "SurrogateStarting"
+            ReadyReason::SurrogateStarting
         },
         message,
         surrogate_pod: None,
     })
-}
-
-fn is_running(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-}
-
-/// Running, with the `Ready` condition true.
-pub fn pod_is_ready(pod: &Pod) -> bool {
-    is_running(pod)
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Applies the status; the condition's transition time changes only when its status does.
@@ -357,7 +344,7 @@ async fn apply_status(
         conditions: vec![Condition {
             type_: READY.into(),
             status: status_value.into(),
-            reason: readiness.reason.into(),
+            reason: readiness.reason.as_str().into(),
             message: readiness.message,
             last_transition_time,
             observed_generation: generation,
@@ -370,7 +357,7 @@ async fn apply_status(
             &status.conditions[0].message,
         ))
     {
-        info!(ready = readiness.ready, reason = readiness.reason, message = %status.conditions[0].message, "status");
+        info!(ready = readiness.ready, reason = %readiness.reason, message = %status.conditions[0].message, "status");
     }
     let registries: Api<Registry> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({

@@ -31,9 +31,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::objects::{restricted_security_context, single_pod_deployment};
+use reposure_client::kubernetes::SURROGATE_CONTAINER;
 
-/// Name of the surrogate container (the exec target).
-pub const CONTAINER: &str = "surrogate";
 /// Where the spool lives inside the container.
 pub const SPOOL_DIR: &str = "/var/spool/reposure";
 /// The annotation that carries the digest of the secrets' data.
@@ -42,8 +41,6 @@ pub const SECRETS_DIGEST_ANNOTATION: &str = "reposure.puccini.cloud/secrets-dige
 pub const REGISTRY_LABEL: &str = "reposure.puccini.cloud/registry";
 /// Label shared by every surrogate (the operator watches Deployments with it).
 pub const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "reposure-surrogate");
-/// The command a client execs to open a session.
-pub const SESSION_COMMAND: [&str; 3] = ["reposure-surrogate", "serve", "--stdio"];
 
 const CA_DIR: &str = "/etc/reposure/ca";
 const CREDENTIALS_DIR: &str = "/etc/reposure/credentials";
@@ -200,7 +197,7 @@ pub fn deployment(spec: &SurrogateSpec) -> Deployment {
         None => {}
     }
     let container = Container {
-        name: CONTAINER.into(),
+        name: SURROGATE_CONTAINER.into(),
         image: Some(spec.image.clone()),
         image_pull_policy: spec.image_pull_policy.clone(),
         command: Some(vec!["reposure-surrogate".into(), "spooler".into()]),

@@ -8,8 +8,8 @@ use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use reposure_client::resource::Registry;
 use reposure_operator::reconcile::{Context, Error, error_policy, reconcile};
-use reposure_operator::resource::Registry;
 use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

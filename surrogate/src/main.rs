@@ -15,24 +15,23 @@
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
-use reposure_surrogate::docker_config::{self, DockerCredentials};
-use reposure_surrogate::formats::single_file::PushFormat;
-use reposure_surrogate::import;
-use reposure_surrogate::names::{self, Reference};
-use reposure_surrogate::registry::{FileUpload, Registry, StoreRegistry};
-use reposure_surrogate::scratch::Scratch;
+use reposure_registry::credentials::{OptionNames, UserOptions};
+use reposure_registry::direct::DirectSource;
+use reposure_registry::formats::single_file::PushFormat;
+use reposure_registry::logging;
+use reposure_registry::names::{self, Reference};
+use reposure_registry::pull::{list_images, pull};
+use reposure_registry::push::{Content, LocalFile, push_path};
+use reposure_registry::scratch::Scratch;
+use reposure_registry::{Registry, RegistryError};
 use reposure_surrogate::session::server::SessionServer;
 use reposure_surrogate::session::transport;
-use reposure_surrogate::source::Source;
 use reposure_surrogate::spool::{self, Spool};
-use reposure_surrogate::store::Store;
-use reposure_surrogate::store::http::HttpOptions;
 use tokio::io::AsyncWriteExt;
 
 /// How long `check` waits for the registry: below a probe's usual timeout.
@@ -131,71 +130,24 @@ enum Command {
     Delete { name: String },
 }
 
-fn read_secret(path: &PathBuf, what: &str) -> Result<String> {
-    Ok(std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the {what} file {}", path.display()))?
-        .trim_end_matches(['\n', '\r'])
-        .to_owned())
-}
-
 impl Connection {
-    fn source(&self) -> Result<(Source, HttpOptions)> {
+    /// The registry these options name.
+    fn open(&self) -> Result<std::sync::Arc<dyn Registry>> {
         let registry = self
             .registry
             .as_deref()
             .context("no registry: pass --registry URL or set REPOSURE_REGISTRY")?;
-        let source: Source = registry.parse()?;
-        let ca_pem = match &self.ca {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .with_context(|| format!("cannot read CA {}", path.display()))?,
-            ),
-            None => None,
+        let options = UserOptions {
+            ca: self.ca.clone(),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+            token_file: self.token_file.clone(),
+            docker_config: self.docker_config_file.clone(),
+            timeout: self.timeout,
         };
-        let credentials = match (&self.username, &self.password_file) {
-            (Some(user), Some(file)) => Some((user.clone(), read_secret(file, "password")?)),
-            (Some(_), None) => {
-                bail!("--username needs --password-file (or REPOSURE_PASSWORD_FILE)")
-            }
-            (None, Some(_)) => bail!("--password-file needs --username"),
-            (None, None) => None,
-        };
-        let mut bearer_token = match &self.token_file {
-            Some(file) => Some(read_secret(file, "token")?),
-            None => None,
-        };
-        let mut credentials = credentials;
-        if let (Some(file), Source::Http(url)) = (&self.docker_config_file, &source) {
-            if credentials.is_some() || bearer_token.is_some() {
-                bail!("give either a Docker config or a user name/token, not both");
-            }
-            let config = std::fs::read(file)
-                .with_context(|| format!("cannot read the Docker config {}", file.display()))?;
-            let host = match url.port() {
-                Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-                None => url.host_str().unwrap_or_default().to_owned(),
-            };
-            match docker_config::credentials_for(&config, &host)? {
-                Some(DockerCredentials::Basic { username, password }) => {
-                    credentials = Some((username, password))
-                }
-                Some(DockerCredentials::Bearer(token)) => bearer_token = Some(token),
-                None => bail!(
-                    "the Docker config {} has no entry for {host}; add one under \"auths\"",
-                    file.display()
-                ),
-            }
-        }
-        Ok((
-            source,
-            HttpOptions {
-                ca_pem,
-                credentials,
-                bearer_token,
-                read_timeout: self.timeout,
-                ..Default::default()
-            },
-        ))
+        Ok(registry
+            .parse::<DirectSource>()?
+            .open(&options, &OptionNames::FLAGS)?)
     }
 }
 
@@ -231,9 +183,7 @@ fn stdio() -> Result<Pin<Box<dyn transport::Stream>>> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let (source, options) = cli.connection.source()?;
-    let store: Arc<dyn Store> = source.open_store(options)?;
-    let registry: Arc<dyn Registry> = Arc::new(StoreRegistry::new(store.clone()));
+    let registry = cli.connection.open()?;
     match cli.command {
         Command::Serve {
             stdio: use_stdio,
@@ -275,14 +225,19 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::List => {
             let mut out = String::new();
-            for repository in registry.list_repositories().await? {
-                for tag in registry.list_tags(&repository).await? {
-                    out.push_str(&format!("{repository}:{tag}\n"));
-                }
+            for (repository, tag) in list_images(registry.as_ref()).await? {
+                out.push_str(&format!("{repository}:{tag}\n"));
             }
             tokio::io::stdout().write_all(out.as_bytes()).await?;
         }
-        Command::Pull { name, unpack } => pull(&registry, &name, unpack).await?,
+        Command::Pull { name, unpack } => {
+            let mut pulled = pull(registry.as_ref(), &name, unpack).await?;
+            let mut stdout = tokio::io::stdout();
+            while let Some(chunk) = pulled.stream.next().await {
+                stdout.write_all(&chunk?).await?;
+            }
+            stdout.flush().await?;
+        }
         Command::Push { name, format } => {
             let (repository, reference) = names::parse_image(&name)?;
             let Reference::Tag(tag) = reference else {
@@ -291,41 +246,21 @@ async fn run(cli: Cli) -> Result<()> {
             // The image needs the length before the content, and an image archive must be
             // recognised before it is pushed: take stdin into a file first.
             // It has no name, so a push killed half-way leaves nothing behind.
-            let scratch = std::env::temp_dir();
-            let spooled = Scratch::new_in(&scratch).context("cannot create a temporary file")?;
+            let scratch_dir = std::env::temp_dir();
+            let spooled =
+                Scratch::new_in(&scratch_dir).context("cannot create a temporary file")?;
             std::io::copy(&mut std::io::stdin().lock(), &mut spooled.file())
                 .context("reading stdin")?;
-            let digest = match import::push_archive(
-                registry.as_ref(),
-                &repository,
-                &tag,
-                &spooled.path(),
-                &scratch,
-            )
-            .await?
-            {
-                Some(digest) => digest,
-                None => {
-                    let size = spooled.file().metadata()?.len();
-                    let file = tokio::fs::File::from_std(spooled.reopen()?);
-                    let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-                        .map(|r| r.map_err(reposure_surrogate::RegistryError::from))
-                        .boxed();
-                    let file_name = repository
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or(&repository)
-                        .to_owned();
-                    let upload = FileUpload {
-                        file_name,
-                        size,
-                        format,
-                        created: None,
-                        body,
-                    };
-                    registry.push_file(&repository, &tag, upload).await?
-                }
+            let file = LocalFile {
+                path: &spooled.path(),
+                file_name: names::base_name(&repository).to_owned(),
+                format,
+                created: None,
+                content: Content::Detect,
+                scratch_dir: &scratch_dir,
+                progress: None,
             };
+            let digest = push_path(registry.as_ref(), &repository, &tag, file).await?;
             println!("{repository}:{tag} {digest}");
         }
         Command::Delete { name } => {
@@ -339,50 +274,28 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-async fn pull(registry: &Arc<dyn Registry>, name: &str, unpack: bool) -> Result<()> {
-    let (repository, reference) = names::parse_image(name)?;
-    let info = registry.resolve(&repository, &reference).await?;
-    let content = match (&info.file, unpack) {
-        (Ok(file), true) => file,
-        (Err(reason), true) => {
-            bail!(
-                "{name} is not a single file ({reason}); pull it without --unpack to get the image archive"
-            )
-        }
-        (_, false) => &info.archive,
-    };
-    let mut stream = registry
-        .read(&repository, content, 0, content.length())
-        .await?;
-    let mut stdout = tokio::io::stdout();
-    while let Some(chunk) = stream.next().await {
-        stdout.write_all(&chunk?).await?;
-    }
-    Ok(stdout.flush().await?)
-}
-
 fn main() {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     // stdout may carry a session: logs go to stderr only.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REPOSURE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .init();
+    logging::init("warn", logging::Destination::StderrPlain).expect("stderr needs no opening");
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(cli)) {
-        eprintln!(
-            "reposure-surrogate: {}",
-            e.chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ")
-        );
+        let mut message = e
+            .chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(": ");
+        if let Some(hint) = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<RegistryError>())
+            .and_then(|registry| OptionNames::FLAGS.hint(registry))
+        {
+            message.push_str(&format!(
+                "; {hint} (in a pod: the Registry's authenticationSecret and authorizationSecret)"
+            ));
+        }
+        eprintln!("reposure-surrogate: {message}");
         std::process::exit(1);
     }
 }

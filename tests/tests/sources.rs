@@ -371,8 +371,8 @@ fn failed_push_fails_close_and_keeps_the_old_tag() {
 /// (forced small here; the default asks for 1000 a page).
 #[test]
 fn catalog_pages_follow_link_headers() {
-    use reposure_surrogate::store::Store;
-    use reposure_surrogate::store::http::{HttpOptions, HttpStore};
+    use reposure_registry::store::Store;
+    use reposure_registry::store::http::{HttpOptions, HttpStore};
     let registry = Registry::start();
     {
         let mount = Mount::new(&registry.url(), &[]);
@@ -473,9 +473,9 @@ fn ownership_and_allow_other() {
 fn slow_uploads_complete_and_stalled_ones_fail() {
     use bytes::Bytes;
     use futures::StreamExt;
-    use reposure_surrogate::RegistryError;
-    use reposure_surrogate::store::Store;
-    use reposure_surrogate::store::http::{HttpOptions, HttpStore};
+    use reposure_registry::RegistryError;
+    use reposure_registry::store::Store;
+    use reposure_registry::store::http::{HttpOptions, HttpStore};
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = Registry::start();

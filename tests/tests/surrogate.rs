@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reposure_surrogate::names::Reference;
-use reposure_surrogate::registry::{FileUpload, Registry as _};
+use reposure_registry::names::Reference;
+use reposure_registry::operations::{FileUpload, Registry as _};
 use reposure_surrogate::session::client::SessionClient;
 use reposure_surrogate::session::transport::ChildProcess;
 use reposure_tests::mount::{Mount, exec_source};

@@ -26,12 +26,12 @@ use super::server::Body;
 use super::transport::Connector;
 use super::wire::*;
 use super::{CONNECTION_WINDOW, MAX_FRAME, PROTOCOL_VERSIONS, SEND_BUFFER, STREAM_WINDOW};
-use crate::ByteStream;
-use crate::digest::Digest;
-use crate::error::{RegistryError, Result};
-use crate::formats::manifest::{Descriptor, StoredManifest};
-use crate::names::Reference;
-use crate::registry::{FileContent, FileUpload, ImageInfo, Registry};
+use reposure_registry::ByteStream;
+use reposure_registry::digest::Digest;
+use reposure_registry::error::{RegistryError, Result};
+use reposure_registry::formats::manifest::{Descriptor, StoredManifest};
+use reposure_registry::names::Reference;
+use reposure_registry::operations::{FileContent, FileUpload, ImageInfo, Registry};
 
 /// How often an idle session is pinged, and how long a ping may go unanswered before the
 /// session counts as lost: a surrogate that hangs is noticed without waiting on TCP.
@@ -93,7 +93,7 @@ impl SessionClient {
             }
         });
         let response = sender
-            .send_request(request(Method::GET, "/hello", empty()))
+            .send_request(request(Method::GET, route::HELLO, empty()))
             .await
             .map_err(|e| {
                 RegistryError::Unavailable(format!(
@@ -295,7 +295,7 @@ impl Registry for SessionClient {
 
     async fn check(&self) -> Result<()> {
         json_body(
-            self.send(request(Method::GET, "/v1/check", empty()))
+            self.send(request(Method::GET, route::CHECK, empty()))
                 .await?,
         )
         .await
@@ -303,14 +303,14 @@ impl Registry for SessionClient {
 
     async fn list_repositories(&self) -> Result<Vec<String>> {
         json_body(
-            self.send(request(Method::GET, "/v1/repositories", empty()))
+            self.send(request(Method::GET, route::REPOSITORIES, empty()))
                 .await?,
         )
         .await
     }
 
     async fn list_tags(&self, repository: &str) -> Result<Vec<String>> {
-        self.call("/v1/tags", &repository).await
+        self.call(route::TAGS, &repository).await
     }
 
     async fn resolve(&self, repository: &str, reference: &Reference) -> Result<ImageInfo> {
@@ -318,7 +318,7 @@ impl Registry for SessionClient {
             repository: repository.to_owned(),
             reference: reference.into(),
         };
-        self.call("/v1/resolve", &body).await
+        self.call(route::RESOLVE, &body).await
     }
 
     async fn read(
@@ -336,7 +336,7 @@ impl Registry for SessionClient {
         };
         let bytes = serde_json::to_vec(&body).expect("requests serialise");
         let response = self
-            .send(request(Method::POST, "/v1/read", full(bytes)))
+            .send(request(Method::POST, route::READ, full(bytes)))
             .await?;
         if response.status() != StatusCode::OK {
             return json_body::<()>(response)
@@ -355,7 +355,7 @@ impl Registry for SessionClient {
             format: upload.format,
         };
         let header = serde_json::to_string(&push).expect("requests serialise");
-        let mut request = request(Method::POST, "/v1/push", push_body(upload.body));
+        let mut request = request(Method::POST, route::PUSH, push_body(upload.body));
         request.headers_mut().insert(
             HEADER_PUSH,
             HeaderValue::from_str(&header)
@@ -370,7 +370,7 @@ impl Registry for SessionClient {
             repository: repository.to_owned(),
             tag: tag.to_owned(),
         };
-        self.call("/v1/delete", &body).await
+        self.call(route::DELETE, &body).await
     }
 
     async fn get_manifest(
@@ -384,7 +384,7 @@ impl Registry for SessionClient {
         };
         let bytes = serde_json::to_vec(&body).expect("requests serialise");
         let response = self
-            .send(request(Method::POST, "/v1/manifest/get", full(bytes)))
+            .send(request(Method::POST, route::MANIFEST_GET, full(bytes)))
             .await?;
         if response.status() != StatusCode::OK {
             return Err(json_body::<()>(response).await.err().unwrap_or_else(|| {
@@ -431,7 +431,7 @@ impl Registry for SessionClient {
             descriptor: expected.clone(),
         })
         .expect("requests serialise");
-        let mut request = request(Method::POST, "/v1/blob/put", push_body(body));
+        let mut request = request(Method::POST, route::BLOB_PUT, push_body(body));
         request.headers_mut().insert(
             HEADER_BLOB,
             HeaderValue::from_str(&header)
@@ -454,7 +454,7 @@ impl Registry for SessionClient {
         .expect("requests serialise");
         let mut request = request(
             Method::POST,
-            "/v1/manifest/put",
+            route::MANIFEST_PUT,
             full(manifest.bytes.clone()),
         );
         request.headers_mut().insert(
@@ -478,7 +478,7 @@ impl Registry for SessionClient {
             to_repository: to_repository.to_owned(),
             to_tag: to_tag.to_owned(),
         };
-        let response: PushResponse = self.call("/v1/tag", &body).await?;
+        let response: PushResponse = self.call(route::TAG, &body).await?;
         Ok(response.digest)
     }
 }

@@ -1,4 +1,4 @@
-//! The surrogate session: every [`crate::registry::Registry`] operation carried over one
+//! The surrogate session: every [`reposure_registry::operations::Registry`] operation carried over one
 //! byte stream (a child's stdin/stdout, a Kubernetes exec channel, or an in-memory pipe).
 //!
 //! The stream carries HTTP/2 with prior knowledge (hyper on both ends), so many requests

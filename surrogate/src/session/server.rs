@@ -19,12 +19,12 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::wire::*;
 use super::{CONNECTION_WINDOW, MAX_FRAME, PROTOCOL_VERSIONS, SEND_BUFFER, STREAM_WINDOW};
-use crate::ByteStream;
-use crate::digest::Digest;
-use crate::error::{RegistryError, Result};
-use crate::formats::manifest::{MAX_MANIFEST_SIZE, StoredManifest};
-use crate::registry::{FileUpload, Registry};
 use crate::spool::Spool;
+use reposure_registry::ByteStream;
+use reposure_registry::digest::Digest;
+use reposure_registry::error::{RegistryError, Result};
+use reposure_registry::formats::manifest::{MAX_MANIFEST_SIZE, StoredManifest};
+use reposure_registry::operations::{FileUpload, Registry};
 
 /// A response body: bytes, possibly followed by trailers.
 pub type Body = UnsyncBoxBody<Bytes, RegistryError>;
@@ -67,19 +67,19 @@ impl SessionServer {
         let span = info_span!("session_request", method = %request.method(), path = %path);
         let result = async {
             match (request.method().clone(), path.as_str()) {
-                (Method::GET, "/hello") => json(&Hello {
+                (Method::GET, route::HELLO) => json(&Hello {
                     protocols: PROTOCOL_VERSIONS.to_vec(),
                     server: concat!("reposure-surrogate ", env!("CARGO_PKG_VERSION")).to_owned(),
                 }),
-                (Method::GET, "/v1/check") => self.registry.check().await.and_then(|()| json(&())),
-                (Method::GET, "/v1/repositories") => {
+                (Method::GET, route::CHECK) => self.registry.check().await.and_then(|()| json(&())),
+                (Method::GET, route::REPOSITORIES) => {
                     json(&self.registry.list_repositories().await?)
                 }
-                (Method::POST, "/v1/tags") => {
+                (Method::POST, route::TAGS) => {
                     let repository: String = read_json(request).await?;
                     json(&self.registry.list_tags(&repository).await?)
                 }
-                (Method::POST, "/v1/resolve") => {
+                (Method::POST, route::RESOLVE) => {
                     let r: ResolveRequest = read_json(request).await?;
                     json(
                         &self
@@ -88,7 +88,7 @@ impl SessionServer {
                             .await?,
                     )
                 }
-                (Method::POST, "/v1/read") => {
+                (Method::POST, route::READ) => {
                     let r: ReadRequest = read_json(request).await?;
                     let stream = self
                         .registry
@@ -96,8 +96,8 @@ impl SessionServer {
                         .await?;
                     Ok(stream_response(stream))
                 }
-                (Method::POST, "/v1/push") => self.push(request).await,
-                (Method::POST, "/v1/manifest/get") => {
+                (Method::POST, route::PUSH) => self.push(request).await,
+                (Method::POST, route::MANIFEST_GET) => {
                     let r: ManifestGetRequest = read_json(request).await?;
                     let manifest = self
                         .registry
@@ -116,7 +116,7 @@ impl SessionServer {
                         .body(full(manifest.bytes))
                         .expect("valid response"))
                 }
-                (Method::POST, "/v1/manifest/put") => {
+                (Method::POST, route::MANIFEST_PUT) => {
                     let r: ManifestPutRequest = header_json(&request, HEADER_MANIFEST)?;
                     let limited =
                         http_body_util::Limited::new(request.into_body(), MAX_MANIFEST_SIZE);
@@ -135,7 +135,7 @@ impl SessionServer {
                         .await?;
                     json(&())
                 }
-                (Method::POST, "/v1/blob/put") => {
+                (Method::POST, route::BLOB_PUT) => {
                     let r: BlobPutRequest = header_json(&request, HEADER_BLOB)?;
                     let body = verified_content(request.into_body(), r.descriptor.size);
                     self.registry
@@ -143,7 +143,7 @@ impl SessionServer {
                         .await?;
                     json(&())
                 }
-                (Method::POST, "/v1/tag") => {
+                (Method::POST, route::TAG) => {
                     let r: TagRequest = read_json(request).await?;
                     let digest = self
                         .registry
@@ -156,7 +156,7 @@ impl SessionServer {
                         .await?;
                     json(&PushResponse { digest })
                 }
-                (Method::POST, "/v1/delete") => {
+                (Method::POST, route::DELETE) => {
                     let r: DeleteRequest = read_json(request).await?;
                     self.registry.delete_tag(&r.repository, &r.tag).await?;
                     json(&())
@@ -180,8 +180,8 @@ impl SessionServer {
 
     async fn push(&self, request: Request<Incoming>) -> Result<Response<Body>> {
         let push: PushRequest = header_json(&request, HEADER_PUSH)?;
-        crate::names::check_repository(&push.repository)?;
-        crate::names::check_tag(&push.tag)?;
+        reposure_registry::names::check_repository(&push.repository)?;
+        reposure_registry::names::check_tag(&push.tag)?;
         let body = verified_content(request.into_body(), push.size);
         let digest = match &self.spool {
             Some(spool) => spool.push(&push, body).await?,
@@ -279,7 +279,7 @@ fn coalesce(stream: ByteStream) -> ByteStream {
     stream
         .ready_chunks(COALESCE_CHUNKS)
         .flat_map(|items| {
-            let mut merged: Vec<crate::Result<Bytes>> = Vec::new();
+            let mut merged: Vec<reposure_registry::Result<Bytes>> = Vec::new();
             let mut buffer = bytes::BytesMut::new();
             for item in items {
                 match item {

@@ -9,8 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
 use super::server::SessionServer;
-use crate::error::{RegistryError, Result};
-use crate::registry::Registry;
+use reposure_registry::error::{RegistryError, Result};
+use reposure_registry::operations::Registry;
 
 /// A byte stream to a server.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RegistryError;
-use crate::formats::single_file::PushFormat;
-use crate::names::Reference;
-use crate::registry::FileContent;
+use reposure_registry::error::RegistryError;
+use reposure_registry::formats::single_file::PushFormat;
+use reposure_registry::names::Reference;
+use reposure_registry::operations::FileContent;
 
 /// Trailer that ends every streamed response: `ok`, or the error as JSON in
 /// [`TRAILER_ERROR`].
@@ -22,6 +22,23 @@ pub const HEADER_BLOB: &str = "reposure-blob";
 pub const HEADER_MANIFEST: &str = "reposure-manifest";
 /// Answer header of a manifest download: its media type.
 pub const HEADER_MEDIA_TYPE: &str = "reposure-media-type";
+
+/// The request paths, one per `Registry` operation (`PROTOCOL.md`); `GET` for
+/// [`route::HELLO`], [`route::CHECK`] and [`route::REPOSITORIES`], `POST` for the rest.
+pub mod route {
+    pub const HELLO: &str = "/hello";
+    pub const CHECK: &str = "/v1/check";
+    pub const REPOSITORIES: &str = "/v1/repositories";
+    pub const TAGS: &str = "/v1/tags";
+    pub const RESOLVE: &str = "/v1/resolve";
+    pub const READ: &str = "/v1/read";
+    pub const PUSH: &str = "/v1/push";
+    pub const MANIFEST_GET: &str = "/v1/manifest/get";
+    pub const MANIFEST_PUT: &str = "/v1/manifest/put";
+    pub const BLOB_PUT: &str = "/v1/blob/put";
+    pub const TAG: &str = "/v1/tag";
+    pub const DELETE: &str = "/v1/delete";
+}
 
 /// The answer to `GET /hello`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,7 +61,7 @@ pub struct ResolveRequest {
 #[serde(rename_all = "lowercase")]
 pub enum WireReference {
     Tag(String),
-    Digest(crate::digest::Digest),
+    Digest(reposure_registry::digest::Digest),
 }
 
 impl From<&Reference> for WireReference {
@@ -87,7 +104,7 @@ pub struct PushRequest {
 /// The answer to a push.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PushResponse {
-    pub digest: crate::digest::Digest,
+    pub digest: reposure_registry::digest::Digest,
 }
 
 /// `POST /v1/manifest/get`.
@@ -109,7 +126,7 @@ pub struct ManifestPutRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlobPutRequest {
     pub repository: String,
-    pub descriptor: crate::formats::manifest::Descriptor,
+    pub descriptor: reposure_registry::formats::manifest::Descriptor,
 }
 
 /// `POST /v1/tag`.
@@ -172,7 +189,9 @@ impl From<&RegistryError> for WireError {
             RegistryError::UntrustedCertificate(m) => {
                 (ErrorKind::UntrustedCertificate, m.clone(), None)
             }
-            RegistryError::Rejected(m) => (ErrorKind::Rejected, m.clone(), None),
+            RegistryError::Rejected(m) | RegistryError::Usage(m) => {
+                (ErrorKind::Rejected, m.clone(), None)
+            }
             RegistryError::SizeMismatch { .. } => (ErrorKind::SizeMismatch, e.to_string(), None),
             RegistryError::Io(io) => (ErrorKind::Io, io.to_string(), None),
         };

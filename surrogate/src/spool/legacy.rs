@@ -11,7 +11,7 @@
 //! own suffixes (`.push`, `.push~`, `.push.json`, `.verdict`, `.failed`) and dot files are
 //! not legacy entries.
 
-use crate::names::DEFAULT_TAG;
+use reposure_registry::names::DEFAULT_TAG;
 
 /// What a legacy spool file asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,11 +31,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tracing::info;
 
-use crate::ByteStream;
-use crate::digest::Digest;
-use crate::error::{RegistryError, Result};
-use crate::scratch::Scratch;
 use crate::session::wire::{PushRequest, WireError};
+use reposure_registry::ByteStream;
+use reposure_registry::digest::Digest;
+use reposure_registry::error::{RegistryError, Result};
+use reposure_registry::scratch::Scratch;
 
 /// Lock file the spooler holds while it runs.
 pub const LOCK_FILE: &str = ".spooler.lock";
@@ -64,8 +64,14 @@ pub struct SpooledPush {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    Published { digest: Digest },
-    Failed { error: WireError },
+    Published {
+        digest: Digest,
+    },
+    /// A delete of the original's file protocol (`NAME!`) was done.
+    Deleted,
+    Failed {
+        error: WireError,
+    },
 }
 
 /// Paths of one entry.
@@ -244,6 +250,10 @@ impl Spool {
                     return match verdict {
                         Verdict::Published { digest } => Ok(digest),
                         Verdict::Failed { error } => Err(error.into()),
+                        Verdict::Deleted => Err(RegistryError::Corrupt(format!(
+                            "the verdict of push {} says deleted",
+                            entry.id
+                        ))),
                     };
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

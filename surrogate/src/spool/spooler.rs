@@ -5,23 +5,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use notify::Watcher;
 use tracing::{error, info, warn};
 
 use super::legacy::{self, LegacyEntry};
 use super::{Entry, SpooledPush, Verdict, take_spooler_lock, write_durably};
-use crate::digest::verify_stream;
-use crate::error::{RegistryError, Result};
-use crate::formats::single_file::PushFormat;
-use crate::registry::{FileUpload, Registry};
 use crate::session::wire::WireError;
+use reposure_registry::digest::{Digest, verify_stream};
+use reposure_registry::error::{RegistryError, Result};
+use reposure_registry::formats::single_file::PushFormat;
+use reposure_registry::names;
+use reposure_registry::operations::{FileUpload, Registry};
+use reposure_registry::push::{Content, LocalFile, push_path, stream_of};
 
 /// Without change notifications (or if one is missed) the directory is scanned this often.
 const RESCAN: Duration = Duration::from_secs(1);
-
-/// Read size when publishing a spooled file.
-const READ_CHUNK: usize = 1024 * 1024;
 
 /// Publishes the spool in `dir` to `registry` until the process is stopped.
 pub async fn run(dir: PathBuf, registry: Arc<dyn Registry>) -> Result<()> {
@@ -98,7 +96,10 @@ impl Spooler {
             let _ = tokio::fs::remove_file(entry.request()).await;
             return;
         }
-        let result = self.publish_spooled(entry).await;
+        let result = self
+            .publish_spooled(entry)
+            .await
+            .map(|digest| Verdict::Published { digest });
         self.record(
             entry,
             &entry.verdict(),
@@ -110,10 +111,11 @@ impl Spooler {
         .await;
     }
 
-    async fn publish_spooled(&self, entry: &Entry) -> Result<crate::digest::Digest> {
+    async fn publish_spooled(&self, entry: &Entry) -> Result<Digest> {
         let request: SpooledPush = serde_json::from_slice(&tokio::fs::read(entry.request()).await?)
             .map_err(|e| RegistryError::Corrupt(format!("{}: {e}", entry.request().display())))?;
-        let body = file_stream(&entry.data()).await?;
+        let data = tokio::fs::File::open(entry.data()).await?;
+        let body = stream_of(data, request.request.size);
         // The content was checked on arrival; checking again as it leaves catches a disk
         // that changed it in between.
         let body = verify_stream(body, request.content_digest.clone(), request.request.size);
@@ -129,6 +131,28 @@ impl Spooler {
             .await
     }
 
+    /// Pushes a file of the original's protocol, as the image archive or the file its
+    /// name says it is.
+    async fn push_legacy(
+        &self,
+        path: &Path,
+        repository: &str,
+        tag: &str,
+        content: Content,
+        modified: DateTime<Utc>,
+    ) -> Result<Digest> {
+        let file = LocalFile {
+            path,
+            file_name: names::base_name(repository).to_owned(),
+            format: PushFormat::Image,
+            created: Some(modified),
+            content,
+            scratch_dir: &self.dir,
+            progress: None,
+        };
+        push_path(self.registry.as_ref(), repository, tag, file).await
+    }
+
     async fn publish_legacy(&self, name: &str, modified: DateTime<Utc>) {
         let path = self.dir.join(name);
         let verdict = self.dir.join(format!("{name}.verdict"));
@@ -139,48 +163,15 @@ impl Spooler {
                 .registry
                 .delete_tag(&repository, &tag)
                 .await
-                .map(|()| crate::digest::Digest::of(b"")),
-            LegacyEntry::Archive { repository, tag } => {
-                match crate::import::push_archive(
-                    self.registry.as_ref(),
-                    &repository,
-                    &tag,
-                    &path,
-                    &self.dir,
-                )
+                .map(|()| Verdict::Deleted),
+            LegacyEntry::Archive { repository, tag } => self
+                .push_legacy(&path, &repository, &tag, Content::Archive, modified)
                 .await
-                {
-                    Ok(Some(digest)) => Ok(digest),
-                    Ok(None) => Err(RegistryError::Rejected(format!(
-                        "{name} is named as an image archive but is not one (no manifest.json or OCI layout)"
-                    ))),
-                    Err(e) => Err(e),
-                }
-            }
-            LegacyEntry::File { repository, tag } => {
-                let size = match tokio::fs::metadata(&path).await {
-                    Ok(meta) => meta.len(),
-                    Err(_) => return,
-                };
-                let file_name = repository
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or(&repository)
-                    .to_owned();
-                match file_stream(&path).await {
-                    Ok(body) => {
-                        let upload = FileUpload {
-                            file_name,
-                            size,
-                            format: PushFormat::Image,
-                            created: Some(modified),
-                            body,
-                        };
-                        self.registry.push_file(&repository, &tag, upload).await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+                .map(|digest| Verdict::Published { digest }),
+            LegacyEntry::File { repository, tag } => self
+                .push_legacy(&path, &repository, &tag, Content::File, modified)
+                .await
+                .map(|digest| Verdict::Published { digest }),
         };
         self.record(name, &verdict, &path, &failed, None, result)
             .await;
@@ -197,12 +188,10 @@ impl Spooler {
         data: &Path,
         failed: &Path,
         request: Option<PathBuf>,
-        result: Result<crate::digest::Digest>,
+        result: Result<Verdict>,
     ) {
         let verdict = match &result {
-            Ok(digest) => Verdict::Published {
-                digest: digest.clone(),
-            },
+            Ok(done) => done.clone(),
             Err(e) => {
                 warn!(entry = %what, error = %e, "publish failed; the content is kept");
                 if let Err(e) = tokio::fs::rename(data, failed).await {
@@ -223,8 +212,11 @@ impl Spooler {
             error!(entry = %what, error = %e, "cannot record the verdict; the entry stays");
             return;
         }
-        if let Ok(digest) = result {
-            info!(entry = %what, %digest, "published");
+        if let Ok(done) = result {
+            match done {
+                Verdict::Published { digest } => info!(entry = %what, %digest, "published"),
+                _ => info!(entry = %what, "deleted"),
+            }
             let _ = tokio::fs::remove_file(data).await;
             if let Some(request) = request {
                 let _ = tokio::fs::remove_file(request).await;
@@ -237,13 +229,4 @@ impl std::fmt::Display for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.id)
     }
-}
-
-async fn file_stream(path: &Path) -> Result<crate::ByteStream> {
-    let file = tokio::fs::File::open(path).await?;
-    Ok(
-        tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
-            .map(|r| r.map_err(RegistryError::from))
-            .boxed(),
-    )
 }

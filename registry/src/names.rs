@@ -100,6 +100,18 @@ pub fn check_tag(tag: &str) -> Result<()> {
     Ok(())
 }
 
+/// The last segment of a repository path (`c` of `a/b/c`): the name its images have as
+/// files.
+pub fn base_name(repository: &str) -> &str {
+    parent_and_base(repository).1
+}
+
+/// A repository path split at its last `/`: the parent path (`""` at the top) and the last
+/// segment.
+pub fn parent_and_base(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
 /// Whether a tag belongs to the referrers fallback scheme (`sha256-<64 hex>` with an optional
 /// suffix). Such tags are bookkeeping for signatures and SBOMs, not images a user named.
 pub fn is_referrers_fallback_tag(tag: &str) -> bool {
@@ -179,6 +191,13 @@ mod tests {
             let err = check_repository(name).unwrap_err().to_string();
             assert!(err.contains(rule), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn parents_and_base_names() {
+        assert_eq!(parent_and_base("a/b/c"), ("a/b", "c"));
+        assert_eq!(parent_and_base("c"), ("", "c"));
+        assert_eq!(base_name("a/b"), "b");
     }
 
     #[test]

@@ -20,15 +20,19 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::AttachParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use reposure_surrogate::error::{RegistryError, Result};
+use reposure_registry::error::{RegistryError, Result};
 use reposure_surrogate::session::transport::{Connection, Connector};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, ReadBuf};
 use tracing::{info, warn};
 
-use crate::reconcile::pod_is_ready;
 use crate::resource::Registry;
-use crate::workload::{CONTAINER, SESSION_COMMAND};
+
+/// Name of the surrogate container in the pods the operator runs (the exec target).
+pub const SURROGATE_CONTAINER: &str = "surrogate";
+
+/// The command a client execs in the surrogate container to open a session.
+pub const SESSION_COMMAND: [&str; 3] = ["reposure-surrogate", "serve", "--stdio"];
 
 /// Bytes buffered in each direction of an exec stream (kube's default is 1 KiB).
 pub const EXEC_BUFFER: usize = 4 * 1024 * 1024;
@@ -52,7 +56,7 @@ pub async fn client(options: &KubeOptions) -> Result<(Client, String)> {
     let config = match &options.kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
-                RegistryError::Rejected(format!("cannot read kubeconfig {}: {e}", path.display()))
+                RegistryError::Usage(format!("cannot read kubeconfig {}: {e}", path.display()))
             })?;
             Config::from_custom_kubeconfig(kubeconfig, &config_options)
                 .await
@@ -64,7 +68,7 @@ pub async fn client(options: &KubeOptions) -> Result<(Client, String)> {
         None => Config::infer().await.map_err(|e| e.to_string()),
     }
     .map_err(|e| {
-        RegistryError::Rejected(format!(
+        RegistryError::Usage(format!(
             "no usable Kubernetes configuration ({e}); set KUBECONFIG or pass kubeconfig= / --kubeconfig"
         ))
     })?;
@@ -189,6 +193,23 @@ impl KubeExec {
     }
 }
 
+/// Whether the pod runs.
+pub fn is_running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// Running, with the `Ready` condition true.
+pub fn pod_is_ready(pod: &Pod) -> bool {
+    is_running(pod)
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
 /// Keeps the exec connection open as long as the session uses it.
 struct ExecGuard(#[allow(dead_code)] kube::api::AttachedProcess);
 
@@ -202,7 +223,7 @@ impl Connector for KubeExec {
         let pod = self.surrogate_pod().await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let params = AttachParams {
-            container: Some(CONTAINER.to_owned()),
+            container: Some(SURROGATE_CONTAINER.to_owned()),
             stdin: true,
             stdout: true,
             stderr: true,

@@ -1,12 +1,14 @@
 //! A registry at the level of manifests and blobs.
 //!
-//! [`Store`] is the narrow waist between the format logic (in [`crate::registry`]) and the
+//! [`Store`] is the narrow waist between the format logic (in [`crate::operations`]) and the
 //! places images live. Every implementation answers the same questions with the same
 //! errors, so the format logic is written once and tested against [`memory::MemoryStore`].
 
+#[cfg(any(test, feature = "testing"))]
 pub mod faulty;
 pub mod http;
 pub mod layout;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod watchdog;
 

@@ -31,6 +31,7 @@ use tracing::debug;
 use super::Store;
 use super::watchdog::Watchdog;
 use crate::ByteStream;
+use crate::credentials::Credentials;
 use crate::digest::{Digest, RunningDigest};
 use crate::error::{RegistryError, Result};
 use crate::formats::manifest::{MAX_MANIFEST_SIZE, StoredManifest, media_type_of};
@@ -63,10 +64,8 @@ const MAX_LIST_PAGES: usize = 100_000;
 pub struct HttpOptions {
     /// PEM certificates of a CA to trust in addition to the system roots.
     pub ca_pem: Option<Vec<u8>>,
-    /// Basic credentials.
-    pub credentials: Option<(String, String)>,
-    /// A bearer token used as is.
-    pub bearer_token: Option<String>,
+    /// Credentials, if any.
+    pub credentials: Option<Credentials>,
     /// Page size for catalog and tag listings (default [`LIST_PAGE_SIZE`]).
     pub page_size: Option<usize>,
     /// How long the registry may stay silent (default [`READ_TIMEOUT`]); a connection
@@ -78,11 +77,7 @@ impl std::fmt::Debug for HttpOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpOptions")
             .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
-            .field("username", &self.credentials.as_ref().map(|c| &c.0))
-            .field(
-                "bearer_token",
-                &self.bearer_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -119,7 +114,7 @@ impl HttpStore {
             None => base.host_str().unwrap_or_default().to_owned(),
         };
         if host.is_empty() || !matches!(base.scheme(), "http" | "https") {
-            return Err(RegistryError::Rejected(format!(
+            return Err(RegistryError::Usage(format!(
                 "{base} is not an http:// or https:// registry address"
             )));
         }
@@ -127,9 +122,9 @@ impl HttpStore {
         let mut extra_roots = Vec::new();
         if let Some(pem) = &options.ca_pem {
             extra_roots = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| RegistryError::Rejected(format!("the CA file is not PEM: {e}")))?;
+                .map_err(|e| RegistryError::Usage(format!("the CA file is not PEM: {e}")))?;
             if extra_roots.is_empty() {
-                return Err(RegistryError::Rejected(
+                return Err(RegistryError::Usage(
                     "the CA file holds no certificate".into(),
                 ));
             }
@@ -170,10 +165,12 @@ impl HttpStore {
         // `Client::new` would silently fall back to a default config on error (dropping the
         // CA); `try_from` reports it.
         let oci = oci_client::Client::try_from(config).map_err(|e| map_oci(e, "client setup"))?;
-        let auth = match (&options.bearer_token, &options.credentials) {
-            (Some(token), _) => RegistryAuth::Bearer(token.clone()),
-            (None, Some((user, password))) => RegistryAuth::Basic(user.clone(), password.clone()),
-            (None, None) => RegistryAuth::Anonymous,
+        let auth = match options.credentials {
+            Some(Credentials::Bearer(token)) => RegistryAuth::Bearer(token),
+            Some(Credentials::Basic { username, password }) => {
+                RegistryAuth::Basic(username, password)
+            }
+            None => RegistryAuth::Anonymous,
         };
         let mut base = base.clone();
         base.set_path("/");

@@ -1,8 +1,11 @@
 //! The one error type of registry access.
 //!
 //! Every variant says what went wrong in words a user can act on; the filesystem maps each
-//! variant to exactly one errno (see `reposure_fs::errno`). Messages never contain
-//! credentials: URLs are stored without user info and request bodies are never echoed.
+//! variant to exactly one errno (see `reposure_fs::errno`), the CLI to one exit code.
+//! Messages never contain credentials: URLs are stored without user info and request
+//! bodies are never echoed. Messages name no option of a front end: each front end adds
+//! its own hint (`credentials::OptionNames::hint`), as the mount says `username=` where
+//! the CLI says `--username`.
 
 /// Result with [`RegistryError`].
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -17,9 +20,7 @@ pub enum RegistryError {
     #[error("invalid name {name:?}: {rule}")]
     InvalidName { name: String, rule: String },
     /// The registry refused the credentials, or none were given where they are required.
-    #[error(
-        "the registry refused the credentials ({0}); check username= and password_file= (or REPOSURE_PASSWORD)"
-    )]
+    #[error("the registry refused the credentials ({0})")]
     Unauthorized(String),
     /// The credentials are valid but do not allow this operation.
     #[error("the registry denied the operation: {0}")]
@@ -43,13 +44,14 @@ pub enum RegistryError {
     #[error("registry unavailable: {0}")]
     Unavailable(String),
     /// The registry's TLS certificate could not be verified.
-    #[error(
-        "cannot verify the registry's TLS certificate ({0}); pass the CA that signed it with ca=FILE"
-    )]
+    #[error("cannot verify the registry's TLS certificate ({0})")]
     UntrustedCertificate(String),
     /// The registry refused the request for another reason (4xx).
     #[error("the registry rejected the request: {0}")]
     Rejected(String),
+    /// A source, option or argument given by the user is not usable (nothing was sent).
+    #[error("{0}")]
+    Usage(String),
     /// The caller supplied a body whose length differs from the one it declared.
     #[error("size mismatch: declared {declared} bytes, received {received}")]
     SizeMismatch { declared: u64, received: u64 },

@@ -576,7 +576,7 @@ impl Registry for StoreRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{BlobRef, Encoding};
+    use crate::operations::{BlobRef, Encoding};
     use crate::store::memory::MemoryStore;
 
     /// A session may ask for any range of any blob: nonsense is refused, never a panic or

@@ -31,7 +31,7 @@ use crate::formats::manifest::{
 use crate::formats::media_types as mt;
 use crate::formats::tar_probe;
 use crate::names::Reference;
-use crate::registry::Registry;
+use crate::operations::Registry;
 use crate::scratch::Scratch;
 
 /// A gzip archive may expand to at most this many times its size (plus

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde::Deserialize;
 
+use super::Credentials;
 use crate::error::{RegistryError, Result};
 
 #[derive(Deserialize)]
@@ -26,28 +27,12 @@ struct AuthEntry {
     identitytoken: Option<String>,
 }
 
-/// What a Docker config says about one registry.
-#[derive(PartialEq, Eq)]
-pub enum DockerCredentials {
-    Basic { username: String, password: String },
-    Bearer(String),
-}
-
-impl std::fmt::Debug for DockerCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
-            Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
-        }
-    }
-}
-
 /// The credentials for `host` (`HOST[:PORT]`) in a Docker config document, if any.
 /// Keys are matched with and without an `http(s)://` prefix and a trailing path, as the
 /// Docker CLI writes both forms.
-pub fn credentials_for(config: &[u8], host: &str) -> Result<Option<DockerCredentials>> {
+pub fn credentials_for(config: &[u8], host: &str) -> Result<Option<Credentials>> {
     let config: ConfigFile = serde_json::from_slice(config).map_err(|e| {
-        RegistryError::Rejected(format!(
+        RegistryError::Usage(format!(
             "the Docker config is not valid JSON with an \"auths\" map: {e}"
         ))
     })?;
@@ -62,7 +47,7 @@ pub fn credentials_for(config: &[u8], host: &str) -> Result<Option<DockerCredent
         return Ok(None);
     };
     if let Some(token) = entry.identitytoken.filter(|t| !t.is_empty()) {
-        return Ok(Some(DockerCredentials::Bearer(token)));
+        return Ok(Some(Credentials::Bearer(token)));
     }
     if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -70,24 +55,22 @@ pub fn credentials_for(config: &[u8], host: &str) -> Result<Option<DockerCredent
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .ok_or_else(|| {
-                RegistryError::Rejected(format!(
+                RegistryError::Usage(format!(
                     "the Docker config's \"auth\" for {host} is not base64 of USER:PASSWORD"
                 ))
             })?;
         let (username, password) = decoded.split_once(':').ok_or_else(|| {
-            RegistryError::Rejected(format!(
+            RegistryError::Usage(format!(
                 "the Docker config's \"auth\" for {host} has no ':' between user and password"
             ))
         })?;
-        return Ok(Some(DockerCredentials::Basic {
+        return Ok(Some(Credentials::Basic {
             username: username.to_owned(),
             password: password.to_owned(),
         }));
     }
     match (entry.username, entry.password) {
-        (Some(username), Some(password)) => {
-            Ok(Some(DockerCredentials::Basic { username, password }))
-        }
+        (Some(username), Some(password)) => Ok(Some(Credentials::Basic { username, password })),
         _ => Ok(None),
     }
 }
@@ -105,21 +88,21 @@ mod tests {
         }}"#;
         assert_eq!(
             credentials_for(config, "reg.example:5000").unwrap(),
-            Some(DockerCredentials::Basic {
+            Some(Credentials::Basic {
                 username: "alice".into(),
                 password: "s3cr3t".into()
             })
         );
         assert_eq!(
             credentials_for(config, "other.example").unwrap(),
-            Some(DockerCredentials::Basic {
+            Some(Credentials::Basic {
                 username: "bob".into(),
                 password: "pw".into()
             })
         );
         assert_eq!(
             credentials_for(config, "token.example").unwrap(),
-            Some(DockerCredentials::Bearer("tok".into()))
+            Some(Credentials::Bearer("tok".into()))
         );
         assert_eq!(credentials_for(config, "missing.example").unwrap(), None);
     }
@@ -134,7 +117,7 @@ mod tests {
         assert!(e.contains("not base64") && !e.contains("s3cr3t"), "{e}");
         let debug = format!(
             "{:?}",
-            DockerCredentials::Basic {
+            Credentials::Basic {
                 username: "u".into(),
                 password: "s3cr3t".into()
             }

@@ -15,6 +15,43 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "reposure.puccini.cloud";
 /// The one condition type the operator maintains.
 pub const READY: &str = "Ready";
+/// Why the `Ready` condition is what it is: its `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyReason {
+    /// The surrogate pod is ready: sessions can be opened.
+    SurrogateReady,
+    /// The surrogate pod is being created or started.
+    SurrogateStarting,
+    /// The surrogate runs but its readiness check fails (it cannot reach the registry).
+    SurrogateNotReady,
+    /// A Secret the spec names does not exist.
+    SecretMissing,
+    /// A Secret the spec names lacks what it must hold.
+    SecretInvalid,
+    /// The spec cannot be served as written.
+    InvalidSpec,
+}
+
+impl ReadyReason {
+    /// The reason as the condition carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SurrogateReady => "SurrogateReady",
+            Self::SurrogateStarting => "SurrogateStarting",
+            Self::SurrogateNotReady => "SurrogateNotReady",
+            Self::SecretMissing => "SecretMissing",
+            Self::SecretInvalid => "SecretInvalid",
+            Self::InvalidSpec => "InvalidSpec",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Data key of the CA certificate in `authenticationSecret` when none is given (the key
 /// cert-manager and `kubernetes.io/tls` secrets use).
 pub const DEFAULT_CA_KEY: &str = "ca.crt";

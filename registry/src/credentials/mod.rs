@@ -1,0 +1,302 @@
+//! Where registry credentials come from: one loader for every front end.
+//!
+//! The mount (`username=`, `password_file=`), the CLI (`--username`, `--password-file`)
+//! and the surrogate (`--username`, `--password-file`, `--token-file`,
+//! `--docker-config-file`, or the same as `REPOSURE_*` variables in a pod) name files and
+//! user names, never secrets: [`UserOptions::http_options`] reads them, applies one set of
+//! rules, and says what is wrong in the spelling of the front end that asked
+//! ([`OptionNames`]). A password may also come from `REPOSURE_PASSWORD`.
+//!
+//! * [`docker_config`]: the `auths` of a Docker config document.
+
+pub mod docker_config;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{RegistryError, Result};
+use crate::store::http::HttpOptions;
+
+/// The environment variable that may hold the password when no password file is named.
+pub const PASSWORD_VARIABLE: &str = "REPOSURE_PASSWORD";
+
+/// Credentials for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A user name and password.
+    Basic { username: String, password: String },
+    /// A token sent as is (a service-account token, say).
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// How a front end spells each option, so that an error says what to type.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionNames {
+    pub ca: &'static str,
+    pub username: &'static str,
+    pub password_file: &'static str,
+    pub token_file: &'static str,
+    pub docker_config: &'static str,
+    pub timeout: &'static str,
+}
+
+impl OptionNames {
+    /// `reposure-mount -o ...`.
+    pub const MOUNT: Self = Self {
+        ca: "ca=",
+        username: "username=",
+        password_file: "password_file=",
+        token_file: "token_file=",
+        docker_config: "docker_config=",
+        timeout: "timeout=",
+    };
+    /// `reposure` and `reposure-surrogate` flags.
+    pub const FLAGS: Self = Self {
+        ca: "--ca",
+        username: "--username",
+        password_file: "--password-file",
+        token_file: "--token-file",
+        docker_config: "--docker-config-file",
+        timeout: "--timeout",
+    };
+
+    /// What the user can do about `error`, in this front end's words, if anything.
+    pub fn hint(&self, error: &RegistryError) -> Option<String> {
+        match error {
+            RegistryError::Unauthorized(_) => Some(format!(
+                "check {} and {} (or {PASSWORD_VARIABLE})",
+                self.username, self.password_file
+            )),
+            RegistryError::UntrustedCertificate(_) => Some(format!(
+                "pass the CA that signed the registry's certificate with {} FILE",
+                self.ca.trim_end_matches('=')
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// What the user named to reach an http(s) registry: files and a user name, never secrets.
+#[derive(Debug, Clone, Default)]
+pub struct UserOptions {
+    /// PEM CA certificates to trust beside the system roots.
+    pub ca: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// A file holding a token sent as is.
+    pub token_file: Option<PathBuf>,
+    /// A Docker config (`config.json`, `.dockerconfigjson`) holding the registry's entry.
+    pub docker_config: Option<PathBuf>,
+    /// How long the registry may stay silent.
+    pub timeout: Option<Duration>,
+}
+
+impl UserOptions {
+    /// The first option given, in the front end's spelling; for refusing options where
+    /// they do not apply.
+    pub fn first_given(&self, names: &OptionNames) -> Option<&'static str> {
+        [
+            (self.ca.is_some(), names.ca),
+            (self.username.is_some(), names.username),
+            (self.password_file.is_some(), names.password_file),
+            (self.token_file.is_some(), names.token_file),
+            (self.docker_config.is_some(), names.docker_config),
+            (self.timeout.is_some(), names.timeout),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
+
+    /// Reads the named files for the registry at `host` (`HOST[:PORT]`).
+    pub fn http_options(&self, host: &str, names: &OptionNames) -> Result<HttpOptions> {
+        let ca_pem = match &self.ca {
+            Some(path) => Some(read(path, names.ca)?),
+            None => None,
+        };
+        Ok(HttpOptions {
+            ca_pem,
+            credentials: self.credentials(host, names)?,
+            read_timeout: self.timeout,
+            ..Default::default()
+        })
+    }
+
+    fn credentials(&self, host: &str, names: &OptionNames) -> Result<Option<Credentials>> {
+        let exclusive = [
+            self.username.is_some(),
+            self.token_file.is_some(),
+            self.docker_config.is_some(),
+        ];
+        if exclusive.into_iter().filter(|given| *given).count() > 1 {
+            return Err(RegistryError::Usage(format!(
+                "give one of {}, {} and {}",
+                names.username, names.token_file, names.docker_config
+            )));
+        }
+        if let Some(path) = &self.token_file {
+            return Ok(Some(Credentials::Bearer(read_secret(
+                path,
+                names.token_file,
+            )?)));
+        }
+        if let Some(path) = &self.docker_config {
+            let config = read(path, names.docker_config)?;
+            return match docker_config::credentials_for(&config, host)? {
+                Some(credentials) => Ok(Some(credentials)),
+                None => Err(RegistryError::Usage(format!(
+                    "the Docker config {} has no entry for {host}; add one under \"auths\"",
+                    path.display()
+                ))),
+            };
+        }
+        let password = match &self.password_file {
+            Some(path) => Some(read_secret(path, names.password_file)?),
+            None => std::env::var(PASSWORD_VARIABLE).ok(),
+        };
+        match (&self.username, password) {
+            (Some(username), Some(password)) => Ok(Some(Credentials::Basic {
+                username: username.clone(),
+                password,
+            })),
+            (Some(_), None) => Err(RegistryError::Usage(format!(
+                "{} needs a password: {} FILE or {PASSWORD_VARIABLE}",
+                names.username,
+                names.password_file.trim_end_matches('=')
+            ))),
+            (None, _) if self.password_file.is_some() => Err(RegistryError::Usage(format!(
+                "{} needs {}",
+                names.password_file, names.username
+            ))),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
+fn read(path: &Path, option: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        RegistryError::Usage(format!(
+            "cannot read {} {}: {e}",
+            option.trim_end_matches('='),
+            path.display()
+        ))
+    })
+}
+
+/// A secret file's content without its line ending.
+fn read_secret(path: &Path, option: &str) -> Result<String> {
+    let bytes = read(path, option)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        RegistryError::Usage(format!(
+            "{} {} is not UTF-8 text",
+            option.trim_end_matches('='),
+            path.display()
+        ))
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret_file(content: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), content).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_user_and_a_password_file_make_basic_credentials() {
+        let password = secret_file("s3cr3t\n");
+        let options = UserOptions {
+            username: Some("alice".into()),
+            password_file: Some(password.path().into()),
+            ..Default::default()
+        };
+        let http = options.http_options("h:5000", &OptionNames::MOUNT).unwrap();
+        assert_eq!(
+            http.credentials,
+            Some(Credentials::Basic {
+                username: "alice".into(),
+                password: "s3cr3t".into()
+            })
+        );
+    }
+
+    #[test]
+    fn half_given_credentials_say_what_is_missing_in_the_front_ends_words() {
+        let password = secret_file("pw");
+        let without_user = UserOptions {
+            password_file: Some(password.path().into()),
+            ..Default::default()
+        };
+        let e = without_user
+            .http_options("h", &OptionNames::FLAGS)
+            .unwrap_err();
+        assert!(matches!(&e, RegistryError::Usage(m) if m == "--password-file needs --username"));
+        let e = without_user
+            .http_options("h", &OptionNames::MOUNT)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "password_file= needs username=");
+        let both = UserOptions {
+            username: Some("u".into()),
+            token_file: Some(password.path().into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            both.http_options("h", &OptionNames::FLAGS),
+            Err(RegistryError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn a_docker_config_is_read_for_the_host() {
+        let config = secret_file(r#"{"auths": {"h:5000": {"auth": "dTpw"}}}"#);
+        let options = UserOptions {
+            docker_config: Some(config.path().into()),
+            ..Default::default()
+        };
+        let http = options.http_options("h:5000", &OptionNames::FLAGS).unwrap();
+        assert_eq!(
+            http.credentials,
+            Some(Credentials::Basic {
+                username: "u".into(),
+                password: "p".into()
+            })
+        );
+        let e = options
+            .http_options("other:5000", &OptionNames::FLAGS)
+            .unwrap_err();
+        assert!(e.to_string().contains("no entry for other:5000"), "{e}");
+    }
+
+    #[test]
+    fn hints_use_the_front_ends_spelling() {
+        let refused = RegistryError::Unauthorized("401".into());
+        assert!(
+            OptionNames::MOUNT
+                .hint(&refused)
+                .unwrap()
+                .contains("username= and password_file=")
+        );
+        assert!(
+            OptionNames::FLAGS
+                .hint(&refused)
+                .unwrap()
+                .contains("--username and --password-file")
+        );
+        assert_eq!(
+            OptionNames::MOUNT.hint(&RegistryError::NotFound("x".into())),
+            None
+        );
+    }
+}
