@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use futures::StreamExt;
 use reposure_registry::Registry;
+use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::names::{self, Reference};
 use reposure_registry::pull::list_images;
@@ -53,6 +54,10 @@ pub enum ImageCommand {
         /// Write here instead of stdout.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// Of a multi-platform image, only this platform (OS/ARCH[/VARIANT]), as
+        /// `docker save --platform` does.
+        #[arg(long)]
+        platform: Option<Platform>,
     },
     /// List every image as REPOSITORY:TAG.
     #[command(
@@ -117,8 +122,16 @@ pub async fn run(command: ImageCommand, registry: Arc<dyn Registry>, quiet: bool
             name,
             unpack,
             output,
+            platform,
             ..
-        } => pull(registry.as_ref(), &name, unpack, output.as_deref(), quiet).await,
+        } => {
+            let target = PullTarget {
+                unpack,
+                output: output.as_deref(),
+                platform: platform.as_ref(),
+            };
+            pull(registry.as_ref(), &name, target, quiet).await
+        }
         ImageCommand::List { format, .. } => list(registry.as_ref(), format).await,
         // Without a name, --all was given (the parser requires one or the other).
         ImageCommand::Delete { name, .. } => {
@@ -186,19 +199,25 @@ async fn push(
     Ok(())
 }
 
+/// What a pull writes, and where.
+struct PullTarget<'a> {
+    unpack: bool,
+    output: Option<&'a Path>,
+    platform: Option<&'a Platform>,
+}
+
 async fn pull(
     registry: &dyn Registry,
     name: &str,
-    unpack: bool,
-    output: Option<&Path>,
+    target: PullTarget<'_>,
     quiet: bool,
 ) -> Result<()> {
-    let pulled = reposure_registry::pull::pull(registry, name, unpack)
+    let pulled = reposure_registry::pull::pull(registry, name, target.unpack, target.platform)
         .await
         .with_context(|| format!("cannot pull {name}"))?;
     let bar = progress::bar(pulled.length, "pull", quiet);
     let mut stream = with_progress(pulled.stream, progress::reporter(&bar));
-    match output {
+    match target.output {
         Some(path) => {
             let dir = path
                 .parent()

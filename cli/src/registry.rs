@@ -13,7 +13,8 @@ use reposure_client::resource::{
 };
 use reposure_operator::endpoint::registry_url;
 use reposure_registry::RegistryError;
-use reposure_registry::credentials::{Credentials, docker_config};
+use reposure_registry::credentials::Credentials;
+use reposure_registry::credentials::docker_config::{DockerConfig, Lookup};
 
 use crate::exit::Usage;
 use crate::kubernetes::{self, Scope};
@@ -375,9 +376,11 @@ impl Registries<'_> {
                 let config =
                     secret_value(&secrets, &secret_name, ".dockerconfigjson", namespace).await?;
                 let host = url.split("://").nth(1).unwrap_or(&url);
-                match docker_config::credentials_for(&config, host)? {
-                    Some(Credentials::Basic { username, .. }) => println!("{username}"),
-                    Some(Credentials::Bearer(_)) => {
+                match DockerConfig::parse(&config)?.lookup(host)? {
+                    Some(Lookup::Entry(Credentials::Basic { username, .. })) => {
+                        println!("{username}")
+                    }
+                    Some(_) => {
                         bail!("the credentials for {host} are a token, with no user name")
                     }
                     None => bail!(RegistryError::NotFound(format!(

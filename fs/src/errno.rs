@@ -53,6 +53,20 @@ pub enum FsError {
 pub type FsResult<T> = Result<T, FsError>;
 
 impl FsError {
+    /// Whether the error says the name is not there, or not for us to see (registries
+    /// answer 401 for a repository that does not exist, so as not to tell).
+    pub fn means_absent(&self) -> bool {
+        matches!(
+            self,
+            FsError::NotFound
+                | FsError::Registry(
+                    RegistryError::NotFound(_)
+                        | RegistryError::Unauthorized(_)
+                        | RegistryError::Denied(_)
+                )
+        )
+    }
+
     /// The errno for this error. This match is the table in SEMANTICS.md.
     pub fn errno(&self) -> i32 {
         match self {
@@ -77,7 +91,7 @@ impl FsError {
                 RegistryError::InvalidName { .. } | RegistryError::Usage(_) => libc::EINVAL,
                 RegistryError::Unauthorized(_) | RegistryError::Denied(_) => libc::EACCES,
                 RegistryError::DeleteDisabled => libc::EPERM,
-                RegistryError::Unsupported(_) => libc::EOPNOTSUPP,
+                RegistryError::Unsupported(_) | RegistryError::NoCatalog(_) => libc::EOPNOTSUPP,
                 RegistryError::TagDeleteUnsupported
                 | RegistryError::Corrupt(_)
                 | RegistryError::Unavailable(_)

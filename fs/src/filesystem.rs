@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use reposure_registry::RegistryError;
 use reposure_registry::digest::Digest;
+use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::names::{self, DEFAULT_TAG, Reference};
 use reposure_registry::operations::{ImageInfo, Registry};
@@ -73,6 +74,10 @@ pub struct FsConfig {
     pub read_ahead_budget: u64,
     /// A directory for verified file contents, and its size limit.
     pub cache: Option<(PathBuf, u64)>,
+    /// Repositories listed even when the registry has no catalog (`repositories=`).
+    pub known_repositories: Vec<String>,
+    /// Multi-platform images read as their image for this platform (`platform=`).
+    pub platform: Option<Platform>,
 }
 
 impl Default for FsConfig {
@@ -85,6 +90,8 @@ impl Default for FsConfig {
             unpack: true,
             read_ahead_budget: DEFAULT_READ_AHEAD_BUDGET,
             cache: None,
+            known_repositories: Vec::new(),
+            platform: None,
         }
     }
 }
@@ -190,7 +197,12 @@ pub struct Filesystem {
 impl Filesystem {
     /// A filesystem over `registry`.
     pub fn new(registry: Arc<dyn Registry>, config: FsConfig) -> std::io::Result<Self> {
-        let metadata = Arc::new(Metadata::new(registry.clone(), config.metadata_ttl));
+        let metadata = Arc::new(Metadata::new(
+            registry.clone(),
+            config.metadata_ttl,
+            &config.known_repositories,
+            config.platform.clone(),
+        ));
         let cache = match &config.cache {
             Some((dir, limit)) => Some(DiskCache::open(dir.clone(), *limit)?),
             None => None,
@@ -363,7 +375,18 @@ impl Filesystem {
         self.prefetch_listed(&dir, name);
         match self.named(&dir, name).await? {
             Named::Dir(path) => Ok(self.dir_attr(self.inodes.dir_entry(&path))),
-            Named::Image(image) => self.image_now(&image).await,
+            Named::Image(image) => match self.image_now(&image).await {
+                // Without a catalog a path the user names may be a namespace no listing
+                // shows: a bare name that is no image is taken for a directory.
+                Err(e)
+                    if self.metadata.without_catalog()
+                        && !name.contains([':', '@'])
+                        && e.means_absent() =>
+                {
+                    Ok(self.dir_attr(self.inodes.dir_entry(&image.repository)))
+                }
+                other => other,
+            },
         }
     }
 

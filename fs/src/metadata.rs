@@ -5,12 +5,20 @@
 //! through this mount drops what it changed at once. Local directories (made with `mkdir`
 //! before anything was pushed into them) and hidden ones (removed with `rmdir`, which the
 //! registry cannot do) live here too.
+//!
+//! A registry without a catalog (Docker Hub, GHCR, GitLab: `RegistryError::NoCatalog`)
+//! still mounts: the catalog is then the repositories this mount knows, those named in
+//! `repositories=` and those it has seen (resolved, listed or pushed), and a name that is
+//! not an image is taken for a directory (the filesystem decides that at lookup), so that
+//! a path the user names reaches its repository.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reposure_registry::RegistryError;
+use reposure_registry::formats::manifest::Platform;
 use reposure_registry::names;
 use reposure_registry::operations::{ImageInfo, Registry};
 
@@ -31,10 +39,22 @@ pub struct Metadata {
     local_dirs: Mutex<BTreeSet<String>>,
     hidden_dirs: Mutex<HashSet<String>>,
     ttl: Duration,
+    /// Repositories named by the user or seen through this mount: the catalog of a
+    /// registry that has none.
+    known: Mutex<BTreeSet<String>>,
+    /// Set once the registry said it has no catalog.
+    without_catalog: AtomicBool,
+    /// The platform picked from multi-platform images.
+    platform: Option<Platform>,
 }
 
 impl Metadata {
-    pub fn new(registry: Arc<dyn Registry>, ttl: Duration) -> Self {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        ttl: Duration,
+        known: &[String],
+        platform: Option<Platform>,
+    ) -> Self {
         Self {
             registry,
             catalog: TtlCache::new(ttl),
@@ -44,6 +64,22 @@ impl Metadata {
             local_dirs: Mutex::default(),
             hidden_dirs: Mutex::default(),
             ttl,
+            known: Mutex::new(known.iter().cloned().collect()),
+            without_catalog: AtomicBool::new(false),
+            platform,
+        }
+    }
+
+    /// Whether the registry has no catalog (known after the first listing).
+    pub fn without_catalog(&self) -> bool {
+        self.without_catalog.load(Ordering::Relaxed)
+    }
+
+    /// Remembers a repository seen through this mount.
+    fn seen(&self, repository: &str) {
+        let mut known = self.known.lock().expect("lock");
+        if !known.contains(repository) {
+            known.insert(repository.to_owned());
         }
     }
 
@@ -52,7 +88,26 @@ impl Metadata {
         if let Some(catalog) = self.catalog.get(&()) {
             return Ok(catalog);
         }
-        let catalog = Arc::new(self.registry.list_repositories().await?);
+        let catalog = match self.registry.list_repositories().await {
+            Ok(mut repositories) => {
+                // Repositories the user named show even where the catalog leaves them out.
+                repositories.extend(self.known.lock().expect("lock").iter().cloned());
+                repositories.sort();
+                repositories.dedup();
+                repositories
+            }
+            Err(RegistryError::NoCatalog(reason)) => {
+                if !self.without_catalog.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %reason,
+                        "the registry has no catalog: directories list the repositories named in repositories= and those used through this mount; any other repository is reached by naming its path"
+                    );
+                }
+                self.known.lock().expect("lock").iter().cloned().collect()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let catalog = Arc::new(catalog);
         self.catalog.insert((), catalog.clone());
         Ok(catalog)
     }
@@ -84,10 +139,11 @@ impl Metadata {
         }
         match self
             .registry
-            .resolve(&name.repository, &name.reference)
+            .resolve(&name.repository, &name.reference, self.platform.as_ref())
             .await
         {
             Ok(info) => {
+                self.seen(&name.repository);
                 self.resolved.insert(name.clone(), info.clone());
                 Ok((info, self.ttl))
             }
@@ -104,6 +160,7 @@ impl Metadata {
     /// repository whose last tag is gone), so it is added in place. Refetching it after
     /// every push made each lookup of `cp -r` list the whole registry.
     pub fn invalidate(&self, name: &ImageName) {
+        self.seen(&name.repository);
         self.catalog.update(&(), |catalog| {
             if let Err(at) = catalog.binary_search(&name.repository) {
                 Arc::make_mut(catalog).insert(at, name.repository.clone());

@@ -78,6 +78,7 @@ async fn corrupt_blob_fails_the_last_read() {
             .resolve(
                 "victim",
                 &reposure_registry::names::Reference::Tag("latest".into()),
+                None,
             )
             .await
             .unwrap()
@@ -102,6 +103,7 @@ async fn corrupt_blob_fails_again_after_a_retry_in_pages() {
         &registry,
         "victim",
         &reposure_registry::names::Reference::Tag("latest".into()),
+        None,
     )
     .await
     .unwrap();

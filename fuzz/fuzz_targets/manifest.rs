@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         if store.put_manifest("fuzz", &tag, &stored).await.is_err() {
             return;
         }
-        let Ok(info) = registry.resolve("fuzz", &tag).await else {
+        let Ok(info) = registry.resolve("fuzz", &tag, None).await else {
             return;
         };
         for content in [info.file.as_ref().ok(), Some(&info.archive)]

@@ -22,7 +22,7 @@ use reposure_client::source::{OpenOptions, Source};
 use reposure_fs::fuse::Ownership;
 use reposure_fs::mount::{MountSettings, serve};
 use reposure_fs::{Filesystem, FsConfig};
-use reposure_registry::credentials::{OptionNames, UserOptions};
+use reposure_registry::credentials::OptionNames;
 use reposure_registry::{Registry, logging};
 use reposure_surrogate::session::client::SessionClient;
 use reposure_surrogate::session::transport::InProcess;
@@ -212,13 +212,7 @@ fn open_registry(
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Arc<dyn Registry>> {
     let open = OpenOptions {
-        http: UserOptions {
-            ca: options.ca.clone(),
-            username: options.username.clone(),
-            password_file: options.password_file.clone(),
-            timeout: options.timeout,
-            ..Default::default()
-        },
+        http: options.http.clone(),
         kube: KubeOptions {
             kubeconfig: options.kubeconfig.clone(),
             context: options.context.clone(),
@@ -255,6 +249,7 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
     let description = registry.describe();
     // A longer timeout= than the check's own is the user saying the registry is slow.
     let check_timeout = options
+        .http
         .timeout
         .map_or(CHECK_TIMEOUT, |t| CHECK_TIMEOUT.max(t + CONNECT_ALLOWANCE));
     let checked = runtime
@@ -284,6 +279,8 @@ fn run(args: Args, reporter: &mut Reporter) -> Result<()> {
             .cache_dir
             .clone()
             .map(|dir| (dir, options.cache_size)),
+        known_repositories: options.repositories.clone(),
+        platform: options.platform.clone(),
         ..Default::default()
     };
     let core = Arc::new(Filesystem::new(registry, config).context("cannot use cache_dir=")?);

@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use reposure_registry::credentials::UserOptions;
+use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
+use reposure_registry::names;
+use reposure_registry::units::parse_size;
 
 /// Options that mount(8) passes to every helper and that mean nothing here.
 const GENERIC: &[&str] = &[
@@ -34,28 +38,6 @@ const GENERIC: &[&str] = &[
 /// Disk cache size when `cache_dir=` is given without `cache_size=`.
 const DEFAULT_CACHE_SIZE: u64 = 4 * 1024 * 1024 * 1024;
 
-/// `SIZE` with an optional K, M, G or T suffix (powers of 1024).
-fn parse_size(text: &str) -> Result<u64> {
-    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => text.split_at(i),
-        None => (text, ""),
-    };
-    let number: u64 = digits
-        .parse()
-        .with_context(|| format!("{text:?} is not a size"))?;
-    let multiplier: u64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => bail!("{text:?}: use a number with K, M, G or T"),
-    };
-    number
-        .checked_mul(multiplier)
-        .with_context(|| format!("{text:?} is too large"))
-}
-
 /// A number of seconds from `minimum` to an hour, for option `key`.
 fn seconds(key: &str, text: &str, minimum: f64) -> Result<Duration> {
     let secs: f64 = text
@@ -72,9 +54,9 @@ fn seconds(key: &str, text: &str, minimum: f64) -> Result<Duration> {
 pub struct MountOptions {
     pub read_only: bool,
     pub format: PushFormat,
-    pub ca: Option<PathBuf>,
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
+    /// How to reach an http(s) registry: `ca=`, `username=`, `password_file=`,
+    /// `token_file=`, `docker_config=`, `timeout=`, `max_chunk=`.
+    pub http: UserOptions,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub allow_other: bool,
@@ -92,9 +74,10 @@ pub struct MountOptions {
     /// For a Kubernetes Registry source: the kubeconfig file and context.
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
-    /// How long the registry may stay silent before an operation fails (default: the
-    /// store's own, 30 s).
-    pub timeout: Option<Duration>,
+    /// Repositories to list even when the registry has no catalog.
+    pub repositories: Vec<String>,
+    /// The platform multi-platform images read as.
+    pub platform: Option<Platform>,
 }
 
 impl Default for MountOptions {
@@ -102,9 +85,7 @@ impl Default for MountOptions {
         Self {
             read_only: false,
             format: PushFormat::Image,
-            ca: None,
-            username: None,
-            password_file: None,
+            http: UserOptions::default(),
             uid: None,
             gid: None,
             allow_other: false,
@@ -117,7 +98,8 @@ impl Default for MountOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             kubeconfig: None,
             context: None,
-            timeout: None,
+            repositories: Vec::new(),
+            platform: None,
         }
     }
 }
@@ -147,9 +129,19 @@ impl MountOptions {
                         .parse()
                         .map_err(anyhow::Error::msg)?
                 }
-                "ca" => options.ca = Some(value("FILE")?.into()),
-                "username" => options.username = Some(value("NAME")?.to_owned()),
-                "password_file" => options.password_file = Some(value("FILE")?.into()),
+                "ca" => options.http.ca = Some(value("FILE")?.into()),
+                "username" => options.http.username = Some(value("NAME")?.to_owned()),
+                "password_file" => options.http.password_file = Some(value("FILE")?.into()),
+                "token_file" => options.http.token_file = Some(value("FILE")?.into()),
+                "docker_config" => options.http.docker_config = Some(value("FILE")?.into()),
+                "max_chunk" => options.http.max_chunk = Some(parse_size(value("SIZE")?)?),
+                "platform" => options.platform = Some(value("OS/ARCH[/VARIANT]")?.parse()?),
+                "repositories" => {
+                    for repository in value("REPO[:REPO...]")?.split(':') {
+                        names::check_repository(repository)?;
+                        options.repositories.push(repository.to_owned());
+                    }
+                }
                 "password" => bail!(
                     "passwords are not accepted on the command line (other users can read it); use password_file=FILE or the REPOSURE_PASSWORD environment variable"
                 ),
@@ -162,7 +154,7 @@ impl MountOptions {
                 "metadata_ttl" => {
                     options.metadata_ttl = seconds(key, value("SECONDS")?, 0.0)?;
                 }
-                "timeout" => options.timeout = Some(seconds(key, value("SECONDS")?, 0.1)?),
+                "timeout" => options.http.timeout = Some(seconds(key, value("SECONDS")?, 0.1)?),
                 "spool_dir" => options.spool_dir = Some(value("DIR")?.into()),
                 "cache_dir" => options.cache_dir = Some(value("DIR")?.into()),
                 "cache_size" => options.cache_size = parse_size(value("SIZE")?)?,
@@ -182,12 +174,9 @@ impl MountOptions {
                 }
                 k if GENERIC.contains(&k) || k.starts_with("x-") => {}
                 other => bail!(
-                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, uid=, gid=, allow_other, kubeconfig=, context=, log=, metadata_ttl=, timeout=, spool_dir=, unpack=, cache_dir=, cache_size=, transport="
+                    "unknown option {other:?}; known: ro, format=, ca=, username=, password_file=, token_file=, docker_config=, uid=, gid=, allow_other, kubeconfig=, context=, log=, metadata_ttl=, timeout=, max_chunk=, repositories=, platform=, spool_dir=, unpack=, cache_dir=, cache_size=, transport="
                 ),
             }
-        }
-        if options.password_file.is_some() && options.username.is_none() {
-            bail!("password_file= needs username=");
         }
         Ok(options)
     }
@@ -208,9 +197,13 @@ mod tests {
         assert_eq!(o.format, PushFormat::Artifact);
         assert_eq!(o.uid, Some(5));
         assert_eq!(o.metadata_ttl, Duration::from_millis(500));
-        assert_eq!(o.timeout, None);
+        assert_eq!(o.http.timeout, None);
         let o = MountOptions::parse(["timeout=2.5"]).unwrap();
-        assert_eq!(o.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(o.http.timeout, Some(Duration::from_millis(2500)));
+        let o = MountOptions::parse(["repositories=library/alpine:org/app,max_chunk=8M"]).unwrap();
+        assert_eq!(o.repositories, ["library/alpine", "org/app"]);
+        assert_eq!(o.http.max_chunk, Some(8 << 20));
+        assert!(MountOptions::parse(["repositories=Bad"]).is_err());
         assert!(MountOptions::parse(["timeout=0"]).is_err());
         let o = MountOptions::parse(["cache_dir=/c,cache_size=2G"]).unwrap();
         assert_eq!(o.cache_size, 2 << 30);
@@ -230,6 +223,5 @@ mod tests {
             .to_string();
         assert!(e.contains("password_file") && !e.contains("hunter2"), "{e}");
         assert!(MountOptions::parse(["format=zip"]).is_err());
-        assert!(MountOptions::parse(["password_file=/x"]).is_err());
     }
 }

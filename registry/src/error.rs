@@ -25,6 +25,10 @@ pub enum RegistryError {
     /// The credentials are valid but do not allow this operation.
     #[error("the registry denied the operation: {0}")]
     Denied(String),
+    /// The registry offers no catalog (404, `UNSUPPORTED`, or the catalog scope refused, as
+    /// Docker Hub, GHCR and GitLab do): repositories can only be named, not listed.
+    #[error("the registry has no catalog of repositories ({0})")]
+    NoCatalog(String),
     /// The registry has deletion turned off (HTTP 405 on DELETE).
     #[error(
         "the registry has deletion disabled (HTTP 405); enable it in the registry's configuration (storage.delete.enabled: true)"

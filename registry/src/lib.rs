@@ -7,6 +7,8 @@
 //! * [`digest`]: content digests and streaming verification.
 //! * [`formats`]: the OCI/Docker JSON documents, how a single file is stored as an image or
 //!   an ORAS-style artifact, and how a stored image is read back as one file.
+//! * [`auth`]: authentication for every HTTP request: Basic, and distribution's token
+//!   protocol with tokens per scope.
 //! * [`credentials`]: where registry credentials come from (files named by the user, a
 //!   Docker config), read in one place for every front end.
 //! * [`store`]: the [`store::Store`] trait, a registry at the level of manifests and blobs:
@@ -23,8 +25,10 @@
 //! * [`push`] and [`pull`]: the one way every front end pushes a local file or archive and
 //!   pulls an image or its file.
 //! * [`scratch`]: files that have no name until complete, so a killed process leaves none.
+//! * [`units`]: sizes as options write them.
 //! * `logging` (feature `logging`): the one logging setup of the binaries.
 
+pub mod auth;
 pub mod credentials;
 pub mod digest;
 pub mod direct;
@@ -39,6 +43,7 @@ pub mod pull;
 pub mod push;
 pub mod scratch;
 pub mod store;
+pub mod units;
 
 pub use error::{RegistryError, Result};
 pub use operations::Registry;

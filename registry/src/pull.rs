@@ -3,6 +3,7 @@
 
 use crate::ByteStream;
 use crate::error::{RegistryError, Result};
+use crate::formats::manifest::Platform;
 use crate::names;
 use crate::operations::Registry;
 
@@ -15,10 +16,15 @@ pub struct Pull {
 }
 
 /// Opens `name` (`REPOSITORY[:TAG]` or `REPOSITORY@DIGEST`): the single file it holds with
-/// `unpack`, else its image archive.
-pub async fn pull(registry: &dyn Registry, name: &str, unpack: bool) -> Result<Pull> {
+/// `unpack`, else its image archive (of one `platform` of a multi-platform image, if given).
+pub async fn pull(
+    registry: &dyn Registry,
+    name: &str,
+    unpack: bool,
+    platform: Option<&Platform>,
+) -> Result<Pull> {
     let (repository, reference) = names::parse_image(name)?;
-    let info = registry.resolve(&repository, &reference).await?;
+    let info = registry.resolve(&repository, &reference, platform).await?;
     let content = match (&info.file, unpack) {
         (Ok(file), true) => file,
         (Err(reason), true) => {

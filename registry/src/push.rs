@@ -66,7 +66,7 @@ pub async fn push_path(
             (Some(digest), _) => return Ok(digest),
             (None, Content::Archive) => {
                 return Err(RegistryError::Rejected(format!(
-                    "{} is not an image archive (no manifest.json or OCI layout)",
+                    "{} is named as an image archive but is not one (no manifest.json or OCI layout)",
                     file.path.display()
                 )));
             }

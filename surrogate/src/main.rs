@@ -22,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use reposure_registry::credentials::{OptionNames, UserOptions};
 use reposure_registry::direct::DirectSource;
+use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::logging;
 use reposure_registry::names::{self, Reference};
@@ -73,6 +74,13 @@ struct Connection {
     /// Seconds the registry may stay silent before an operation fails (default 30).
     #[arg(long, env = "REPOSURE_TIMEOUT", global = true, value_parser = parse_timeout)]
     timeout: Option<Duration>,
+    /// Upload in chunks of at most this size (K, M, G), for registries with a limit.
+    #[arg(long, env = "REPOSURE_MAX_CHUNK", global = true, value_parser = parse_chunk)]
+    max_chunk: Option<u64>,
+}
+
+fn parse_chunk(text: &str) -> std::result::Result<u64, String> {
+    reposure_registry::units::parse_size(text).map_err(|e| e.to_string())
 }
 
 fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
@@ -119,6 +127,9 @@ enum Command {
         name: String,
         #[arg(long)]
         unpack: bool,
+        /// Of a multi-platform image, only this platform (OS/ARCH[/VARIANT]).
+        #[arg(long)]
+        platform: Option<Platform>,
     },
     /// Push stdin: an image archive as its image, anything else as a single-file image.
     Push {
@@ -144,6 +155,7 @@ impl Connection {
             token_file: self.token_file.clone(),
             docker_config: self.docker_config_file.clone(),
             timeout: self.timeout,
+            max_chunk: self.max_chunk,
         };
         Ok(registry
             .parse::<DirectSource>()?
@@ -230,8 +242,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             tokio::io::stdout().write_all(out.as_bytes()).await?;
         }
-        Command::Pull { name, unpack } => {
-            let mut pulled = pull(registry.as_ref(), &name, unpack).await?;
+        Command::Pull {
+            name,
+            unpack,
+            platform,
+        } => {
+            let mut pulled = pull(registry.as_ref(), &name, unpack, platform.as_ref()).await?;
             let mut stdout = tokio::io::stdout();
             while let Some(chunk) = pulled.stream.next().await {
                 stdout.write_all(&chunk?).await?;

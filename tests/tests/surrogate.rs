@@ -228,7 +228,7 @@ fn upload(name: &str, content: Vec<u8>) -> FileUpload {
 async fn read_all(client: &SessionClient, repository: &str, tag: &str) -> Vec<u8> {
     use futures::TryStreamExt;
     let info = client
-        .resolve(repository, &Reference::Tag(tag.to_owned()))
+        .resolve(repository, &Reference::Tag(tag.to_owned()), None)
         .await
         .unwrap();
     let content = info.file.expect("a single file");

@@ -150,3 +150,77 @@ pub fn parse(manifest: &StoredManifest) -> Result<ManifestKind> {
         ))),
     }
 }
+
+/// One platform of a multi-platform image: `os/architecture[/variant]`, as `docker save
+/// --platform` and `skopeo --override-os/--override-arch` take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl std::str::FromStr for Platform {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let word =
+            |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        match parts.as_slice() {
+            [os, architecture] | [os, architecture, _] if parts.iter().all(word) => Ok(Self {
+                os: (*os).to_owned(),
+                architecture: (*architecture).to_owned(),
+                variant: parts.get(2).map(|v| (*v).to_owned()),
+            }),
+            _ => Err(RegistryError::Usage(format!(
+                "{s:?} is not a platform: use OS/ARCHITECTURE[/VARIANT], as in linux/amd64 or linux/arm64/v8"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// Whether an index entry's `platform` is this one (a variant asked for must match; an
+    /// entry's variant is ignored when none is asked for).
+    pub fn matches(&self, descriptor: &Descriptor) -> bool {
+        let Some(platform) = &descriptor.platform else {
+            return false;
+        };
+        let field = |name: &str| platform.get(name).and_then(|v| v.as_str());
+        field("os") == Some(self.os.as_str())
+            && field("architecture") == Some(self.architecture.as_str())
+            && self
+                .variant
+                .as_deref()
+                .is_none_or(|variant| field("variant") == Some(variant))
+    }
+
+    /// The platforms an index holds, for messages.
+    pub fn listed(index: &IndexManifest) -> String {
+        index
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref())
+            .map(|p| {
+                let field = |name: &str| p.get(name).and_then(|v| v.as_str()).unwrap_or("?");
+                match p.get("variant").and_then(|v| v.as_str()) {
+                    Some(variant) => format!("{}/{}/{variant}", field("os"), field("architecture")),
+                    None => format!("{}/{}", field("os"), field("architecture")),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

@@ -26,7 +26,7 @@ pub use store_registry::StoreRegistry;
 use crate::ByteStream;
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::formats::manifest::{Descriptor, StoredManifest};
+use crate::formats::manifest::{Descriptor, Platform, StoredManifest};
 use crate::formats::single_file::PushFormat;
 use crate::names::Reference;
 
@@ -150,8 +150,15 @@ pub trait Registry: Send + Sync + 'static {
     async fn list_repositories(&self) -> Result<Vec<String>>;
     /// A repository's tags, sorted, without referrers-fallback tags.
     async fn list_tags(&self, repository: &str) -> Result<Vec<String>>;
-    /// Resolves a tag or digest to its manifest digest and how it reads.
-    async fn resolve(&self, repository: &str, reference: &Reference) -> Result<ImageInfo>;
+    /// Resolves a tag or digest to its manifest digest and how it reads. With `platform`, a
+    /// multi-platform image resolves to its image for that platform (named, in its archive,
+    /// as the reference was); without, it reads as the archive of every platform.
+    async fn resolve(
+        &self,
+        repository: &str,
+        reference: &Reference,
+        platform: Option<&Platform>,
+    ) -> Result<ImageInfo>;
     /// Reads `length` bytes of a file from `offset`. A read of a whole blob is verified
     /// against its digest: its stream ends in an error if the content is corrupt.
     async fn read(

@@ -15,7 +15,7 @@ use crate::digest::{Digest, verify_stream};
 use crate::error::{RegistryError, Result};
 use crate::formats::archive::{ArchivePlan, Piece};
 use crate::formats::manifest::{
-    self, Descriptor, ImageManifest, IndexManifest, ManifestKind, StoredManifest,
+    self, Descriptor, ImageManifest, IndexManifest, ManifestKind, Platform, StoredManifest,
 };
 use crate::formats::media_types as mt;
 use crate::formats::single_file::{self, Classification, PushFormat};
@@ -278,9 +278,31 @@ impl Registry for StoreRegistry {
         Ok(tags)
     }
 
-    async fn resolve(&self, repository: &str, reference: &Reference) -> Result<ImageInfo> {
-        let manifest = self.store.get_manifest(repository, reference).await?;
+    async fn resolve(
+        &self,
+        repository: &str,
+        reference: &Reference,
+        platform: Option<&Platform>,
+    ) -> Result<ImageInfo> {
+        let mut manifest = self.store.get_manifest(repository, reference).await?;
         self.remember(&manifest);
+        if let Some(platform) = platform
+            && let ManifestKind::Index = manifest::parse(&manifest)?
+        {
+            let index: IndexManifest = serde_json::from_slice(&manifest.bytes)
+                .map_err(|e| RegistryError::Corrupt(format!("image index: {e}")))?;
+            let Some(chosen) = index.manifests.iter().find(|d| platform.matches(d)) else {
+                return Err(RegistryError::NotFound(format!(
+                    "{repository}:{reference} has no image for {platform} (it has {})",
+                    Platform::listed(&index)
+                )));
+            };
+            manifest = self
+                .store
+                .get_manifest(repository, &Reference::Digest(chosen.digest.clone()))
+                .await?;
+            self.remember(&manifest);
+        }
         let archive_name = match reference {
             Reference::Tag(tag) => Some(format!("{repository}:{tag}")),
             Reference::Digest(_) => None,

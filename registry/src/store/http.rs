@@ -1,37 +1,43 @@
 //! A registry reached over HTTP(S), speaking the OCI distribution API.
 //!
-//! Manifests go through `oci-client` (it negotiates Basic and Bearer auth). The calls it
-//! lacks or does in a way that costs throughput are made here with the same `reqwest`
-//! stack and the same credentials:
+//! Every request goes through one place ([`HttpStore::send`]), which
 //!
-//! * catalog and tag listing, following `Link: <...>; rel="next"` pages;
-//! * blob reads with `Range`, streamed;
-//! * blob uploads as one streamed `PATCH` between the `POST` and the `PUT ?digest=`, with
-//!   the digest computed while the bytes flow, so a file of any size is uploaded with
-//!   bounded memory and one request for its data;
-//! * `DELETE` of tags and manifests.
+//! * authenticates it for exactly what it needs ([`crate::auth`]: Basic, or a token for the
+//!   request's scopes) and, after a `401` with a challenge, tries once more with a new token;
+//! * waits out throttling (`429`, and `503` with `Retry-After`) within the timeout, saying
+//!   so in the log;
+//! * for a GET, tries again after a momentary failure (a 5xx, a refused or cut connection).
+//!
+//! Blob reads follow redirects to another origin (object storage, a CDN) with the `Range`
+//! kept and the `Authorization` header dropped (reqwest removes it when a redirect leaves
+//! the host); what arrives is still verified against its digest by the layer above.
+//! Uploads stream the content in one `PATCH` between the `POST` and the `PUT ?digest=`, with
+//! the digest computed while the bytes flow; a registry that asks for chunks
+//! (`OCI-Chunk-Min-Length`), or a maximum chunk size given by the user, gets `PATCH`es with
+//! `Content-Range` instead. Credentials never go to an upload `Location` on another host.
 //!
 //! TLS is always verified: against the system roots plus the CA given with `ca=`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use oci_client::RegistryOperation;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue, LINK, LOCATION, RANGE, WWW_AUTHENTICATE};
-use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LINK,
+    LOCATION, RANGE, RETRY_AFTER,
+};
+use reqwest::{Method, Response, StatusCode, Url};
 use tokio::sync::OnceCell;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Store;
 use super::watchdog::Watchdog;
 use crate::ByteStream;
-use crate::credentials::Credentials;
+use crate::auth::challenge::{self, Challenge};
+use crate::auth::{Access, Authenticator};
+use crate::credentials::Found;
 use crate::digest::{Digest, RunningDigest};
 use crate::error::{RegistryError, Result};
 use crate::formats::manifest::{MAX_MANIFEST_SIZE, StoredManifest, media_type_of};
@@ -43,67 +49,99 @@ use crate::names::Reference;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a response may stay silent (between two reads) before the request fails. A
-/// registry that stalls mid-transfer is reported rather than waited on forever.
+/// registry that stalls mid-transfer is reported rather than waited on forever. It also
+/// bounds the time one request spends waiting out a registry's throttling.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Page size asked of catalog and tag listings by default. Distribution honours up to 1000;
 /// smaller registries return fewer and a `Link` header, which is followed either way.
 pub const LIST_PAGE_SIZE: usize = 1000;
 
-/// Pauses before each retry of a failed GET ([`HttpStore::get`]): two more tries within a
-/// third of a second, enough to ride out a registry's momentary error, short enough that a
-/// registry that is really down is reported at once.
+/// Pauses before each retry of a failed GET: two more tries within a third of a second,
+/// enough to ride out a registry's momentary error, short enough that a registry that is
+/// really down is reported at once.
 const GET_RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(250)];
+
+/// How long a `429` without `Retry-After` is waited out.
+const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Upper bound on pages followed in one listing, so a registry that loops its `Link`
 /// headers cannot hang a listing.
 const MAX_LIST_PAGES: usize = 100_000;
 
+/// The largest error body read, for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The largest listing page read: 1000 names of up to 255 characters, with room to spare.
+const MAX_LIST_PAGE: usize = 4 * 1024 * 1024;
+
+/// Chunk size of a chunked upload when the registry names only a minimum: large enough
+/// that a GiB is a few dozen requests, small enough to hold one chunk in memory (a chunk is
+/// buffered so that it can be sent again after throttling).
+const DEFAULT_CHUNK: u64 = 16 * 1024 * 1024;
+
 /// How to reach and authenticate to an HTTP registry.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct HttpOptions {
     /// PEM certificates of a CA to trust in addition to the system roots.
     pub ca_pem: Option<Vec<u8>>,
-    /// Credentials, if any.
-    pub credentials: Option<Credentials>,
+    /// Credentials, and where they came from.
+    pub credentials: Option<Found>,
     /// Page size for catalog and tag listings (default [`LIST_PAGE_SIZE`]).
     pub page_size: Option<usize>,
     /// How long the registry may stay silent (default [`READ_TIMEOUT`]); a connection
     /// may take as long, up to [`CONNECT_TIMEOUT`].
     pub read_timeout: Option<Duration>,
+    /// Upload in chunks of at most this many bytes (registries with a maximum request size).
+    pub max_chunk: Option<u64>,
 }
 
-impl std::fmt::Debug for HttpOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpOptions")
-            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
-            .field("credentials", &self.credentials)
-            .finish()
+/// A request that can be sent again: its body is in memory.
+struct Call<'a> {
+    method: Method,
+    url: Url,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Option<Bytes>,
+    access: Access<'a>,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: Method, url: Url, access: Access<'a>) -> Self {
+        Self {
+            method,
+            url,
+            headers: Vec::new(),
+            body: None,
+            access,
+        }
     }
-}
 
-/// Which authentication the registry asked for in its `/v2/` challenge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Challenge {
-    None,
-    Basic,
-    Bearer,
+    fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    fn body(mut self, body: Bytes) -> Self {
+        self.body = Some(body);
+        self
+    }
 }
 
 /// A registry reached over HTTP(S).
 pub struct HttpStore {
     base: Url,
     host: String,
-    oci: oci_client::Client,
     http: reqwest::Client,
     /// For streamed uploads: without a read timeout, which would count the time spent
     /// sending the body (the response is not due until it is all sent) and so fail every
     /// upload longer than the timeout. A [`Watchdog`] bounds silence instead.
     upload_http: reqwest::Client,
-    auth: RegistryAuth,
-    challenge: OnceCell<Challenge>,
+    auth: Authenticator,
+    /// Set once `/v2/` was asked what authentication it wants.
+    probed: OnceCell<()>,
     page_size: usize,
     read_timeout: Duration,
+    max_chunk: Option<u64>,
 }
 
 impl HttpStore {
@@ -118,7 +156,6 @@ impl HttpStore {
                 "{base} is not an http:// or https:// registry address"
             )));
         }
-        let mut certificates = Vec::new();
         let mut extra_roots = Vec::new();
         if let Some(pem) = &options.ca_pem {
             extra_roots = reqwest::Certificate::from_pem_bundle(pem)
@@ -128,10 +165,6 @@ impl HttpStore {
                     "the CA file holds no certificate".into(),
                 ));
             }
-            certificates.push(oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data: pem.clone(),
-            });
         }
         let read_timeout = options.read_timeout.unwrap_or(READ_TIMEOUT);
         let connect_timeout = CONNECT_TIMEOUT.min(read_timeout);
@@ -147,190 +180,256 @@ impl HttpStore {
             }
             builder
                 .build()
-                .map_err(|e| RegistryError::Rejected(format!("cannot set up HTTP: {e}")))
+                .map_err(|e| RegistryError::Usage(format!("cannot set up HTTP: {e}")))
         };
         let http = client(Some(read_timeout))?;
         let upload_http = client(None)?;
-        let config = ClientConfig {
-            protocol: if base.scheme() == "http" {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            extra_root_certificates: certificates,
-            connect_timeout: Some(connect_timeout),
-            read_timeout: Some(read_timeout),
-            ..Default::default()
-        };
-        // `Client::new` would silently fall back to a default config on error (dropping the
-        // CA); `try_from` reports it.
-        let oci = oci_client::Client::try_from(config).map_err(|e| map_oci(e, "client setup"))?;
-        let auth = match options.credentials {
-            Some(Credentials::Bearer(token)) => RegistryAuth::Bearer(token),
-            Some(Credentials::Basic { username, password }) => {
-                RegistryAuth::Basic(username, password)
-            }
-            None => RegistryAuth::Anonymous,
-        };
         let mut base = base.clone();
         base.set_path("/");
         base.set_query(None);
+        let (credentials, from) = match options.credentials {
+            Some(found) => (Some(found.credentials), Some(found.from)),
+            None => (None, None),
+        };
+        let auth = Authenticator::new(&base, http.clone(), credentials, from);
         Ok(Arc::new(Self {
             base,
             host,
-            oci,
             http,
             upload_http,
             auth,
-            challenge: OnceCell::new(),
+            probed: OnceCell::new(),
             page_size: options.page_size.unwrap_or(LIST_PAGE_SIZE).max(1),
             read_timeout,
+            max_chunk: options.max_chunk,
         }))
-    }
-
-    fn reference(&self, repository: &str, reference: &Reference) -> oci_client::Reference {
-        match reference {
-            Reference::Tag(tag) => oci_client::Reference::with_tag(
-                self.host.clone(),
-                repository.to_owned(),
-                tag.clone(),
-            ),
-            Reference::Digest(d) => oci_client::Reference::with_digest(
-                self.host.clone(),
-                repository.to_owned(),
-                d.as_str().to_owned(),
-            ),
-        }
     }
 
     fn url(&self, path: &str) -> Url {
         self.base.join(path).expect("registry paths are valid URLs")
     }
 
-    /// The challenge from `GET /v2/`, asked once.
-    async fn challenge(&self) -> Result<Challenge> {
-        self.challenge
+    /// Tokens fetched from the registry's token service so far.
+    pub fn token_requests(&self) -> u64 {
+        self.auth.token_requests()
+    }
+
+    /// Asks `/v2/` once what authentication the registry wants.
+    async fn probe(&self) -> Result<()> {
+        self.probed
             .get_or_try_init(|| async {
+                let url = self.url("v2/");
                 let response = self
                     .http
-                    .get(self.url("v2/"))
+                    .get(url.clone())
                     .send()
                     .await
                     .map_err(map_reqwest)?;
-                let header = response
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                Ok(if header.starts_with("bearer") {
-                    Challenge::Bearer
-                } else if header.starts_with("basic") {
-                    Challenge::Basic
-                } else {
-                    Challenge::None
-                })
+                let challenge = match response.status() {
+                    StatusCode::UNAUTHORIZED => {
+                        challenge::parse(response.headers(), &url).unwrap_or(Challenge::Basic)
+                    }
+                    _ => Challenge::None,
+                };
+                self.auth.set_challenge(challenge);
+                Ok(())
             })
             .await
             .copied()
     }
 
-    /// Opens an upload session; returns where to send the content.
-    async fn start_upload(&self, repository: &str) -> Result<Url> {
-        let start = self.url(&format!("v2/{repository}/blobs/uploads/"));
-        let response = self
-            .send(
-                self.http.post(start.clone()).header("Content-Length", "0"),
-                Some(repository),
-                RegistryOperation::Push,
-            )
-            .await?;
-        let response = check_status(response, &start).await?;
-        location(&start, &response)
-    }
-
-    /// Adds the right `Authorization` to a request this module makes itself.
-    async fn authorize(
-        &self,
-        request: RequestBuilder,
-        repository: Option<&str>,
-        operation: RegistryOperation,
-    ) -> Result<RequestBuilder> {
-        match (&self.auth, self.challenge().await?) {
-            (RegistryAuth::Bearer(token), _) => Ok(request.bearer_auth(token)),
-            (RegistryAuth::Basic(user, password), Challenge::Basic | Challenge::None) => {
-                Ok(request.basic_auth(user, Some(password)))
-            }
-            (_, Challenge::Bearer) => {
-                let Some(repository) = repository else {
-                    return Ok(request);
-                };
-                let reference = self.reference(repository, &Reference::Tag("latest".into()));
-                match self.oci.auth(&reference, &self.auth, operation).await {
-                    Ok(Some(token)) => Ok(request.bearer_auth(token)),
-                    Ok(None) => Ok(request),
-                    Err(e) => Err(map_oci(e, "authentication")),
-                }
-            }
-            (RegistryAuth::Anonymous, _) => Ok(request),
-        }
-    }
-
-    async fn send(
-        &self,
-        request: RequestBuilder,
-        repository: Option<&str>,
-        operation: RegistryOperation,
-    ) -> Result<Response> {
-        self.authorize(request, repository, operation)
-            .await?
-            .send()
-            .await
-            .map_err(map_reqwest)
-    }
-
-    /// Sends a GET (safe to repeat), trying again after an answer worth retrying: a 5xx,
-    /// or a connection refused or cut before the answer. The reference registry answers
-    /// 500 for a moment when a tag is read while another client rewrites it, and a
-    /// registry restarting refuses connections for a moment. A timeout is not retried, so
-    /// the bound on silence holds.
-    async fn get(
-        &self,
-        request: RequestBuilder,
-        repository: Option<&str>,
-        operation: RegistryOperation,
-    ) -> Result<Response> {
-        let mut pauses = GET_RETRY_PAUSES.iter();
+    /// Sends a call: authenticated, sent again once after a `401` with a challenge, after
+    /// throttling within the timeout, and (GETs) after a momentary failure.
+    async fn send(&self, call: Call<'_>) -> Result<Response> {
+        self.probe().await?;
+        let started = Instant::now();
+        let mut retry_pauses = GET_RETRY_PAUSES.iter();
+        let mut authenticated_again = false;
         loop {
-            let attempt = request
-                .try_clone()
-                .expect("a GET has no streamed body to prevent a retry");
-            let outcome = self
-                .authorize(attempt, repository, operation)
-                .await?
-                .send()
-                .await;
-            let worth_retrying = match &outcome {
-                Ok(response) => response.status().is_server_error(),
-                Err(e) => !e.is_timeout() && (e.is_connect() || e.is_request()),
-            };
-            match (worth_retrying, pauses.next()) {
-                (true, Some(pause)) => {
-                    debug!(repository, status = ?outcome.as_ref().map(Response::status).ok(), "retrying a GET");
-                    tokio::time::sleep(*pause).await;
-                }
-                _ => return outcome.map_err(map_reqwest),
+            let mut request = self.http.request(call.method.clone(), call.url.clone());
+            for (name, value) in &call.headers {
+                request = request.header(name, value);
             }
+            if let Some(body) = &call.body {
+                request = request.body(body.clone());
+            }
+            if let Some(authorization) = self.auth.header(&call.url, call.access).await? {
+                request = request.header(reqwest::header::AUTHORIZATION, authorization);
+            }
+            let outcome = request.send().await;
+            let response = match outcome {
+                Ok(response) => response,
+                Err(e) => {
+                    let momentary = !e.is_timeout() && (e.is_connect() || e.is_request());
+                    match retry_pauses.next() {
+                        Some(pause) if momentary && call.method == Method::GET => {
+                            debug!(url = %call.url, error = %e, "retrying a GET");
+                            tokio::time::sleep(*pause).await;
+                            continue;
+                        }
+                        _ => return Err(map_reqwest(e)),
+                    }
+                }
+            };
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED
+                && !authenticated_again
+                && self
+                    .auth
+                    .refused(response.headers(), &call.url, call.access)
+            {
+                authenticated_again = true;
+                continue;
+            }
+            if let Some(wait) = throttled(status, response.headers()) {
+                let waited = started.elapsed();
+                if waited + wait > self.read_timeout {
+                    return Err(RegistryError::Unavailable(format!(
+                        "{}: the registry throttled the request ({status}) and asked to wait {}s, beyond the timeout of {}s",
+                        call.url.path(),
+                        wait.as_secs(),
+                        self.read_timeout.as_secs()
+                    )));
+                }
+                warn!(path = call.url.path(), %status, wait_s = wait.as_secs_f32(), "the registry throttled the request; waiting");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if status.is_server_error()
+                && call.method == Method::GET
+                && let Some(pause) = retry_pauses.next()
+            {
+                debug!(url = %call.url, %status, "retrying a GET");
+                tokio::time::sleep(*pause).await;
+                continue;
+            }
+            return Ok(response);
         }
+    }
+
+    /// Sends a call and fails unless the registry answers with success.
+    async fn send_ok(&self, call: Call<'_>) -> Result<Response> {
+        let url = call.url.clone();
+        check_status(self.send(call).await?, &url).await
+    }
+
+    /// Opens an upload session; returns where to send the content, and the smallest chunk
+    /// the registry takes if it says.
+    async fn start_upload(&self, repository: &str) -> Result<(Url, Option<u64>)> {
+        let start = self.url(&format!("v2/{repository}/blobs/uploads/"));
+        let call = Call::new(Method::POST, start.clone(), Access::Push(repository))
+            .header(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let response = self.send_ok(call).await?;
+        let minimum = response
+            .headers()
+            .get("oci-chunk-min-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|m| *m > 0);
+        Ok((location(&start, &response)?, minimum))
+    }
+
+    /// Commits an upload at `location` as `digest`.
+    async fn commit_upload(&self, repository: &str, location: &Url, digest: &Digest) -> Result<()> {
+        let mut commit = location.clone();
+        commit
+            .query_pairs_mut()
+            .append_pair("digest", digest.as_str());
+        let call = Call::new(Method::PUT, commit, Access::Push(repository))
+            .header(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        self.send_ok(call).await.map(|_| ())
+    }
+
+    /// Streams `body` in one `PATCH` to `location`; answers where to commit.
+    async fn upload_streamed(
+        &self,
+        repository: &str,
+        location: Url,
+        body: ByteStream,
+        body_error: Arc<std::sync::Mutex<Option<RegistryError>>>,
+    ) -> Result<Url> {
+        let watchdog = Watchdog::default();
+        let stream = watchdog.watch(body).map(move |item| {
+            item.map_err(|e| {
+                let message = e.to_string();
+                body_error.lock().expect("body error lock").get_or_insert(e);
+                std::io::Error::other(message)
+            })
+        });
+        self.probe().await?;
+        let mut request = self
+            .upload_http
+            .patch(location.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream));
+        if let Some(authorization) = self
+            .auth
+            .header(&location, Access::Push(repository))
+            .await?
+        {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        let sent = tokio::select! {
+            sent = request.send() => sent.map_err(map_reqwest),
+            () = watchdog.stalled(self.read_timeout) => Err(RegistryError::Unavailable(format!(
+                "the upload made no progress and the registry sent no answer for {}s",
+                self.read_timeout.as_secs_f32()
+            ))),
+        };
+        let response = check_status(sent?, &location).await?;
+        self::location(&location, &response)
+    }
+
+    /// Sends `body` in `PATCH`es of `chunk` bytes with `Content-Range`; answers where to
+    /// commit. Each chunk is held in memory, so it can be sent again after throttling.
+    async fn upload_chunked(
+        &self,
+        repository: &str,
+        mut location: Url,
+        mut body: ByteStream,
+        chunk: u64,
+    ) -> Result<Url> {
+        let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
+        let mut offset = 0u64;
+        let mut pending = BytesMut::new();
+        let mut ended = false;
+        loop {
+            while !ended && pending.len() < chunk {
+                match body.next().await {
+                    Some(piece) => pending.extend_from_slice(&piece?),
+                    None => ended = true,
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let part = pending.split_to(pending.len().min(chunk)).freeze();
+            let end = offset + part.len() as u64 - 1;
+            let call = Call::new(Method::PATCH, location.clone(), Access::Push(repository))
+                .header(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )
+                .header(
+                    CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("{offset}-{end}")).expect("digits"),
+                )
+                .body(part);
+            let response = self.send(call).await?;
+            if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+                return Err(RegistryError::Rejected(format!(
+                    "the registry refused the upload's chunk at bytes {offset}-{end} (416)"
+                )));
+            }
+            let response = check_status(response, &location).await?;
+            location = self::location(&location, &response)?;
+            offset = end + 1;
+        }
+        Ok(location)
     }
 
     /// Follows a paginated listing, collecting `field` from every page.
-    async fn list_pages(
-        &self,
-        first: Url,
-        field: &str,
-        repository: Option<&str>,
-    ) -> Result<Vec<String>> {
+    async fn list_pages(&self, first: Url, field: &str, access: Access<'_>) -> Result<Vec<String>> {
         let mut names = Vec::new();
         let mut next = Some(first);
         let mut pages = 0;
@@ -342,15 +441,10 @@ impl HttpStore {
                 )));
             }
             let response = self
-                .get(
-                    self.http.get(url.clone()),
-                    repository,
-                    RegistryOperation::Pull,
-                )
+                .send_ok(Call::new(Method::GET, url.clone(), access))
                 .await?;
-            let response = check_status(response, &url).await?;
             next = next_page(&url, response.headers().get(LINK));
-            let body = response.bytes().await.map_err(map_reqwest)?;
+            let body = read_limited(response, MAX_LIST_PAGE, "a listing page").await?;
             let page: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
                 RegistryError::Corrupt(format!("listing at {url} is not JSON: {e}"))
             })?;
@@ -374,34 +468,39 @@ impl Store for HttpStore {
     }
 
     async fn check(&self) -> Result<()> {
-        let url = self.url("v2/");
-        let response = self
-            .get(self.http.get(url.clone()), None, RegistryOperation::Pull)
-            .await?;
-        if response.status() == StatusCode::UNAUTHORIZED
-            && self.challenge().await? == Challenge::Bearer
-            && !matches!(self.auth, RegistryAuth::Anonymous)
-        {
-            // Token registries answer 401 at /v2/ until a scoped token is fetched; the
-            // catalog is the cheapest call that proves the credentials work.
-            self.list_repositories().await.map(|_| ())
-        } else {
-            check_status(response, &url).await.map(|_| ())
-        }
+        // `/v2/` proves the registry is there and, with a token (for no scope) or Basic,
+        // that the credentials work; nothing here needs the catalog, which many registries
+        // do not have.
+        self.send_ok(Call::new(Method::GET, self.url("v2/"), Access::Registry))
+            .await
+            .map(|_| ())
     }
 
     async fn list_repositories(&self) -> Result<Vec<String>> {
         let mut url = self.url("v2/_catalog");
         url.query_pairs_mut()
             .append_pair("n", &self.page_size.to_string());
-        self.list_pages(url, "repositories", None).await
+        match self.list_pages(url, "repositories", Access::Catalog).await {
+            // Docker Hub, GHCR, GitLab and Harbor (for most users) have no catalog: they
+            // answer 404, 405, UNSUPPORTED, or refuse the catalog scope.
+            Err(
+                e @ (RegistryError::NotFound(_)
+                | RegistryError::DeleteDisabled
+                | RegistryError::Unauthorized(_)
+                | RegistryError::Denied(_)),
+            ) => Err(RegistryError::NoCatalog(e.to_string())),
+            Err(RegistryError::Rejected(m)) if m.contains("UNSUPPORTED") => {
+                Err(RegistryError::NoCatalog(m))
+            }
+            other => other,
+        }
     }
 
     async fn list_tags(&self, repository: &str) -> Result<Vec<String>> {
         let mut url = self.url(&format!("v2/{repository}/tags/list"));
         url.query_pairs_mut()
             .append_pair("n", &self.page_size.to_string());
-        match self.list_pages(url, "tags", Some(repository)).await {
+        match self.list_pages(url, "tags", Access::Pull(repository)).await {
             Err(RegistryError::NotFound(_)) => Ok(Vec::new()),
             other => other,
         }
@@ -412,32 +511,22 @@ impl Store for HttpStore {
         repository: &str,
         reference: &Reference,
     ) -> Result<StoredManifest> {
-        // Asked directly rather than through oci-client, whose every call first probes
-        // `/v2/` for a token an anonymous registry never gives: one round trip fewer per
-        // lookup and per push.
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
-        let request = self
-            .http
-            .get(url.clone())
-            .header(ACCEPT, ACCEPTED_MANIFESTS.join(", "));
-        let response = self
-            .get(request, Some(repository), RegistryOperation::Pull)
-            .await?;
-        let response = check_status(response, &url).await?;
+        let call = Call::new(Method::GET, url, Access::Pull(repository)).header(
+            ACCEPT,
+            HeaderValue::from_str(&ACCEPTED_MANIFESTS.join(", ")).expect("media types"),
+        );
+        let response = self.send_ok(call).await?;
         let what = format!("{repository}:{reference}");
-        let mut body = response.bytes_stream();
-        let mut bytes = bytes::BytesMut::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(map_reqwest)?;
-            if bytes.len() + chunk.len() > MAX_MANIFEST_SIZE {
-                return Err(RegistryError::Rejected(format!(
+        let bytes = read_limited(response, MAX_MANIFEST_SIZE, &format!("manifest {what}"))
+            .await
+            .map_err(|e| match e {
+                RegistryError::Rejected(_) => RegistryError::Rejected(format!(
                     "manifest {what} is larger than {} MiB, the most registries accept; it is not read",
                     MAX_MANIFEST_SIZE >> 20
-                )));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let bytes = bytes.freeze();
+                )),
+                other => other,
+            })?;
         let digest = Digest::of(&bytes);
         if let Reference::Digest(expected) = reference
             && &digest != expected
@@ -467,10 +556,9 @@ impl Store for HttpStore {
             Some(length) => format!("bytes={offset}-{}", offset + length - 1),
             None => format!("bytes={offset}-"),
         };
-        let request = self.http.get(url.clone()).header(RANGE, range);
-        let response = self
-            .get(request, Some(repository), RegistryOperation::Pull)
-            .await?;
+        let call = Call::new(Method::GET, url.clone(), Access::Pull(repository))
+            .header(RANGE, HeaderValue::from_str(&range).expect("digits"));
+        let response = self.send(call).await?;
         if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Ok(futures::stream::empty().boxed());
         }
@@ -488,53 +576,33 @@ impl Store for HttpStore {
     }
 
     async fn put_blob(&self, repository: &str, body: ByteStream) -> Result<(Digest, u64)> {
-        let location = self.start_upload(repository).await?;
-
+        let (location, minimum) = self.start_upload(repository).await?;
         // Errors from the body (the client's side) are kept apart from transport errors so
         // that a failed upload reports its real cause.
         let body_error: Arc<std::sync::Mutex<Option<RegistryError>>> = Arc::default();
         let digest = RunningDigest::default();
-        let watchdog = Watchdog::default();
-        let stream = {
-            let body_error = body_error.clone();
-            watchdog.watch(digest.wrap(body)).map(move |item| {
-                item.map_err(|e| {
-                    let message = e.to_string();
-                    body_error.lock().expect("body error lock").get_or_insert(e);
-                    std::io::Error::other(message)
-                })
-            })
+        let counted = digest.wrap(body);
+        let chunk = match (self.max_chunk, minimum) {
+            (None, None) => None,
+            (max, min) => Some(max.unwrap_or(DEFAULT_CHUNK).max(min.unwrap_or(0))),
         };
-        let request = self
-            .upload_http
-            .patch(location.clone())
-            .header("Content-Type", "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(stream));
-        let sent = tokio::select! {
-            sent = self.send(request, Some(repository), RegistryOperation::Push) => sent,
-            () = watchdog.stalled(self.read_timeout) => Err(RegistryError::Unavailable(format!(
-                "the upload made no progress and the registry sent no answer for {}s",
-                self.read_timeout.as_secs_f32()
-            ))),
+        let uploaded = match chunk {
+            None => {
+                self.upload_streamed(repository, location, counted, body_error.clone())
+                    .await
+            }
+            Some(chunk) => {
+                debug!(chunk, "uploading in chunks");
+                self.upload_chunked(repository, location, counted, chunk)
+                    .await
+            }
         };
         if let Some(e) = body_error.lock().expect("body error lock").take() {
             return Err(e);
         }
-        let response = check_status(sent?, &location).await?;
-        let location = self::location(&location, &response)?;
+        let location = uploaded?;
         let (digest, size) = digest.finish();
-        let mut commit = location.clone();
-        commit
-            .query_pairs_mut()
-            .append_pair("digest", digest.as_str());
-        let response = self
-            .send(
-                self.http.put(commit.clone()).header("Content-Length", "0"),
-                Some(repository),
-                RegistryOperation::Push,
-            )
-            .await?;
-        check_status(response, &commit).await?;
+        self.commit_upload(repository, &location, &digest).await?;
         Ok((digest, size))
     }
 
@@ -543,19 +611,17 @@ impl Store for HttpStore {
     async fn put_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(Digest, u64)> {
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
-        let mut commit = self.start_upload(repository).await?;
+        let (mut commit, _) = self.start_upload(repository).await?;
         commit
             .query_pairs_mut()
             .append_pair("digest", digest.as_str());
-        let request = self
-            .http
-            .put(commit.clone())
-            .header("Content-Type", "application/octet-stream")
+        let call = Call::new(Method::PUT, commit, Access::Push(repository))
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )
             .body(bytes);
-        let response = self
-            .send(request, Some(repository), RegistryOperation::Push)
-            .await?;
-        check_status(response, &commit).await?;
+        self.send_ok(call).await?;
         Ok((digest, size))
     }
 
@@ -568,16 +634,10 @@ impl Store for HttpStore {
         let content_type = HeaderValue::from_str(&manifest.media_type)
             .map_err(|_| RegistryError::Corrupt(format!("media type {:?}", manifest.media_type)))?;
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
-        let request = self
-            .http
-            .put(url.clone())
+        let call = Call::new(Method::PUT, url, Access::Push(repository))
             .header(CONTENT_TYPE, content_type)
             .body(manifest.bytes.clone());
-        let response = self
-            .send(request, Some(repository), RegistryOperation::Push)
-            .await?;
-        check_status(response, &url).await?;
-        Ok(())
+        self.send_ok(call).await.map(|_| ())
     }
 
     async fn mount_blob(&self, repository: &str, from: &str, digest: &Digest) -> Result<bool> {
@@ -585,19 +645,25 @@ impl Store for HttpStore {
         url.query_pairs_mut()
             .append_pair("mount", digest.as_str())
             .append_pair("from", from);
-        let request = self.http.post(url.clone()).header("Content-Length", "0");
-        let response = self
-            .send(request, Some(repository), RegistryOperation::Push)
-            .await?;
+        let access = Access::Mount {
+            from,
+            to: repository,
+        };
+        let call = Call::new(Method::POST, url.clone(), access)
+            .header(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let response = self.send(call).await?;
         match response.status() {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => {
                 // The registry opened an upload instead of mounting: cancel it, and let the
                 // caller copy the blob.
                 if let Ok(location) = location(&url, &response) {
-                    let cancel = self.http.delete(location);
                     let _ = self
-                        .send(cancel, Some(repository), RegistryOperation::Push)
+                        .send(Call::new(
+                            Method::DELETE,
+                            location,
+                            Access::Push(repository),
+                        ))
                         .await;
                 }
                 Ok(false)
@@ -609,11 +675,11 @@ impl Store for HttpStore {
     async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {
         let url = self.url(&format!("v2/{repository}/manifests/{tag}"));
         let response = self
-            .send(
-                self.http.delete(url.clone()),
-                Some(repository),
-                RegistryOperation::Push,
-            )
+            .send(Call::new(
+                Method::DELETE,
+                url.clone(),
+                Access::Delete(repository),
+            ))
             .await?;
         match response.status() {
             // Distribution 2.x refuses tag deletion with 400 (or UNSUPPORTED).
@@ -624,15 +690,58 @@ impl Store for HttpStore {
 
     async fn delete_manifest(&self, repository: &str, digest: &Digest) -> Result<()> {
         let url = self.url(&format!("v2/{repository}/manifests/{digest}"));
-        let response = self
-            .send(
-                self.http.delete(url.clone()),
-                Some(repository),
-                RegistryOperation::Push,
-            )
-            .await?;
-        check_status(response, &url).await.map(|_| ())
+        self.send_ok(Call::new(Method::DELETE, url, Access::Delete(repository)))
+            .await
+            .map(|_| ())
     }
+}
+
+/// How long a throttled answer asks to wait: `429` always (a second when it does not
+/// say), `503` only with `Retry-After` (without it, a 503 is a failure like other 5xx).
+fn throttled(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    let asked = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after);
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => Some(asked.unwrap_or(DEFAULT_THROTTLE_WAIT)),
+        StatusCode::SERVICE_UNAVAILABLE => asked,
+        _ => None,
+    }
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
+    let wait = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Reads a whole response body, refusing one larger than `limit` without reading past it.
+pub(crate) async fn read_limited(response: Response, limit: usize, what: &str) -> Result<Bytes> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(RegistryError::Rejected(format!(
+            "{what} is larger than {limit} bytes; it is not read"
+        )));
+    }
+    let mut body = response.bytes_stream();
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(map_reqwest)?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(RegistryError::Rejected(format!(
+                "{what} is larger than {limit} bytes; it is not read"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
 }
 
 /// Turns a non-success response into the matching error.
@@ -641,8 +750,14 @@ async fn check_status(response: Response, url: &Url) -> Result<Response> {
     if status.is_success() {
         return Ok(response);
     }
-    let body = response.text().await.unwrap_or_default();
-    Err(status_error(status, url.path(), &body))
+    let body = read_limited(response, MAX_ERROR_BODY, "an error body")
+        .await
+        .unwrap_or_default();
+    Err(status_error(
+        status,
+        url.path(),
+        &String::from_utf8_lossy(&body),
+    ))
 }
 
 /// The error for an HTTP status, with the registry's own message when it sent one.
@@ -654,7 +769,9 @@ fn status_error(status: StatusCode, path: &str, body: &str) -> RegistryError {
         StatusCode::FORBIDDEN => RegistryError::Denied(what),
         StatusCode::NOT_FOUND => RegistryError::NotFound(what),
         StatusCode::METHOD_NOT_ALLOWED => RegistryError::DeleteDisabled,
-        s if s.is_server_error() => RegistryError::Unavailable(what),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            RegistryError::Unavailable(what)
+        }
         _ => RegistryError::Rejected(what),
     }
 }
@@ -674,7 +791,8 @@ fn registry_message(body: &str) -> Option<String> {
     Some(format!("{code} {message}").trim().to_owned())
 }
 
-/// The upload location a response names, resolved against the request URL.
+/// The upload location a response names, resolved against the request URL: relative,
+/// absolute, or on another host.
 fn location(request: &Url, response: &Response) -> Result<Url> {
     let header = response
         .headers()
@@ -716,8 +834,9 @@ fn skip_and_take(stream: ByteStream, skip: u64, take: Option<u64>) -> ByteStream
         .boxed()
 }
 
-/// Maps a transport error, telling certificate problems apart so the message can say `ca=`.
-fn map_reqwest(error: reqwest::Error) -> RegistryError {
+/// Maps a transport error, telling certificate problems apart so the message can say how
+/// to trust the registry.
+pub(crate) fn map_reqwest(error: reqwest::Error) -> RegistryError {
     let chain = error_chain(&error);
     let lower = chain.to_ascii_lowercase();
     if lower.contains("certificate")
@@ -742,45 +861,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Maps an `oci-client` error.
-fn map_oci(error: OciDistributionError, what: &str) -> RegistryError {
-    match error {
-        OciDistributionError::RequestError(e) => map_reqwest(e),
-        OciDistributionError::ImageManifestNotFoundError(_) => {
-            RegistryError::NotFound(what.to_owned())
-        }
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => {
-            RegistryError::Unauthorized(what.to_owned())
-        }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let message = envelope
-                .errors
-                .iter()
-                .map(|e| e.message.clone())
-                .collect::<Vec<_>>()
-                .join("; ");
-            let text = format!("{what}: {message}");
-            match envelope.errors.first().map(|e| &e.code) {
-                Some(
-                    OciErrorCode::ManifestUnknown
-                    | OciErrorCode::NameUnknown
-                    | OciErrorCode::BlobUnknown
-                    | OciErrorCode::NotFound,
-                ) => RegistryError::NotFound(text),
-                Some(OciErrorCode::Unauthorized) => RegistryError::Unauthorized(text),
-                Some(OciErrorCode::Denied) => RegistryError::Denied(text),
-                _ => RegistryError::Rejected(text),
-            }
-        }
-        OciDistributionError::ServerError { code, message, .. } => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-            status_error(status, what, &message)
-        }
-        other => RegistryError::Rejected(format!("{what}: {}", error_chain(&other))),
-    }
 }
 
 #[cfg(test)]
@@ -817,6 +897,24 @@ mod tests {
             status_error(StatusCode::SERVICE_UNAVAILABLE, "/", ""),
             RegistryError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn throttling_is_waited_out_as_asked() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            throttled(StatusCode::TOO_MANY_REQUESTS, &headers),
+            Some(DEFAULT_THROTTLE_WAIT)
+        );
+        assert_eq!(throttled(StatusCode::SERVICE_UNAVAILABLE, &headers), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(
+            throttled(StatusCode::SERVICE_UNAVAILABLE, &headers),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(throttled(StatusCode::OK, &headers), None);
+        let past = retry_after("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(past, Duration::ZERO);
     }
 
     /// A registry that answers every request with one canned response.

@@ -29,6 +29,7 @@ use super::{CONNECTION_WINDOW, MAX_FRAME, PROTOCOL_VERSIONS, SEND_BUFFER, STREAM
 use reposure_registry::ByteStream;
 use reposure_registry::digest::Digest;
 use reposure_registry::error::{RegistryError, Result};
+use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::manifest::{Descriptor, StoredManifest};
 use reposure_registry::names::Reference;
 use reposure_registry::operations::{FileContent, FileUpload, ImageInfo, Registry};
@@ -313,10 +314,16 @@ impl Registry for SessionClient {
         self.call(route::TAGS, &repository).await
     }
 
-    async fn resolve(&self, repository: &str, reference: &Reference) -> Result<ImageInfo> {
+    async fn resolve(
+        &self,
+        repository: &str,
+        reference: &Reference,
+        platform: Option<&Platform>,
+    ) -> Result<ImageInfo> {
         let body = ResolveRequest {
             repository: repository.to_owned(),
             reference: reference.into(),
+            platform: platform.cloned(),
         };
         self.call(route::RESOLVE, &body).await
     }

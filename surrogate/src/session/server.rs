@@ -84,7 +84,7 @@ impl SessionServer {
                     json(
                         &self
                             .registry
-                            .resolve(&r.repository, &r.reference.into())
+                            .resolve(&r.repository, &r.reference.into(), r.platform.as_ref())
                             .await?,
                     )
                 }

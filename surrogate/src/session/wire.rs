@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use reposure_registry::error::RegistryError;
+use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::names::Reference;
 use reposure_registry::operations::FileContent;
@@ -54,6 +55,9 @@ pub struct Hello {
 pub struct ResolveRequest {
     pub repository: String,
     pub reference: WireReference,
+    /// The platform to pick from a multi-platform image (absent: the whole index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
 }
 
 /// A reference on the wire.
@@ -161,6 +165,7 @@ pub enum ErrorKind {
     Rejected,
     SizeMismatch,
     Io,
+    NoCatalog,
 }
 
 /// A [`RegistryError`] on the wire.
@@ -189,6 +194,7 @@ impl From<&RegistryError> for WireError {
             RegistryError::UntrustedCertificate(m) => {
                 (ErrorKind::UntrustedCertificate, m.clone(), None)
             }
+            RegistryError::NoCatalog(m) => (ErrorKind::NoCatalog, m.clone(), None),
             RegistryError::Rejected(m) | RegistryError::Usage(m) => {
                 (ErrorKind::Rejected, m.clone(), None)
             }
@@ -221,6 +227,7 @@ impl From<WireError> for RegistryError {
             // A size mismatch is reported by the surrogate in words; its kind (EIO) is kept.
             ErrorKind::Rejected | ErrorKind::SizeMismatch => Self::Rejected(w.message),
             ErrorKind::Io => Self::Io(std::io::Error::other(w.message)),
+            ErrorKind::NoCatalog => Self::NoCatalog(w.message),
         }
     }
 }
@@ -237,7 +244,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => S::UNAUTHORIZED,
             ErrorKind::Denied => S::FORBIDDEN,
             ErrorKind::DeleteDisabled => S::METHOD_NOT_ALLOWED,
-            ErrorKind::Unsupported => S::NOT_IMPLEMENTED,
+            ErrorKind::Unsupported | ErrorKind::NoCatalog => S::NOT_IMPLEMENTED,
             ErrorKind::Corrupt
             | ErrorKind::Unavailable
             | ErrorKind::UntrustedCertificate
