@@ -1,14 +1,17 @@
 //! End-to-end test harness: real processes, real mounts, real peers.
 //!
 //! * [`registry`] starts Debian's `docker-registry` (the reference distribution registry)
-//!   on 127.0.0.1, plain, with TLS from a CA made for the test, with htpasswd auth, or
+//!   on 127.0.0.1, plain, with TLS from a CA made for the test, with htpasswd auth, with
+//!   token auth against a [`token_server`] (users, anonymous pull, the catalog scope), or
 //!   with deletion disabled.
 //! * [`mount`] runs the real `reposure-mount` binary and unmounts on drop.
 //! * [`apiserver`] emulates the few Kubernetes API endpoints the client uses, with the
 //!   real surrogate behind its exec endpoint.
 //! * [`tools`] wraps the peers: skopeo, umoci, curl.
-//! * [`proxy`] injects faults between a client and the registry; [`reliability`] records
-//!   what the fault, bad-input, load and security cases did, for RELIABILITY.md.
+//! * [`proxy`] injects faults between a client and the registry, and behaves like a hosted
+//!   registry on request (blob redirects to another origin, no catalog, 429 with
+//!   `Retry-After`); [`reliability`] records what the fault, bad-input, load and security
+//!   cases did, for RELIABILITY.md.
 //! * [`archives`] builds image archives, good and damaged; [`cli`] runs `reposure`.
 //! * [`posix`] and [`process`]: errno values, `close()` errors, and processes to kill.
 //!
@@ -24,6 +27,7 @@ pub mod process;
 pub mod proxy;
 pub mod registry;
 pub mod reliability;
+pub mod token_server;
 pub mod tools;
 
 use std::path::PathBuf;

@@ -11,16 +11,46 @@
 //! * [`Fault::CutRequest`] / [`Fault::CutResponse`]: forwards that many bytes of the request
 //!   (head and body) or of the response, then cuts both connections mid-transfer.
 //!
+//! * [`Fault::RateLimited`]: reads the request and answers `429 Too Many Requests` with
+//!   `Retry-After: N` (seconds), keeping the connection, as Docker Hub does; armed for
+//!   the first K requests of a class ([`FaultProxy::inject_times`]) or every Nth
+//!   ([`FaultProxy::inject_every`]); [`FaultProxy::rate_limited`] counts the 429s.
+//!
 //! [`FaultProxy::throttle`] limits every connection's bandwidth both ways (a slow link).
 //! Request bodies are followed exactly (`Content-Length` or chunked encoding), so the
 //! requests after a streamed upload on a kept-alive connection are classified too.
+//!
+//! Two more behaviours of hosted registries, each switched on by the test (rules above
+//! come first):
+//!
+//! * [`FaultProxy::catalog_unsupported`]: `GET /v2/_catalog` answers `404` with
+//!   `{"errors":[{"code":"UNSUPPORTED",...}]}`, as registries without a catalog do.
+//! * [`FaultProxy::redirect_blobs`]: a blob `GET` (not `HEAD`) answers a redirect (307 by
+//!   default; 301, 302, 303, 308 on request) to a second listener, another origin (another
+//!   port; the `Location` host can be made another name too, [`BlobRedirect::host`]), at a
+//!   presigned-looking URL `/storage/NAME/blobs/DIGEST?X-Amz-Expires=..&X-Amz-Signature=..`.
+//!   That listener is object storage: it **refuses with 400** (S3's `InvalidArgument`) any
+//!   request carrying an `Authorization` header, and otherwise fetches the blob from the
+//!   registry itself, directly (no fault rules; the throttle applies), forwarding the
+//!   client's headers, `Range` included, so a 206 comes back for a range. The registry
+//!   still wants its own authorisation for that fetch when it has auth on: the listener
+//!   sends the `Authorization` value [`BlobRedirect::upstream_auth`] gives for the
+//!   repository (the storage's own credential;
+//!   [`crate::token_server::TokenServer::pull_authorization`] mints pull tokens for a
+//!   token registry). What the client must do to pass is what it must do with a hosted
+//!   registry: follow the redirect, drop its `Authorization` for the other origin, and
+//!   keep `Range`. Redirects sent, blob requests served and refused are counted.
+//!
+//! Another port is another origin: curl (7.88), reqwest and skopeo 1.9.3 (Go compares
+//! host and port) all drop `Authorization` when following a redirect to it (skopeo:
+//! checked by `tests/registries.rs`), so `127.0.0.1` serves as the storage host.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Longest a request is held, so a forgotten stall cannot hang a test run.
@@ -77,6 +107,62 @@ pub enum Fault {
     CutRequest(u64),
     /// Forward the request and this many bytes of its response, then cut the connection.
     CutResponse(u64),
+    /// Read it whole, then answer `429 Too Many Requests` with `Retry-After:` this many
+    /// seconds; the connection stays open.
+    RateLimited(u64),
+}
+
+/// The `Authorization` header value (if any) the storage listener sends to the registry
+/// when it fetches a blob of the repository given.
+pub type UpstreamAuth = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How blob GETs are redirected ([`FaultProxy::redirect_blobs`]).
+#[derive(Clone)]
+pub struct BlobRedirect {
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// The host name in `Location` (the storage listener listens on 127.0.0.1 only).
+    pub host: String,
+    /// How the storage listener authorises its own fetch from the registry; `None` for a
+    /// registry without auth.
+    pub upstream_auth: Option<UpstreamAuth>,
+}
+
+impl Default for BlobRedirect {
+    fn default() -> Self {
+        Self::new(307)
+    }
+}
+
+impl BlobRedirect {
+    /// Redirects with this status to `127.0.0.1`, fetching upstream without credentials.
+    pub fn new(status: u16) -> Self {
+        assert!(
+            matches!(status, 301 | 302 | 303 | 307 | 308),
+            "{status} is not a redirect"
+        );
+        Self {
+            status,
+            host: "127.0.0.1".into(),
+            upstream_auth: None,
+        }
+    }
+
+    /// The same, naming `host` in `Location`.
+    pub fn with_host(self, host: &str) -> Self {
+        Self {
+            host: host.into(),
+            ..self
+        }
+    }
+
+    /// The same, authorising the storage listener's fetches with `auth`.
+    pub fn with_upstream_auth(self, auth: UpstreamAuth) -> Self {
+        Self {
+            upstream_auth: Some(auth),
+            ..self
+        }
+    }
 }
 
 /// An armed rule.
@@ -86,6 +172,9 @@ struct Rule {
     fault: Fault,
     /// How many more requests it applies to; `None` while armed.
     remaining: Option<usize>,
+    /// Applies only to every Nth request of its class (counted in `matched`).
+    every: Option<usize>,
+    matched: usize,
     id: u64,
 }
 
@@ -97,6 +186,20 @@ struct State {
     /// Bytes a second each connection may move each way; 0 for no limit.
     rate: AtomicU64,
     next_rule: AtomicU64,
+    /// The registry's port.
+    upstream: u16,
+    rate_limited: AtomicUsize,
+    catalog_unsupported: AtomicBool,
+    catalog_refused: AtomicUsize,
+    redirect: Mutex<Option<BlobRedirect>>,
+    redirects: AtomicUsize,
+    /// The storage listener's port, once started.
+    storage_port: OnceLock<u16>,
+    /// The storage listener's upstream credential (kept when redirects are switched off,
+    /// so URLs already handed out still work).
+    storage_auth: Mutex<Option<UpstreamAuth>>,
+    storage_served: AtomicUsize,
+    storage_refused: AtomicUsize,
 }
 
 impl State {
@@ -104,9 +207,16 @@ impl State {
     fn fault_for(&self, class: Class) -> Option<(u64, Fault)> {
         *self.seen.lock().unwrap().entry(class).or_default() += 1;
         let mut rules = self.rules.lock().unwrap();
-        let index = rules
-            .iter()
-            .position(|r| r.class.is_none_or(|c| c == class))?;
+        let index = rules.iter_mut().position(|r| {
+            if !r.class.is_none_or(|c| c == class) {
+                return false;
+            }
+            let Some(every) = r.every else {
+                return true;
+            };
+            r.matched += 1;
+            r.matched % every == 0
+        })?;
         let rule = &mut rules[index];
         let found = (rule.id, rule.fault);
         match &mut rule.remaining {
@@ -149,7 +259,10 @@ impl FaultProxy {
     pub fn start(upstream: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            upstream,
+            ..State::default()
+        });
         let shared = state.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
@@ -169,12 +282,20 @@ impl FaultProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn arm(&self, class: Option<Class>, fault: Fault, times: Option<usize>) -> Armed {
+    fn arm(
+        &self,
+        class: Option<Class>,
+        fault: Fault,
+        times: Option<usize>,
+        every: Option<usize>,
+    ) -> Armed {
         let id = self.state.next_rule.fetch_add(1, Ordering::SeqCst);
         self.state.rules.lock().unwrap().push(Rule {
             class,
             fault,
             remaining: times,
+            every,
+            matched: 0,
             id,
         });
         Armed {
@@ -185,17 +306,24 @@ impl FaultProxy {
 
     /// Applies `fault` to every request of `class` until the rule is cleared.
     pub fn inject(&self, class: Class, fault: Fault) -> Armed {
-        self.arm(Some(class), fault, None)
+        self.arm(Some(class), fault, None, None)
+    }
+
+    /// Applies `fault` to every `nth` request of `class` (the nth, the 2nth, ...) until
+    /// the rule is cleared.
+    pub fn inject_every(&self, class: Class, fault: Fault, nth: usize) -> Armed {
+        assert!(nth > 0, "every 0th request");
+        self.arm(Some(class), fault, None, Some(nth))
     }
 
     /// Applies `fault` to the next `times` requests of `class`.
     pub fn inject_times(&self, class: Class, fault: Fault, times: usize) -> Armed {
-        self.arm(Some(class), fault, Some(times))
+        self.arm(Some(class), fault, Some(times), None)
     }
 
     /// Applies `fault` to every request until the rule is cleared.
     pub fn inject_all(&self, fault: Fault) -> Armed {
-        self.arm(None, fault, None)
+        self.arm(None, fault, None, None)
     }
 
     /// Removes every rule.
@@ -224,6 +352,55 @@ impl FaultProxy {
     /// How many requests a rule applied to.
     pub fn faults_injected(&self) -> usize {
         self.state.injected.load(Ordering::SeqCst)
+    }
+
+    /// How many 429s [`Fault::RateLimited`] sent.
+    pub fn rate_limited(&self) -> usize {
+        self.state.rate_limited.load(Ordering::SeqCst)
+    }
+
+    /// Answers `GET /v2/_catalog` with 404 `UNSUPPORTED` (true) or forwards it (false).
+    pub fn catalog_unsupported(&self, unsupported: bool) {
+        self.state
+            .catalog_unsupported
+            .store(unsupported, Ordering::SeqCst);
+    }
+
+    /// How many catalog requests got the 404.
+    pub fn catalog_refusals(&self) -> usize {
+        self.state.catalog_refused.load(Ordering::SeqCst)
+    }
+
+    /// Redirects blob GETs to the storage listener (`Some`), starting it the first time,
+    /// or forwards them again (`None`).
+    pub fn redirect_blobs(&self, redirect: Option<BlobRedirect>) {
+        if let Some(redirect) = &redirect {
+            self.state
+                .storage_port
+                .get_or_init(|| start_storage(self.state.clone()));
+            *self.state.storage_auth.lock().unwrap() = redirect.upstream_auth.clone();
+        }
+        *self.state.redirect.lock().unwrap() = redirect;
+    }
+
+    /// The storage listener's port, once [`FaultProxy::redirect_blobs`] started it.
+    pub fn storage_port(&self) -> Option<u16> {
+        self.state.storage_port.get().copied()
+    }
+
+    /// How many blob GETs were answered with a redirect.
+    pub fn redirects(&self) -> usize {
+        self.state.redirects.load(Ordering::SeqCst)
+    }
+
+    /// How many requests the storage listener forwarded to the registry.
+    pub fn storage_served(&self) -> usize {
+        self.state.storage_served.load(Ordering::SeqCst)
+    }
+
+    /// How many requests the storage listener refused for carrying `Authorization`.
+    pub fn storage_refused(&self) -> usize {
+        self.state.storage_refused.load(Ordering::SeqCst)
     }
 }
 
@@ -336,6 +513,32 @@ impl Connection {
                 Some((_, Fault::CutResponse(bytes))) => {
                     *self.response_budget.lock().unwrap() = Some(bytes);
                 }
+                Some((_, Fault::RateLimited(seconds))) => {
+                    self.state.rate_limited.fetch_add(1, Ordering::SeqCst);
+                    let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"rate limit exceeded (test proxy)"}]}"#;
+                    let retry_after = [("Retry-After", seconds.to_string())];
+                    if !self.forward_body(&head, &mut None, false)
+                        || !self.reply(&head, 429, "Too Many Requests", &retry_after, body)
+                    {
+                        self.end();
+                        return;
+                    }
+                    continue;
+                }
+            }
+            if let Some((status, headers, body)) = self.hosted_answer(&request_line, class) {
+                let reason = if status == 404 {
+                    "Not Found"
+                } else {
+                    "Redirect"
+                };
+                if !self.forward_body(&head, &mut None, false)
+                    || !self.reply(&head, status, reason, &headers, &body)
+                {
+                    self.end();
+                    return;
+                }
+                continue;
             }
             if !self.send(head.as_bytes(), &mut request_budget)
                 || !self.forward_body(&head, &mut request_budget, true)
@@ -345,6 +548,72 @@ impl Connection {
             }
         }
         let _ = self.server.shutdown(Shutdown::Write);
+    }
+
+    /// The catalog's 404 or a blob redirect, when switched on and the request is one:
+    /// (status, headers, body).
+    #[allow(clippy::type_complexity)]
+    fn hosted_answer(
+        &self,
+        request_line: &str,
+        class: Class,
+    ) -> Option<(u16, Vec<(&'static str, String)>, String)> {
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or_default();
+        let path = target.split('?').next().unwrap_or_default();
+        if matches!(method, "GET" | "HEAD")
+            && path == "/v2/_catalog"
+            && self.state.catalog_unsupported.load(Ordering::SeqCst)
+        {
+            self.state.catalog_refused.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"errors":[{"code":"UNSUPPORTED","message":"catalog not available"}]}"#;
+            let headers = vec![("Content-Type", "application/json".to_owned())];
+            return Some((404, headers, body.to_owned()));
+        }
+        if method != "GET" || class != Class::BlobGet {
+            return None;
+        }
+        let redirect = self.state.redirect.lock().unwrap().clone()?;
+        let (name, digest) = path.strip_prefix("/v2/")?.rsplit_once("/blobs/")?;
+        let port = *self.state.storage_port.get()?;
+        self.state.redirects.fetch_add(1, Ordering::SeqCst);
+        let location = format!(
+            "http://{}:{port}/storage/{name}/blobs/{digest}?X-Amz-Expires=300&X-Amz-Signature={}",
+            redirect.host,
+            hex::encode(crate::random_bytes(16))
+        );
+        Some((redirect.status, vec![("Location", location)], String::new()))
+    }
+
+    /// Answers the client without the registry and keeps the connection (no body for a
+    /// `HEAD`); false if the client is gone.
+    fn reply(
+        &mut self,
+        head: &str,
+        status: u16,
+        reason: &str,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> bool {
+        let mut response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            response.push_str("Content-Type: application/json\r\n");
+        }
+        response.push_str("\r\n");
+        if !head.starts_with("HEAD ") {
+            response.push_str(body);
+        }
+        self.client_out.write_all(response.as_bytes()).is_ok()
     }
 
     /// The next request head (up to its blank line), or `None` at the end.
@@ -462,6 +731,130 @@ impl Connection {
         let _ = self.client_out.shutdown(Shutdown::Both);
         let _ = self.server.shutdown(Shutdown::Both);
     }
+}
+
+/// S3's answer to a presigned URL that also carries an `Authorization` header.
+const S3_INVALID_ARGUMENT: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified</Message><ArgumentName>Authorization</ArgumentName></Error>";
+
+/// Starts the storage listener (the redirect target); returns its port.
+fn start_storage(state: Arc<State>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("storage bind");
+    let port = listener.local_addr().expect("storage address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let state = state.clone();
+            std::thread::spawn(move || serve_storage(client, &state));
+        }
+    });
+    port
+}
+
+/// One request to the storage listener, then the connection closes.
+fn serve_storage(client: TcpStream, state: &State) {
+    let _ = client.set_read_timeout(Some(MAX_STALL));
+    let Ok(reader) = client.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(reader);
+    let mut out = client;
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == "\r\n" || line == "\n" => break,
+            Ok(_) => lines.push(line.trim_end().to_owned()),
+        }
+    }
+    let request_line = lines.first().cloned().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let headers: Vec<(&str, &str)> = lines[1..]
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim(), v.trim()))
+        .collect();
+    let respond = |out: &mut TcpStream, status: &str, body: &str| {
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = out.write_all(response.as_bytes());
+        let _ = out.shutdown(Shutdown::Both);
+    };
+    if headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+    {
+        state.storage_refused.fetch_add(1, Ordering::SeqCst);
+        return respond(&mut out, "400 Bad Request", S3_INVALID_ARGUMENT);
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    let Some((name, digest)) = path
+        .strip_prefix("/storage/")
+        .and_then(|p| p.rsplit_once("/blobs/"))
+    else {
+        return respond(
+            &mut out,
+            "404 Not Found",
+            "<Error><Code>NoSuchKey</Code></Error>",
+        );
+    };
+    if !matches!(method, "GET" | "HEAD") {
+        return respond(
+            &mut out,
+            "405 Method Not Allowed",
+            "<Error><Code>MethodNotAllowed</Code></Error>",
+        );
+    }
+    state.storage_served.fetch_add(1, Ordering::SeqCst);
+    let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", state.upstream)) else {
+        return respond(
+            &mut out,
+            "503 Service Unavailable",
+            "<Error><Code>SlowDown</Code></Error>",
+        );
+    };
+    let mut request = format!(
+        "{method} /v2/{name}/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
+        state.upstream
+    );
+    for (name, value) in &headers {
+        let hop = [
+            "host",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "upgrade",
+        ];
+        if !hop.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    let auth = state.storage_auth.lock().unwrap().clone();
+    if let Some(value) = auth.and_then(|auth| auth(name)) {
+        request.push_str(&format!("Authorization: {value}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    if upstream.write_all(request.as_bytes()).is_err() {
+        return;
+    }
+    // The registry closes after its answer (Connection: close): copy it through.
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        match upstream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+                pace(state, n);
+            }
+        }
+    }
+    let _ = out.shutdown(Shutdown::Both);
 }
 
 #[cfg(test)]

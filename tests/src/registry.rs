@@ -1,9 +1,12 @@
-//! The reference registry (Debian's `docker-registry`, distribution 2.8) on 127.0.0.1.
+//! The reference registry (Debian's `docker-registry`, distribution 2.8) on 127.0.0.1,
+//! plain or TLS, open, with htpasswd (Basic) auth, or with token auth against a
+//! [`TokenServer`] ([`TokenRegistry`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::token_server::{TokenServer, TokenServerConfig};
 use crate::{free_port, wait_until};
 
 /// How to configure a registry.
@@ -15,6 +18,22 @@ pub struct RegistryConfig {
     pub credentials: Option<(String, String)>,
     /// Refuse deletes with 405.
     pub delete_disabled: bool,
+    /// Require bearer tokens from a token server (`auth: token`); exclusive with
+    /// `credentials`.
+    pub token: Option<TokenAuth>,
+}
+
+/// The registry's `auth: token` settings.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// The token endpoint the registry's challenges name.
+    pub realm: String,
+    /// The registry's service name: the tokens' `aud`.
+    pub service: String,
+    /// The tokens' `iss`.
+    pub issuer: String,
+    /// PEM certificates whose keys sign the tokens.
+    pub rootcertbundle: PathBuf,
 }
 
 /// A running registry; stopped and its storage removed on drop.
@@ -86,6 +105,19 @@ impl Registry {
                 root.join("htpasswd").display()
             ));
         }
+        if let Some(token) = &self.config.token {
+            assert!(
+                self.config.credentials.is_none(),
+                "a registry has one auth: htpasswd or token"
+            );
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: \"{}\"\n    service: \"{}\"\n    issuer: \"{}\"\n    rootcertbundle: {}\n",
+                token.realm,
+                token.service,
+                token.issuer,
+                token.rootcertbundle.display()
+            ));
+        }
         std::fs::write(root.join("config.yml"), yaml).expect("registry config");
     }
 
@@ -127,6 +159,51 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A registry with token auth and its token server; the registry stops first on drop.
+pub struct TokenRegistry {
+    pub registry: Registry,
+    pub tokens: TokenServer,
+}
+
+impl TokenRegistry {
+    /// A plain-HTTP registry whose tokens come from a new token server with these users
+    /// (name, password); anonymous requests get pull tokens if `anonymous_pull`.
+    pub fn start(users: &[(&str, &str)], anonymous_pull: bool) -> Self {
+        Self::start_with(
+            TokenServerConfig {
+                users: users
+                    .iter()
+                    .map(|(u, p)| ((*u).to_owned(), (*p).to_owned()))
+                    .collect(),
+                anonymous_pull,
+                ..Default::default()
+            },
+            RegistryConfig::default(),
+        )
+    }
+
+    /// A token server with `tokens`, and a registry with `registry` and token auth
+    /// pointing at that server (`registry.token` is replaced).
+    pub fn start_with(tokens: TokenServerConfig, registry: RegistryConfig) -> Self {
+        let tokens = TokenServer::start(tokens);
+        let registry = Registry::start_with(RegistryConfig {
+            token: Some(tokens.token_auth()),
+            ..registry
+        });
+        Self { registry, tokens }
+    }
+
+    /// The registry's URL.
+    pub fn url(&self) -> String {
+        self.registry.url()
+    }
+
+    /// The registry's `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.registry.host()
     }
 }
 
