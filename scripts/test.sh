@@ -32,6 +32,7 @@ echo "fuzzing:"
 scripts/fuzz.sh
 # Every fault, bad-input, load and security case listed in RELIABILITY.md passed just now.
 target/debug/reliability-report --check RELIABILITY.md
+target/debug/semantics-check SEMANTICS.md
 # The benchmark in its quick mode (small sizes, debug build), so the script never rots;
 # its figures mean nothing and no timing fails the run.
 echo "benchmark, quick mode:"

@@ -6,8 +6,19 @@
 //! so a case that failed or never ran has no row. `reliability-report --write` renders the
 //! rows into RELIABILITY.md; `--check` fails unless every case listed there reported and
 //! passed in this run, and every case that ran is listed.
+//!
+//! A row's figures are never written by hand: the case counts them in a [`Tally`] where it
+//! does the thing counted, and [`Row::tally`] copies them. `operation` wraps each
+//! filesystem call through a mount and each command of the project the case runs (making
+//! the mounts it runs on is setup, unless the mount itself is what the case checks);
+//! `input` wraps an operation that hands the code a bad input (counted as an operation
+//! too); `fault` wraps each fault the case causes itself (a process killed or frozen, the
+//! registry stopped, stored bytes flipped, a full disk, a throttled link). What another
+//! part measured goes in through the `add_` methods: the faults the fault proxy injected,
+//! the load case's ledger of operations, the bytes found lost.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +69,7 @@ pub struct Row {
 }
 
 impl Row {
-    /// A row for a case that passed, with all figures zero.
+    /// A row for a case that passed, with all figures zero until [`Row::tally`].
     pub fn new(id: &str, category: Category, case: &str, outcome: &str, test: &str) -> Self {
         Self {
             id: id.to_owned(),
@@ -74,24 +85,13 @@ impl Row {
         }
     }
 
-    pub fn faults(mut self, n: u64) -> Self {
-        self.faults = n;
-        self
-    }
-
-    pub fn inputs(mut self, n: u64) -> Self {
-        self.inputs = n;
-        self
-    }
-
-    pub fn operations(mut self, n: u64) -> Self {
-        self.operations = n;
-        self
-    }
-
-    pub fn bytes_lost(mut self, n: u64) -> Self {
-        self.bytes_lost = n;
-        self.passed &= n == 0;
+    /// The figures `tally` counted; a row that lost bytes failed.
+    pub fn tally(mut self, tally: &Tally) -> Self {
+        self.faults = tally.faults.load(Ordering::Relaxed);
+        self.inputs = tally.inputs.load(Ordering::Relaxed);
+        self.operations = tally.operations.load(Ordering::Relaxed);
+        self.bytes_lost = tally.bytes_lost.load(Ordering::Relaxed);
+        self.passed &= self.bytes_lost == 0;
         self
     }
 
@@ -101,6 +101,53 @@ impl Row {
         std::fs::create_dir_all(&dir).expect("reliability rows directory");
         let json = serde_json::to_vec_pretty(&self).expect("rows serialise");
         std::fs::write(dir.join(format!("{}.json", self.id)), json).expect("write row");
+    }
+}
+
+/// What a case did, counted as it does it: the figures of its [`Row`]. The counters are
+/// atomic, so the threads of a case count into one tally.
+#[derive(Debug, Default)]
+pub struct Tally {
+    faults: AtomicU64,
+    inputs: AtomicU64,
+    operations: AtomicU64,
+    bytes_lost: AtomicU64,
+}
+
+impl Tally {
+    /// Runs one filesystem or CLI operation, counting it.
+    pub fn operation<T>(&self, operation: impl FnOnce() -> T) -> T {
+        self.operations.fetch_add(1, Ordering::Relaxed);
+        operation()
+    }
+
+    /// Runs one operation that hands the code a bad input, counting the input and the
+    /// operation.
+    pub fn input<T>(&self, operation: impl FnOnce() -> T) -> T {
+        self.inputs.fetch_add(1, Ordering::Relaxed);
+        self.operation(operation)
+    }
+
+    /// Causes one fault, counting it.
+    pub fn fault<T>(&self, fault: impl FnOnce() -> T) -> T {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        fault()
+    }
+
+    /// Adds faults another part counted as it injected them (the fault proxy's
+    /// `faults_injected()`).
+    pub fn add_faults(&self, injected: usize) {
+        self.faults.fetch_add(injected as u64, Ordering::Relaxed);
+    }
+
+    /// Adds operations counted elsewhere (the load case's ledger of reads and writes).
+    pub fn add_operations(&self, run: u64) {
+        self.operations.fetch_add(run, Ordering::Relaxed);
+    }
+
+    /// Adds bytes of accepted data that could not be read back intact.
+    pub fn add_bytes_lost(&self, lost: u64) {
+        self.bytes_lost.fetch_add(lost, Ordering::Relaxed);
     }
 }
 

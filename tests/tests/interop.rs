@@ -1,17 +1,18 @@
 //! Independent peers read what the mount writes and the mount reads what they write:
-//! skopeo, umoci and oras-py (`read.formats`, `source.layout`, `push.format-image`).
+//! skopeo, umoci and oras-py.
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use reposure_tests::contract;
 use reposure_tests::mount::Mount;
 use reposure_tests::registry::Registry;
 use reposure_tests::tools::{file_from_skopeo_dir, run, skopeo_copy, umoci_single_file_image};
 use reposure_tests::{random_bytes, sha256_hex};
 
-/// `read.formats`: a single-file image built by umoci (tar+gzip layer with a directory
-/// entry first) and pushed by skopeo reads through the mount.
+/// A single-file image built by umoci (tar+gzip layer with a directory entry first) and
+/// pushed by skopeo reads through the mount.
 #[test]
 fn umoci_image_pushed_by_skopeo_reads_through_the_mount() {
     let registry = Registry::start();
@@ -31,6 +32,7 @@ fn umoci_image_pushed_by_skopeo_reads_through_the_mount() {
         sha256_hex(&fs::read(mount.path("peers/umoci:v1")).unwrap()),
         sha256_hex(&content)
     );
+    contract::exercises(&["read.formats"]);
 }
 
 /// Writes a skopeo `dir:` image by hand: a Docker schema-2 manifest whose one layer is
@@ -56,9 +58,8 @@ fn docker_dir_image(dir: &Path, layer: &[u8], layer_media_type: &str) {
     fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").unwrap();
 }
 
-/// `read.formats`, `stat.size-mtime`: the original Go Reposure's format (a Docker image
-/// whose one layer is gzip of the raw bytes, no tar) reads as the file; mtime is the
-/// config's `created`.
+/// The original Go Reposure's format (a Docker image whose one layer is gzip of the raw
+/// bytes, no tar) reads as the file; mtime is the config's `created`.
 #[test]
 fn go_reposure_gzip_raw_images_read_as_the_file() {
     let registry = Registry::start();
@@ -91,6 +92,7 @@ fn go_reposure_gzip_raw_images_read_as_the_file() {
         sha256_hex(&fs::read(mount.path("legacy/file:1.2")).unwrap()),
         sha256_hex(&content)
     );
+    contract::exercises(&["read.formats", "stat.size-mtime"]);
 }
 
 /// A two-layer image built with umoci; returns its `LAYOUT:TAG`.
@@ -116,9 +118,9 @@ fn two_layer_image(work: &Path) -> String {
     image
 }
 
-/// `read.archive`: a multi-layer image reads as an archive that skopeo takes both as
-/// `docker-archive:` and `oci-archive:`, straight from the mount, with the image's own
-/// manifest and layer digests.
+/// A multi-layer image reads as an archive that skopeo takes both as `docker-archive:` and
+/// `oci-archive:`, straight from the mount, with the image's own manifest and layer
+/// digests.
 #[test]
 fn multi_layer_image_reads_as_an_archive() {
     let registry = Registry::start();
@@ -178,6 +180,7 @@ fn multi_layer_image_reads_as_an_archive() {
         assert_eq!(layers(&copied), expected, "{transport}");
     }
     assert_eq!(fs::read(&archive).unwrap().len() as u64, size);
+    contract::exercises(&["read.archive"]);
 }
 
 /// The oras-py client in the venv the test command prepares.
@@ -213,8 +216,8 @@ fn oras(script: &str, cwd: &Path) {
     );
 }
 
-/// `read.formats`, `push.format-artifact`: an artifact pushed by oras-py reads through the
-/// mount, and oras-py pulls an artifact the mount wrote.
+/// An artifact pushed by oras-py reads through the mount, and oras-py pulls an artifact the
+/// mount wrote.
 #[test]
 fn oras_artifacts_both_ways() {
     let registry = Registry::start();
@@ -249,9 +252,10 @@ fn oras_artifacts_both_ways() {
         sha256_hex(&fs::read(out.join("mine")).unwrap()),
         sha256_hex(&mine)
     );
+    contract::exercises(&["read.formats", "push.format-artifact"]);
 }
 
-/// `source.layout`: the embedded default is an OCI layout skopeo and umoci read and write.
+/// The embedded default is an OCI layout skopeo and umoci read and write.
 #[test]
 fn oci_layout_is_shared_with_skopeo_and_umoci() {
     let store = tempfile::tempdir().unwrap();
@@ -303,6 +307,7 @@ fn oci_layout_is_shared_with_skopeo_and_umoci() {
     fs::remove_file(mount.path("apps/tool:1.0")).unwrap();
     let listed = run("umoci", &["ls", "--layout", layout.to_str().unwrap()]);
     assert!(!listed.contains("apps/tool"), "{listed}");
+    contract::exercises(&["source.layout"]);
 }
 
 fn manifest_digest(host: &str, reference: &str) -> String {
@@ -318,9 +323,9 @@ fn manifest_digest(host: &str, reference: &str) -> String {
     format!("sha256:{}", sha256_hex(raw.as_bytes()))
 }
 
-/// `push.archive`: image archives written to a name push the image: the mount's own
-/// archives (plain and gzip) and skopeo's oci-archive keep the manifest digest; a skopeo
-/// docker-archive keeps the layer contents; a tar that is not an image stays a file.
+/// Image archives written to a name push the image: the mount's own archives (plain and
+/// gzip) and skopeo's oci-archive keep the manifest digest; a skopeo docker-archive keeps
+/// the layer contents; a tar that is not an image stays a file.
 #[test]
 fn image_archives_go_in_by_cp() {
     let registry = Registry::start();
@@ -385,4 +390,5 @@ fn image_archives_go_in_by_cp() {
         fs::read(mount.path("copies/just-a-tar")).unwrap(),
         plain_tar
     );
+    contract::exercises(&["push.archive"]);
 }

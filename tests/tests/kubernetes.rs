@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use reposure_tests::apiserver::{ApiServer, TOKEN};
+use reposure_tests::contract;
 use reposure_tests::mount::Mount;
 use reposure_tests::registry::Registry;
-use reposure_tests::reliability::{Category, Row};
+use reposure_tests::reliability::{Category, Row, Tally};
 use reposure_tests::tools::registry_tags;
 use reposure_tests::{random_bytes, sha256_hex, wait_until};
 
@@ -35,7 +36,7 @@ fn exec_count(api: &ApiServer) -> usize {
         .count()
 }
 
-/// `source.kubernetes`: mount a Registry by name, then cp, cat, ls, rm.
+/// Mount a Registry by name, then cp, cat, ls, rm.
 #[test]
 fn mount_by_name_then_cp_cat_ls_rm() {
     let registry = Registry::start();
@@ -80,6 +81,7 @@ fn mount_by_name_then_cp_cat_ls_rm() {
     assert!(unexpected.is_empty(), "{unexpected:?}");
     assert_eq!(exec_count(&api), 1, "{requests:?}");
     assert!(mnt.log().contains("surrogate session opened through exec"));
+    contract::exercises(&["source.kubernetes"]);
 }
 
 #[test]
@@ -131,23 +133,30 @@ fn a_v4_only_server_works_without_half_close() {
 fn a_connection_dropped_mid_read_never_returns_wrong_data_and_reconnects() {
     let registry = Registry::start();
     let api = cluster(&registry);
+    let tally = Tally::default();
     let content = random_bytes(16 * 1024 * 1024);
     {
         let writer = mount(&api, "myregistry");
-        fs::create_dir(writer.path("repo")).unwrap();
-        fs::write(writer.path("repo/big"), &content).unwrap();
+        tally
+            .operation(|| fs::create_dir(writer.path("repo")))
+            .unwrap();
+        tally
+            .operation(|| fs::write(writer.path("repo/big"), &content))
+            .unwrap();
     }
     // A fresh mount: nothing of the file is in its page cache.
     let mnt = mount(&api, "myregistry");
     let execs = exec_count(&api);
     // Drop the connection 4 MiB into the read.
-    api.faults()
-        .drop_after_stdout_bytes
-        .store(4 * 1024 * 1024, Ordering::SeqCst);
+    tally.fault(|| {
+        api.faults()
+            .drop_after_stdout_bytes
+            .store(4 * 1024 * 1024, Ordering::SeqCst)
+    });
     let started = Instant::now();
     // The read either fails with EIO or, when the kernel's retry of a failed read-ahead
     // lands on the new session, returns exactly the right bytes: never short or wrong data.
-    match fs::read(mnt.path("repo/big")) {
+    match tally.operation(|| fs::read(mnt.path("repo/big"))) {
         Ok(data) => assert!(data == content, "{} bytes, not the content", data.len()),
         Err(error) => assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}"),
     }
@@ -162,7 +171,7 @@ fn a_connection_dropped_mid_read_never_returns_wrong_data_and_reconnects() {
     );
     // The next operation opens a new session through a new exec.
     assert_eq!(
-        sha256_hex(&fs::read(mnt.path("repo/big")).unwrap()),
+        sha256_hex(&tally.operation(|| fs::read(mnt.path("repo/big"))).unwrap()),
         sha256_hex(&content)
     );
     assert_eq!(exec_count(&api), execs + 1, "{:?}", api.requests());
@@ -173,28 +182,36 @@ fn a_connection_dropped_mid_read_never_returns_wrong_data_and_reconnects() {
         "the read fails with EIO or returns exactly the content, within 30 s; the log says the session was lost; the next read opens a new exec",
         "a_connection_dropped_mid_read_never_returns_wrong_data_and_reconnects",
     )
-    .faults(1)
-    .operations(2)
+    .tally(&tally)
     .record();
 }
 
-/// `source.kubernetes`: a lost session fails the push in flight and tags nothing.
+/// A lost session fails the push in flight and tags nothing.
 #[test]
 fn a_connection_dropped_mid_push_fails_close_and_tags_nothing() {
     let registry = Registry::start();
     let api = cluster(&registry);
     let mnt = mount(&api, "myregistry");
-    fs::create_dir(mnt.path("repo")).unwrap();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::create_dir(mnt.path("repo")))
+        .unwrap();
     // The connection breaks 4 MiB into the upload.
-    api.faults()
-        .drop_after_stdin_bytes
-        .store(4 * 1024 * 1024, Ordering::SeqCst);
+    tally.fault(|| {
+        api.faults()
+            .drop_after_stdin_bytes
+            .store(4 * 1024 * 1024, Ordering::SeqCst)
+    });
     let started = Instant::now();
-    let output = Command::new("cp")
-        .arg("/dev/stdin")
-        .arg(mnt.path("repo/partial"))
-        .stdin(fs::File::open(write_temp(&random_bytes(8 * 1024 * 1024)).path()).unwrap())
-        .output()
+    let content = write_temp(&random_bytes(8 * 1024 * 1024));
+    let output = tally
+        .operation(|| {
+            Command::new("cp")
+                .arg("/dev/stdin")
+                .arg(mnt.path("repo/partial"))
+                .stdin(fs::File::open(content.path()).unwrap())
+                .output()
+        })
         .unwrap();
     assert!(
         !output.status.success(),
@@ -210,7 +227,9 @@ fn a_connection_dropped_mid_push_fails_close_and_tags_nothing() {
     assert!(registry_tags(&registry.url(), "repo/partial").is_empty());
     assert!(mnt.log().contains("lost"), "the log says why");
     // And the next push goes through on a new session.
-    fs::write(mnt.path("repo/whole"), b"complete").unwrap();
+    tally
+        .operation(|| fs::write(mnt.path("repo/whole"), b"complete"))
+        .unwrap();
     assert_eq!(registry_tags(&registry.url(), "repo/whole"), ["latest"]);
     Row::new(
         "fault.exec-cut-push",
@@ -219,9 +238,9 @@ fn a_connection_dropped_mid_push_fails_close_and_tags_nothing() {
         "cp fails within 30 s, nothing is tagged, the log says the session was lost; the next push works",
         "a_connection_dropped_mid_push_fails_close_and_tags_nothing",
     )
-    .faults(1)
-    .operations(2)
+    .tally(&tally)
     .record();
+    contract::exercises(&["source.kubernetes"]);
 }
 
 fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
@@ -256,7 +275,7 @@ fn a_session_that_ends_without_a_status_frame_is_reopened() {
     assert!(mnt.log().contains("without a status"), "{}", mnt.log());
 }
 
-/// `source.kubernetes`: a missing or unready Registry and RBAC refusals.
+/// A missing or unready Registry and RBAC refusals.
 #[test]
 fn refusals_are_one_line_errors_that_say_what_to_do() {
     let registry = Registry::start();
@@ -319,6 +338,7 @@ fn refusals_are_one_line_errors_that_say_what_to_do() {
         "{}",
         bad_name.stderr
     );
+    contract::exercises(&["source.kubernetes"]);
 }
 
 #[test]
@@ -326,8 +346,13 @@ fn the_api_token_is_in_no_argv_and_no_log() {
     let registry = Registry::start();
     let api = cluster(&registry);
     let mnt = mount(&api, "myregistry");
-    fs::create_dir(mnt.path("repo")).unwrap();
-    fs::write(mnt.path("repo/f"), b"x").unwrap();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::create_dir(mnt.path("repo")))
+        .unwrap();
+    tally
+        .operation(|| fs::write(mnt.path("repo/f"), b"x"))
+        .unwrap();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
             assert!(
@@ -349,7 +374,7 @@ fn the_api_token_is_in_no_argv_and_no_log() {
         "the token is in no process's argv and not in the mount's log",
         "the_api_token_is_in_no_argv_and_no_log",
     )
-    .operations(2)
+    .tally(&tally)
     .record();
 }
 

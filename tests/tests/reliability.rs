@@ -19,12 +19,13 @@ use reposure_tests::archives::{
     gzip, gzip_bomb, image_config, image_manifest, layout_archive, tar_of,
 };
 use reposure_tests::cli::{failed, ok, reposure, reposure_with};
+use reposure_tests::contract;
 use reposure_tests::mount::{Mount, exec_source};
 use reposure_tests::posix::{close, errno_of, write_and_close};
 use reposure_tests::process::{Process, all_command_lines, kill_9, pids_of};
 use reposure_tests::proxy::{Class, Fault, FaultProxy};
 use reposure_tests::registry::{Registry, RegistryConfig};
-use reposure_tests::reliability::{Category, Row};
+use reposure_tests::reliability::{Category, Row, Tally};
 use reposure_tests::tools::{registry_catalog, registry_tags, tag_digest};
 use reposure_tests::{binary, random_bytes, sha256_hex, wait_until};
 
@@ -62,36 +63,46 @@ fn mount_with_spool(registry: &Registry) -> (tempfile::TempDir, Mount) {
 }
 
 /// The content `repository:latest` holds, read through a fresh mount of the registry.
-fn content_in_registry(registry: &Registry, repository: &str) -> Vec<u8> {
+fn content_in_registry(tally: &Tally, registry: &Registry, repository: &str) -> Vec<u8> {
     let mount = Mount::new(&registry.url(), &[]);
-    fs::read(mount.path(repository)).unwrap()
+    tally
+        .operation(|| fs::read(mount.path(repository)))
+        .unwrap()
 }
 
-/// `push.failure`: a connection cut in the middle of a blob upload fails close() with EIO
-/// in bounded time; the tag keeps its old image; the same push works once the link does.
+/// A connection cut in the middle of a blob upload fails close() with EIO in bounded time;
+/// the tag keeps its old image; the same push works once the link does.
 #[test]
 fn upload_cut_mid_transfer_keeps_the_old_tag() {
     let registry = Registry::start();
     let proxy = FaultProxy::start(registry.port);
     let mount = Mount::new(&proxy.url(), &[&timeout_option()]);
+    let tally = Tally::default();
     let old = random_bytes(100_000);
-    fs::write(mount.path("cut"), &old).unwrap();
+    tally
+        .operation(|| fs::write(mount.path("cut"), &old))
+        .unwrap();
     let before = tag_digest(&registry.url(), "cut", "latest").unwrap();
 
     let new = random_bytes(8 * MIB);
     let cut = proxy.inject(Class::UploadPatch, Fault::CutRequest(MIB as u64));
-    let closed = bounded("the cut push", || write_and_close(&mount.path("cut"), &new));
+    let closed = bounded("the cut push", || {
+        tally.operation(|| write_and_close(&mount.path("cut"), &new))
+    });
     assert_eq!(closed, Err(libc::EIO));
     assert!(mount.log().contains("push failed"), "{}", mount.log());
     assert_eq!(tag_digest(&registry.url(), "cut", "latest"), Some(before));
-    assert_eq!(content_in_registry(&registry, "cut"), old);
+    assert_eq!(content_in_registry(&tally, &registry, "cut"), old);
 
     cut.clear();
-    write_and_close(&mount.path("cut"), &new).unwrap();
+    tally
+        .operation(|| write_and_close(&mount.path("cut"), &new))
+        .unwrap();
     assert_eq!(
-        sha256_hex(&content_in_registry(&registry, "cut")),
+        sha256_hex(&content_in_registry(&tally, &registry, "cut")),
         sha256_hex(&new)
     );
+    tally.add_faults(proxy.faults_injected());
     Row::new(
         "fault.upload-cut",
         Category::Fault,
@@ -99,13 +110,13 @@ fn upload_cut_mid_transfer_keeps_the_old_tag() {
         "close() EIO within the bound, log says the push failed, the tag still points at the old image; the push works after",
         "upload_cut_mid_transfer_keeps_the_old_tag",
     )
-    .faults(proxy.faults_injected() as u64)
-    .operations(4)
+    .tally(&tally)
     .record();
+    contract::exercises(&["push.failure"]);
 }
 
-/// `read.verified`: a download cut mid-transfer never returns wrong bytes: a read either
-/// fails with EIO, or delivers exactly the content (recovering through Range requests).
+/// A download cut mid-transfer never returns wrong bytes: a read either fails with EIO, or
+/// delivers exactly the content (recovering through Range requests).
 #[test]
 fn download_cut_mid_transfer_never_returns_wrong_bytes() {
     let registry = Registry::start();
@@ -115,7 +126,7 @@ fn download_cut_mid_transfer_never_returns_wrong_bytes() {
         fs::write(writer.path("big"), &content).unwrap();
     }
     let proxy = FaultProxy::start(registry.port);
-    let mut operations = 0;
+    let tally = Tally::default();
     // Downloads cut after 2 MiB, or after 100 KiB: the whole-file stream fails, and the
     // reads that follow resume with Range requests, which the registry answers again (and
     // which small windows get through). A registry that fails every download gives EIO.
@@ -131,9 +142,8 @@ fn download_cut_mid_transfer_never_returns_wrong_bytes() {
         // Opening a name resolves it, which reads the layer's first bytes: with every
         // download failing, the open is what fails.
         let result = bounded("the failing read", || {
-            fs::File::open(mount.path("big"))?.read_to_end(&mut read)
+            tally.operation(|| fs::File::open(mount.path("big"))?.read_to_end(&mut read))
         });
-        operations += 1;
         assert_eq!(
             &content[..read.len()],
             &read[..],
@@ -152,11 +162,11 @@ fn download_cut_mid_transfer_never_returns_wrong_bytes() {
         armed.clear();
         let fresh = Mount::new(&proxy.url(), &[]);
         assert_eq!(
-            sha256_hex(&fs::read(fresh.path("big")).unwrap()),
+            sha256_hex(&tally.operation(|| fs::read(fresh.path("big"))).unwrap()),
             sha256_hex(&content)
         );
-        operations += 1;
     }
+    tally.add_faults(proxy.faults_injected());
     Row::new(
         "fault.download-cut",
         Category::Fault,
@@ -164,21 +174,24 @@ fn download_cut_mid_transfer_never_returns_wrong_bytes() {
         "no wrong byte returned: cut reads recover through Range requests or fail with EIO, and with every download failing the read is EIO; a new open reads the whole file",
         "download_cut_mid_transfer_never_returns_wrong_bytes",
     )
-    .faults(proxy.faults_injected() as u64)
-    .operations(operations)
+    .tally(&tally)
     .record();
+    contract::exercises(&["read.verified"]);
 }
 
-/// `push.failure`: a 5xx on each step of a push (the streamed PATCH, the blob PUT that
-/// commits it, a small file's one-request PUT, the manifest PUT) fails close() with EIO and
-/// a log line naming the status, and leaves the tag where it was.
+/// A 5xx on each step of a push (the streamed PATCH, the blob PUT that commits it, a small
+/// file's one-request PUT, the manifest PUT) fails close() with EIO and a log line naming
+/// the status, and leaves the tag where it was.
 #[test]
 fn server_errors_on_each_upload_step_keep_the_old_tag() {
     let registry = Registry::start();
     let proxy = FaultProxy::start(registry.port);
     let mount = Mount::new(&proxy.url(), &[&timeout_option()]);
+    let tally = Tally::default();
     let old = random_bytes(1000);
-    fs::write(mount.path("steps"), &old).unwrap();
+    tally
+        .operation(|| fs::write(mount.path("steps"), &old))
+        .unwrap();
     let before = tag_digest(&registry.url(), "steps", "latest").unwrap();
     let cases = [
         (Class::UploadPatch, 500, 8 * MIB),
@@ -189,7 +202,7 @@ fn server_errors_on_each_upload_step_keep_the_old_tag() {
     for (class, status, size) in cases {
         let failing = proxy.inject(class, Fault::Status(status));
         let closed = bounded("the failing push", || {
-            write_and_close(&mount.path("steps"), &random_bytes(size))
+            tally.operation(|| write_and_close(&mount.path("steps"), &random_bytes(size)))
         });
         failing.clear();
         assert_eq!(closed, Err(libc::EIO), "{class:?} {status}");
@@ -204,7 +217,8 @@ fn server_errors_on_each_upload_step_keep_the_old_tag() {
             "{class:?} {status} moved the tag"
         );
     }
-    assert_eq!(content_in_registry(&registry, "steps"), old);
+    assert_eq!(content_in_registry(&tally, &registry, "steps"), old);
+    tally.add_faults(proxy.faults_injected());
     Row::new(
         "fault.upload-5xx",
         Category::Fault,
@@ -212,23 +226,26 @@ fn server_errors_on_each_upload_step_keep_the_old_tag() {
         "each close() EIO within the bound, the log names the status, the tag keeps its old image",
         "server_errors_on_each_upload_step_keep_the_old_tag",
     )
-    .faults(proxy.faults_injected() as u64)
-    .operations(cases.len() as u64 + 2)
+    .tally(&tally)
     .record();
+    contract::exercises(&["push.failure"]);
 }
 
 /// A filesystem operation to run against a failing registry.
 type Operation<'a> = Box<dyn Fn() -> std::io::Result<()> + 'a>;
 
-/// `errors.unavailable`: a registry that accepts connections and answers nothing makes
-/// every operation fail with EIO within the mount's `timeout=`, not hang; an upload whose
-/// registry stops reading fails the same way; all works again once it answers.
+/// A registry that accepts connections and answers nothing makes every operation fail with
+/// EIO within the mount's `timeout=`, not hang; an upload whose registry stops reading
+/// fails the same way; all works again once it answers.
 #[test]
 fn stalled_registry_fails_operations_within_the_timeout() {
     let registry = Registry::start();
     let proxy = FaultProxy::start(registry.port);
     let mount = Mount::new(&proxy.url(), &[&timeout_option(), "metadata_ttl=0"]);
-    fs::write(mount.path("present"), b"here").unwrap();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::write(mount.path("present"), b"here"))
+        .unwrap();
 
     let stall = proxy.inject_all(Fault::Stall);
     let operations: [(&str, Operation); 4] = [
@@ -251,22 +268,29 @@ fn stalled_registry_fails_operations_within_the_timeout() {
         ("cp", Box::new(|| fs::write(mount.path("new"), b"x"))),
     ];
     for (what, operation) in &operations {
-        assert_eq!(errno_of(bounded(what, operation)), libc::EIO, "{what}");
+        let result = bounded(what, || tally.operation(operation));
+        assert_eq!(errno_of(result), libc::EIO, "{what}");
     }
     stall.clear();
 
     // Only uploads stall: the registry stops taking the body of a push.
     let uploads = proxy.inject(Class::UploadPatch, Fault::Stall);
     let closed = bounded("the stalled upload", || {
-        write_and_close(&mount.path("stuck"), &random_bytes(8 * MIB))
+        tally.operation(|| write_and_close(&mount.path("stuck"), &random_bytes(8 * MIB)))
     });
     uploads.clear();
     assert_eq!(closed, Err(libc::EIO));
     assert!(mount.log().contains("no progress"), "{}", mount.log());
     assert!(registry_tags(&registry.url(), "stuck").is_empty());
 
-    assert_eq!(fs::read(mount.path("present")).unwrap(), b"here");
-    fs::write(mount.path("after"), b"works").unwrap();
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("present"))).unwrap(),
+        b"here"
+    );
+    tally
+        .operation(|| fs::write(mount.path("after"), b"works"))
+        .unwrap();
+    tally.add_faults(proxy.faults_injected());
     Row::new(
         "fault.stalled-registry",
         Category::Fault,
@@ -274,9 +298,9 @@ fn stalled_registry_fails_operations_within_the_timeout() {
         "stat, cat, ls and cp fail with EIO within the bound; the stalled upload fails close() saying it made no progress; no tag; all works after",
         "stalled_registry_fails_operations_within_the_timeout",
     )
-    .faults(proxy.faults_injected() as u64)
-    .operations(operations.len() as u64 + 3)
+    .tally(&tally)
     .record();
+    contract::exercises(&["errors.unavailable"]);
 }
 
 /// A slow link is not a stalled one: an upload and a download that take longer than the
@@ -285,11 +309,13 @@ fn stalled_registry_fails_operations_within_the_timeout() {
 fn slow_link_completes_past_the_timeout() {
     let registry = Registry::start();
     let proxy = FaultProxy::start(registry.port);
-    proxy.throttle(Some(2 * MIB as u64));
+    let tally = Tally::default();
+    tally.fault(|| proxy.throttle(Some(2 * MIB as u64)));
     let mount = Mount::new(&proxy.url(), &[&timeout_option()]);
     let content = random_bytes(8 * MIB);
     let started = Instant::now();
-    write_and_close(&mount.path("slow"), &content)
+    tally
+        .operation(|| write_and_close(&mount.path("slow"), &content))
         .unwrap_or_else(|errno| panic!("the slow push failed with errno {errno}: {}", mount.log()));
     let took = started.elapsed();
     assert!(
@@ -297,7 +323,9 @@ fn slow_link_completes_past_the_timeout() {
         "the push did not outlast the timeout: {took:?}"
     );
     let fresh = Mount::new(&proxy.url(), &[&timeout_option()]);
-    let read = fs::read(fresh.path("slow")).unwrap_or_else(|e| panic!("{e}: {}", fresh.log()));
+    let read = tally
+        .operation(|| fs::read(fresh.path("slow")))
+        .unwrap_or_else(|e| panic!("{e}: {}", fresh.log()));
     assert_eq!(sha256_hex(&read), sha256_hex(&content));
     Row::new(
         "fault.slow-link",
@@ -309,12 +337,12 @@ fn slow_link_completes_past_the_timeout() {
         ),
         "slow_link_completes_past_the_timeout",
     )
-    .operations(2)
+    .tally(&tally)
     .record();
 }
 
-/// `errors.unavailable`: the registry restarted while a read and a push are in flight:
-/// both fail with EIO (the push tags nothing), and the same mount works once it is back.
+/// The registry restarted while a read and a push are in flight: both fail with EIO (the
+/// push tags nothing), and the same mount works once it is back.
 #[test]
 fn registry_restarted_mid_read_and_mid_push() {
     let mut registry = Registry::start();
@@ -325,7 +353,7 @@ fn registry_restarted_mid_read_and_mid_push() {
     }
     let proxy = FaultProxy::start(registry.port);
     let mount = Mount::new(&proxy.url(), &[&timeout_option()]);
-    let mut faults = 0;
+    let tally = Tally::default();
     for class in [Class::BlobGet, Class::UploadPatch] {
         // The request is held at the proxy, so the restart certainly comes mid-operation.
         let held = proxy.inject(class, Fault::Stall);
@@ -335,31 +363,37 @@ fn registry_restarted_mid_read_and_mid_push() {
             "pushed"
         });
         let payload = random_bytes(4 * MIB);
-        let operation = std::thread::spawn(move || {
-            if class == Class::BlobGet {
-                fs::read(&path).map(drop).map_err(|e| e.raw_os_error())
-            } else {
-                write_and_close(&path, &payload).map_err(Some)
-            }
+        let result = std::thread::scope(|scope| {
+            let operation = scope.spawn(|| {
+                tally.operation(|| {
+                    if class == Class::BlobGet {
+                        fs::read(&path).map(drop).map_err(|e| e.raw_os_error())
+                    } else {
+                        write_and_close(&path, &payload).map_err(Some)
+                    }
+                })
+            });
+            assert!(wait_until(Duration::from_secs(20), || proxy.seen(class) > 0));
+            tally.fault(|| registry.stop());
+            held.clear();
+            bounded("the interrupted operation", || operation.join().unwrap())
         });
-        assert!(wait_until(Duration::from_secs(20), || proxy.seen(class) > 0));
-        registry.stop();
-        held.clear();
-        let result = bounded("the interrupted operation", || operation.join().unwrap());
         assert_eq!(result, Err(Some(libc::EIO)), "{class:?}");
         registry.resume();
-        faults += 1;
     }
     assert!(registry_tags(&registry.url(), "pushed").is_empty());
     assert_eq!(
-        sha256_hex(&fs::read(mount.path("kept")).unwrap()),
+        sha256_hex(&tally.operation(|| fs::read(mount.path("kept"))).unwrap()),
         sha256_hex(&content)
     );
-    fs::write(mount.path("pushed"), b"after the restart").unwrap();
+    tally
+        .operation(|| fs::write(mount.path("pushed"), b"after the restart"))
+        .unwrap();
     assert_eq!(
-        fs::read(mount.path("pushed")).unwrap(),
+        tally.operation(|| fs::read(mount.path("pushed"))).unwrap(),
         b"after the restart"
     );
+    tally.add_faults(proxy.faults_injected());
     Row::new(
         "fault.registry-restart",
         Category::Fault,
@@ -367,30 +401,36 @@ fn registry_restarted_mid_read_and_mid_push() {
         "both fail with EIO within the bound, the push tags nothing; the same mount reads and pushes again afterwards",
         "registry_restarted_mid_read_and_mid_push",
     )
-    .faults(faults)
-    .operations(4)
+    .tally(&tally)
     .record();
+    contract::exercises(&["errors.unavailable"]);
 }
 
-/// `source.dead-mount`, `push.bounded-memory`: `kill -9` of the mount daemon while a file
-/// is being written: the writer gets an error, nothing is tagged, nothing is left in the
-/// spool, and mounting again on the same mountpoint works (the dead mount is detached) and
-/// shows what was pushed before.
+/// `kill -9` of the mount daemon while a file is being written: the writer gets an error,
+/// nothing is tagged, nothing is left in the spool, and mounting again on the same
+/// mountpoint works (the dead mount is detached) and shows what was pushed before.
 #[test]
 fn mount_daemon_killed_mid_write() {
     let registry = Registry::start();
     let (spool, mount) = mount_with_spool(&registry);
-    fs::write(mount.path("earlier"), b"pushed before").unwrap();
-    let mut file = fs::File::create(mount.path("interrupted")).unwrap();
-    file.write_all(&random_bytes(4 * MIB)).unwrap();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::write(mount.path("earlier"), b"pushed before"))
+        .unwrap();
+    let mut file = tally
+        .operation(|| fs::File::create(mount.path("interrupted")))
+        .unwrap();
+    tally
+        .operation(|| file.write_all(&random_bytes(4 * MIB)))
+        .unwrap();
     let root = mount.root().to_str().unwrap().to_owned();
     let pids = pids_of("reposure-mount", &[&root]);
     assert_eq!(pids.len(), 1, "one daemon for {root}");
-    kill_9(pids[0]);
-    let closed = close(file);
+    tally.fault(|| kill_9(pids[0]));
+    let closed = tally.operation(|| close(file));
     assert!(closed.is_err(), "close() succeeded on a killed mount");
     assert_eq!(
-        errno_of(fs::metadata(mount.root())),
+        errno_of(tally.operation(|| fs::metadata(mount.root()))),
         libc::ENOTCONN,
         "the mountpoint should be dead"
     );
@@ -405,20 +445,32 @@ fn mount_daemon_killed_mid_write() {
     // Named as a user would from its parent directory, with a trailing slash.
     let parent = mount.root().parent().unwrap();
     let relative = format!("{}/", mount.root().file_name().unwrap().to_str().unwrap());
-    let remounted = Command::new(binary("reposure-mount"))
-        .current_dir(parent)
-        .arg(registry.url())
-        .arg(&relative)
-        .arg("-o")
-        .arg(format!("log={}", log.display()))
-        .output()
+    let remounted = tally
+        .operation(|| {
+            Command::new(binary("reposure-mount"))
+                .current_dir(parent)
+                .arg(registry.url())
+                .arg(&relative)
+                .arg("-o")
+                .arg(format!("log={}", log.display()))
+                .output()
+        })
         .unwrap();
     let stderr = String::from_utf8_lossy(&remounted.stderr);
     assert!(remounted.status.success(), "{stderr}");
     assert!(stderr.contains("detached the dead mount"), "{stderr}");
-    assert_eq!(fs::read(mount.path("earlier")).unwrap(), b"pushed before");
-    assert!(fs::metadata(mount.path("interrupted")).is_err());
-    fs::write(mount.path("after"), b"works").unwrap();
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("earlier"))).unwrap(),
+        b"pushed before"
+    );
+    assert!(
+        tally
+            .operation(|| fs::metadata(mount.path("interrupted")))
+            .is_err()
+    );
+    tally
+        .operation(|| fs::write(mount.path("after"), b"works"))
+        .unwrap();
     let _ = fs::remove_file(log);
     Row::new(
         "fault.mount-killed",
@@ -427,9 +479,9 @@ fn mount_daemon_killed_mid_write() {
         "close() fails, no tag, the spool directory is empty; reposure-mount on the same mountpoint (named relative to the working directory) detaches the dead mount and works",
         "mount_daemon_killed_mid_write",
     )
-    .faults(1)
-    .operations(5)
+    .tally(&tally)
     .record();
+    contract::exercises(&["source.dead-mount", "push.bounded-memory"]);
 }
 
 /// A tmpfs of a few MiB, unmounted on drop.
@@ -473,16 +525,17 @@ impl Drop for SmallDisk {
     }
 }
 
-/// `push.spool-full`: a full spool disk: the write that does not fit fails with ENOSPC,
-/// nothing is tagged, the space comes back when the file is closed, and smaller files still
-/// go through.
+/// A full spool disk: the write that does not fit fails with ENOSPC, nothing is tagged, the
+/// space comes back when the file is closed, and smaller files still go through.
 #[test]
 fn full_spool_disk_is_enospc() {
     let registry = Registry::start();
-    let disk = SmallDisk::new("4m");
+    let tally = Tally::default();
+    let disk = tally.fault(|| SmallDisk::new("4m"));
     let spool_option = format!("spool_dir={}", disk.path().display());
     let mount = Mount::new(&registry.url(), &[&spool_option]);
-    let written = write_and_close(&mount.path("too-big"), &random_bytes(8 * MIB));
+    let written =
+        tally.operation(|| write_and_close(&mount.path("too-big"), &random_bytes(8 * MIB)));
     assert_eq!(written, Err(libc::ENOSPC));
     assert!(mount.log().contains("spool_dir="), "{}", mount.log());
     assert!(registry_tags(&registry.url(), "too-big").is_empty());
@@ -492,35 +545,60 @@ fn full_spool_disk_is_enospc() {
         disk.used()
     );
     let small = random_bytes(100_000);
-    fs::write(mount.path("fits"), &small).unwrap();
-    assert_eq!(fs::read(mount.path("fits")).unwrap(), small);
+    tally
+        .operation(|| fs::write(mount.path("fits"), &small))
+        .unwrap();
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("fits"))).unwrap(),
+        small
+    );
 
     // Once the spool has failed a write, the file stays failed: more writes and close()
     // fail, and nothing is pushed.
-    let mut file = fs::File::create(mount.path("poisoned")).unwrap();
+    let mut file = tally
+        .operation(|| fs::File::create(mount.path("poisoned")))
+        .unwrap();
     assert_eq!(
-        errno_of(file.write_all(&random_bytes(8 * MIB))),
+        errno_of(tally.operation(|| file.write_all(&random_bytes(8 * MIB)))),
         libc::ENOSPC
     );
-    assert_eq!(errno_of(file.write_all(b"more")), libc::ENOSPC);
+    assert_eq!(
+        errno_of(tally.operation(|| file.write_all(b"more"))),
+        libc::ENOSPC
+    );
     // With the disk still full, a file whose very first write fails fails its close too.
-    let mut nothing_written = fs::File::create(mount.path("never")).unwrap();
-    assert_eq!(errno_of(nothing_written.write_all(b"x")), libc::ENOSPC);
-    assert_eq!(close(nothing_written), Err(libc::ENOSPC));
-    assert_eq!(close(file), Err(libc::ENOSPC));
+    let mut nothing_written = tally
+        .operation(|| fs::File::create(mount.path("never")))
+        .unwrap();
+    assert_eq!(
+        errno_of(tally.operation(|| nothing_written.write_all(b"x"))),
+        libc::ENOSPC
+    );
+    assert_eq!(
+        tally.operation(|| close(nothing_written)),
+        Err(libc::ENOSPC)
+    );
+    assert_eq!(tally.operation(|| close(file)), Err(libc::ENOSPC));
     assert!(registry_tags(&registry.url(), "poisoned").is_empty());
     assert!(registry_tags(&registry.url(), "never").is_empty());
     // ... unless it is truncated to nothing and written again.
-    let mut file = fs::File::create(mount.path("rewritten")).unwrap();
+    let mut file = tally
+        .operation(|| fs::File::create(mount.path("rewritten")))
+        .unwrap();
     assert_eq!(
-        errno_of(file.write_all(&random_bytes(8 * MIB))),
+        errno_of(tally.operation(|| file.write_all(&random_bytes(8 * MIB)))),
         libc::ENOSPC
     );
-    file.set_len(0).unwrap();
+    tally.operation(|| file.set_len(0)).unwrap();
     file.seek(SeekFrom::Start(0)).unwrap();
-    file.write_all(&small).unwrap();
-    assert_eq!(close(file), Ok(()));
-    assert_eq!(fs::read(mount.path("rewritten")).unwrap(), small);
+    tally.operation(|| file.write_all(&small)).unwrap();
+    assert_eq!(tally.operation(|| close(file)), Ok(()));
+    assert_eq!(
+        tally
+            .operation(|| fs::read(mount.path("rewritten")))
+            .unwrap(),
+        small
+    );
     Row::new(
         "fault.spool-full",
         Category::Fault,
@@ -528,9 +606,9 @@ fn full_spool_disk_is_enospc() {
         "write() fails with ENOSPC and the log names spool_dir=; later writes and close() of that file fail too, also when its first write failed; no tag; the space is freed; a 100 KB file then works, and so does a failed file truncated to 0 and written again",
         "full_spool_disk_is_enospc",
     )
-    .faults(4)
-    .operations(11)
+    .tally(&tally)
     .record();
+    contract::exercises(&["push.spool-full"]);
 }
 
 /// A surrogate whose `--spool` disk is full refuses the push with the reason, tags nothing
@@ -538,7 +616,8 @@ fn full_spool_disk_is_enospc() {
 #[test]
 fn full_surrogate_spool_refuses_the_push() {
     let registry = Registry::start();
-    let disk = SmallDisk::new("4m");
+    let tally = Tally::default();
+    let disk = tally.fault(|| SmallDisk::new("4m"));
     let spooler = Process(
         Command::new(binary("reposure-surrogate"))
             .args(["--registry", &registry.url(), "spooler", "--directory"])
@@ -553,7 +632,7 @@ fn full_surrogate_spool_refuses_the_push() {
     let spool_arg = format!("--spool {}", disk.path().display());
     let mount = Mount::new(&exec_source(&registry.url(), &[&spool_arg]), &[]);
     assert_eq!(
-        write_and_close(&mount.path("too-big"), &random_bytes(8 * MIB)),
+        tally.operation(|| write_and_close(&mount.path("too-big"), &random_bytes(8 * MIB))),
         Err(libc::EIO)
     );
     assert!(
@@ -569,8 +648,13 @@ fn full_surrogate_spool_refuses_the_push() {
         .filter(|n| n != ".spooler.lock")
         .collect();
     assert!(left.is_empty(), "the spool kept {left:?}");
-    fs::write(mount.path("fits"), b"small").unwrap();
-    assert_eq!(fs::read(mount.path("fits")).unwrap(), b"small");
+    tally
+        .operation(|| fs::write(mount.path("fits"), b"small"))
+        .unwrap();
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("fits"))).unwrap(),
+        b"small"
+    );
     drop(spooler);
     Row::new(
         "fault.surrogate-spool-full",
@@ -579,8 +663,7 @@ fn full_surrogate_spool_refuses_the_push() {
         "close() EIO with \"No space left\" in the log; no tag; nothing left in the spool; a small push then works",
         "full_surrogate_spool_refuses_the_push",
     )
-    .faults(1)
-    .operations(2)
+    .tally(&tally)
     .record();
 }
 
@@ -599,16 +682,19 @@ fn single_file_archive(entry: &str, content: &[u8], padding: usize) -> Vec<u8> {
     layout_archive(&manifest, &[&config, &layer])
 }
 
-/// `push.archive`: damaged archives (truncated, corrupt gzip, naming blobs they lack, a
-/// gzip bomb) fail close() with EIO and `image push` with exit 1, each saying why, and
-/// tag nothing; the bomb is stopped at its expansion limit and the spool is left empty.
+/// Damaged archives (truncated, corrupt gzip, naming blobs they lack, a gzip bomb) fail
+/// close() with EIO and `image push` with exit 1, each saying why, and tag nothing; the
+/// bomb is stopped at its expansion limit and the spool is left empty.
 #[test]
 fn damaged_archives_are_refused_by_cp_and_image_push() {
     let registry = Registry::start();
     let (spool, mount) = mount_with_spool(&registry);
+    let tally = Tally::default();
     let work = tempfile::tempdir().unwrap();
     let good = single_file_archive("a", &random_bytes(200_000), 0);
-    write_and_close(&mount.path("good"), &good).unwrap();
+    tally
+        .operation(|| write_and_close(&mount.path("good"), &good))
+        .unwrap();
     assert_eq!(registry_tags(&registry.url(), "good"), ["latest"]);
 
     let mut corrupt = gzip(&good);
@@ -632,19 +718,21 @@ fn damaged_archives_are_refused_by_cp_and_image_push() {
     for (name, bytes, says) in cases {
         let target = format!("bad-{name}");
         assert_eq!(
-            write_and_close(&mount.path(&target), bytes),
+            tally.input(|| write_and_close(&mount.path(&target), bytes)),
             Err(libc::EIO),
             "{name}"
         );
         assert!(mount.log().contains(says), "{name}: {}", mount.log());
         let file = input_file(work.path(), name, bytes);
-        let pushed = reposure(&[
-            "image",
-            "push",
-            &registry.url(),
-            &format!("cli-{name}"),
-            file.to_str().unwrap(),
-        ]);
+        let pushed = tally.input(|| {
+            reposure(&[
+                "image",
+                "push",
+                &registry.url(),
+                &format!("cli-{name}"),
+                file.to_str().unwrap(),
+            ])
+        });
         failed(&pushed, 1, says);
         for repository in [target, format!("cli-{name}")] {
             assert!(
@@ -665,9 +753,9 @@ fn damaged_archives_are_refused_by_cp_and_image_push() {
         "cp: close() EIO and the log says why; image push: exit 1 with the reason; nothing tagged; the bomb stopped at 64x; the spool empty",
         "damaged_archives_are_refused_by_cp_and_image_push",
     )
-    .inputs(2 * cases.len() as u64)
-    .operations(2 * cases.len() as u64 + 1)
+    .tally(&tally)
     .record();
+    contract::exercises(&["push.archive"]);
 }
 
 /// Tar entries named `../..` or with absolute paths never write outside their place: such
@@ -677,6 +765,7 @@ fn damaged_archives_are_refused_by_cp_and_image_push() {
 fn path_traversal_in_layers_and_archives_writes_nothing_outside() {
     let registry = Registry::start();
     let (spool, mount) = mount_with_spool(&registry);
+    let tally = Tally::default();
     let work = tempfile::tempdir().unwrap();
     let pulls = work.path().join("a/b");
     fs::create_dir_all(&pulls).unwrap();
@@ -688,24 +777,30 @@ fn path_traversal_in_layers_and_archives_writes_nothing_outside() {
     ];
     for (name, entry) in entries {
         let target = format!("evil-{name}");
-        write_and_close(
-            &mount.path(&target),
-            &single_file_archive(entry, &content, 0),
-        )
-        .unwrap();
-        assert_eq!(fs::read(mount.path(&target)).unwrap(), content, "{name}");
-        let pulled = Command::new(binary("reposure"))
-            .args([
-                "image",
-                "pull",
-                &registry.url(),
-                &target,
-                "--unpack",
-                "-o",
-                "out",
-            ])
-            .current_dir(&pulls)
-            .output()
+        let archive = single_file_archive(entry, &content, 0);
+        tally
+            .input(|| write_and_close(&mount.path(&target), &archive))
+            .unwrap();
+        assert_eq!(
+            tally.input(|| fs::read(mount.path(&target))).unwrap(),
+            content,
+            "{name}"
+        );
+        let pulled = tally
+            .input(|| {
+                Command::new(binary("reposure"))
+                    .args([
+                        "image",
+                        "pull",
+                        &registry.url(),
+                        &target,
+                        "--unpack",
+                        "-o",
+                        "out",
+                    ])
+                    .current_dir(&pulls)
+                    .output()
+            })
             .unwrap();
         ok(&pulled);
         assert_eq!(fs::read(pulls.join("out")).unwrap(), content);
@@ -723,7 +818,7 @@ fn path_traversal_in_layers_and_archives_writes_nothing_outside() {
         ),
         ("/tmp/reposure-escaping-entry", b"x".as_slice()),
     ]);
-    let closed = write_and_close(&mount.path("evil-archive"), &escaping);
+    let closed = tally.input(|| write_and_close(&mount.path("evil-archive"), &escaping));
     assert!(matches!(closed, Ok(()) | Err(libc::EIO)), "{closed:?}");
     assert!(!Path::new("/tmp/reposure-escaping-entry").exists());
     assert!(!Path::new("/oci-layout").exists() && !Path::new("/index.json").exists());
@@ -747,8 +842,7 @@ fn path_traversal_in_layers_and_archives_writes_nothing_outside() {
         "the files read back whole; pull writes only -o's file; nothing is created outside; the spool is empty",
         "path_traversal_in_layers_and_archives_writes_nothing_outside",
     )
-    .inputs(entries.len() as u64 + 1)
-    .operations(3 * entries.len() as u64 + 1)
+    .tally(&tally)
     .record();
 }
 
@@ -758,25 +852,25 @@ fn path_traversal_in_layers_and_archives_writes_nothing_outside() {
 fn manifests_over_four_mib_are_refused() {
     let registry = Registry::start();
     let mount = Mount::new(&registry.url(), &[]);
+    let tally = Tally::default();
     let work = tempfile::tempdir().unwrap();
     let archive = single_file_archive("big", b"content", 4 * MIB + MIB / 2);
     assert_eq!(
-        write_and_close(&mount.path("huge"), &archive),
+        tally.input(|| write_and_close(&mount.path("huge"), &archive)),
         Err(libc::EIO)
     );
     assert!(mount.log().contains("too large"), "{}", mount.log());
     let file = input_file(work.path(), "huge.tar", &archive);
-    failed(
-        &reposure(&[
+    let pushed = tally.input(|| {
+        reposure(&[
             "image",
             "push",
             &registry.url(),
             "cli-huge",
             file.to_str().unwrap(),
-        ]),
-        1,
-        "too large",
-    );
+        ])
+    });
+    failed(&pushed, 1, "too large");
     assert!(registry_catalog(&registry.url()).is_empty());
     Row::new(
         "input.large-manifest",
@@ -785,19 +879,19 @@ fn manifests_over_four_mib_are_refused() {
         "close() EIO and exit 1, both saying the manifest is too large; nothing pushed",
         "manifests_over_four_mib_are_refused",
     )
-    .inputs(2)
-    .operations(2)
+    .tally(&tally)
     .record();
 }
 
-/// `names.invalid`: names that are invalid, too long or not UTF-8 are refused before
-/// anything reaches the registry: EINVAL or ENAMETOOLONG through the mount, exit 2 with
-/// the rule from `image push`.
+/// Names that are invalid, too long or not UTF-8 are refused before anything reaches the
+/// registry: EINVAL or ENAMETOOLONG through the mount, exit 2 with the rule from
+/// `image push`.
 #[test]
 fn invalid_names_are_refused_by_cp_and_image_push() {
     use std::os::unix::ffi::OsStrExt;
     let registry = Registry::start();
     let mount = Mount::new(&registry.url(), &[]);
+    let tally = Tally::default();
     let work = tempfile::tempdir().unwrap();
     let file = input_file(work.path(), "content", b"content");
     let long_tag = format!("ok:{}", "t".repeat(129));
@@ -809,40 +903,45 @@ fn invalid_names_are_refused_by_cp_and_image_push() {
         (long_tag.as_str(), libc::ENAMETOOLONG, "at most 128"),
     ];
     for (name, errno, rule) in cases {
-        assert_eq!(errno_of(fs::write(mount.path(name), b"x")), errno, "{name}");
-        failed(
-            &reposure(&[
+        assert_eq!(
+            errno_of(tally.input(|| fs::write(mount.path(name), b"x"))),
+            errno,
+            "{name}"
+        );
+        let pushed = tally.input(|| {
+            reposure(&[
                 "image",
                 "push",
                 &registry.url(),
                 name,
                 file.to_str().unwrap(),
-            ]),
-            2,
-            rule,
-        );
+            ])
+        });
+        failed(&pushed, 2, rule);
     }
-    failed(
-        &reposure(&[
+    let pushed = tally.input(|| {
+        reposure(&[
             "image",
             "push",
             &registry.url(),
             &long_path,
             file.to_str().unwrap(),
-        ]),
-        2,
-        "at most 255",
-    );
+        ])
+    });
+    failed(&pushed, 2, "at most 255");
     let non_utf8 = std::ffi::OsStr::from_bytes(b"bad\xff");
     assert_eq!(
-        errno_of(fs::write(mount.root().join(non_utf8), b"x")),
+        errno_of(tally.input(|| fs::write(mount.root().join(non_utf8), b"x"))),
         libc::EINVAL
     );
-    let pushed = Command::new(binary("reposure"))
-        .args(["image", "push", &registry.url()])
-        .arg(non_utf8)
-        .arg(&file)
-        .output()
+    let pushed = tally
+        .input(|| {
+            Command::new(binary("reposure"))
+                .args(["image", "push", &registry.url()])
+                .arg(non_utf8)
+                .arg(&file)
+                .output()
+        })
         .unwrap();
     assert_eq!(pushed.status.code(), Some(2));
     assert!(
@@ -852,21 +951,24 @@ fn invalid_names_are_refused_by_cp_and_image_push() {
     );
     // The deepest directory whose path is 255 characters can be made, but nothing in it.
     let deepest = mount.path(&long_path[..255]);
-    fs::create_dir_all(&deepest).unwrap();
+    tally.operation(|| fs::create_dir_all(&deepest)).unwrap();
     assert_eq!(
-        errno_of(fs::write(deepest.join("x"), b"x")),
+        errno_of(tally.input(|| fs::write(deepest.join("x"), b"x"))),
         libc::ENAMETOOLONG
     );
     assert_eq!(
-        errno_of(fs::create_dir(deepest.join("x"))),
+        errno_of(tally.input(|| fs::create_dir(deepest.join("x")))),
         libc::ENAMETOOLONG
     );
     // reposure-mount takes a source as text only.
     let mountpoint = tempfile::tempdir().unwrap();
-    let refused = Command::new(binary("reposure-mount"))
-        .arg(non_utf8)
-        .arg(mountpoint.path())
-        .output()
+    let refused = tally
+        .input(|| {
+            Command::new(binary("reposure-mount"))
+                .arg(non_utf8)
+                .arg(mountpoint.path())
+                .output()
+        })
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     assert!(
@@ -882,9 +984,9 @@ fn invalid_names_are_refused_by_cp_and_image_push() {
         "EINVAL or ENAMETOOLONG through the mount; exit 2 naming the rule from the CLI and from reposure-mount; nothing reaches the registry",
         "invalid_names_are_refused_by_cp_and_image_push",
     )
-    .inputs(2 * cases.len() as u64 + 6)
-    .operations(2 * cases.len() as u64 + 6)
+    .tally(&tally)
     .record();
+    contract::exercises(&["names.invalid"]);
 }
 
 /// The peak resident memory of a process, in KiB.
@@ -897,16 +999,21 @@ fn peak_rss_kib(pid: i32) -> u64 {
         .unwrap()
 }
 
-/// `tree.sorted`: a directory of 10,000 entries lists completely and in order, `ls -l` of
-/// it finishes in bounded time and memory.
+/// A directory of 10,000 entries lists completely and in order, `ls -l` of it finishes in
+/// bounded time and memory.
 #[test]
 fn a_directory_of_ten_thousand_entries() {
     const TAGS: usize = 10_000;
     let registry = Registry::start();
+    let tally = Tally::default();
     {
         let writer = Mount::new(&registry.url(), &[]);
-        fs::create_dir(writer.path("big")).unwrap();
-        fs::write(writer.path("big/dir"), b"one image, many tags").unwrap();
+        tally
+            .operation(|| fs::create_dir(writer.path("big")))
+            .unwrap();
+        tally
+            .operation(|| fs::write(writer.path("big/dir"), b"one image, many tags"))
+            .unwrap();
     }
     // The other tags, as the registry itself stores a tag: copies of the first tag's link
     // files (10,000 manifest PUTs take the registry minutes on two cores).
@@ -927,7 +1034,8 @@ fn a_directory_of_ten_thousand_entries() {
 
     let mount = Mount::new(&registry.url(), &["metadata_ttl=300"]);
     let started = Instant::now();
-    let listed: Vec<String> = fs::read_dir(mount.path("big"))
+    let listed: Vec<String> = tally
+        .operation(|| fs::read_dir(mount.path("big")))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
@@ -939,7 +1047,9 @@ fn a_directory_of_ten_thousand_entries() {
     assert_eq!(listed[0], "dir");
     let started = Instant::now();
     for name in &listed {
-        let meta = fs::metadata(mount.path("big").join(name)).unwrap();
+        let meta = tally
+            .operation(|| fs::metadata(mount.path("big").join(name)))
+            .unwrap();
         assert_eq!(meta.len(), 20, "{name}");
     }
     let ls_l = started.elapsed();
@@ -960,8 +1070,9 @@ fn a_directory_of_ten_thousand_entries() {
         ),
         "a_directory_of_ten_thousand_entries",
     )
-    .operations(TAGS as u64 + 1)
+    .tally(&tally)
     .record();
+    contract::exercises(&["tree.sorted"]);
 }
 
 /// How long the load case runs: 30 s in CI, `REPOSURE_LOAD_SECONDS` for longer runs.
@@ -1010,16 +1121,20 @@ fn sixteen_writers_and_sixteen_readers() {
         Mount::new(&registry.url(), &options),
     ];
     let readers = Mount::new(&registry.url(), &["ro", "metadata_ttl=0", "timeout=10"]);
+    let tally = Tally::default();
     for mount in &writers {
-        fs::create_dir(mount.path("load")).unwrap();
-        fs::create_dir(mount.path("shared")).unwrap();
+        tally
+            .operation(|| fs::create_dir(mount.path("load")))
+            .unwrap();
+        tally
+            .operation(|| fs::create_dir(mount.path("shared")))
+            .unwrap();
     }
     let ledger = Ledger {
         shared: Mutex::new(vec![HashSet::new(); SHARED]),
         ..Default::default()
     };
     let deadline = Instant::now() + load_duration();
-    let forgets = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for w in 0..WRITERS {
             let (mount, ledger) = (&writers[w % writers.len()], &ledger);
@@ -1058,12 +1173,13 @@ fn sixteen_writers_and_sixteen_readers() {
         }
         // The kernel drops its cached names and inodes five times a second, so its
         // `forget`s race with the lookups and opens of the load.
-        let forgets = &forgets;
+        let tally = &tally;
         scope.spawn(move || {
             while Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(200));
-                fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches (as root)");
-                forgets.fetch_add(1, Ordering::Relaxed);
+                tally
+                    .fault(|| fs::write("/proc/sys/vm/drop_caches", "2"))
+                    .expect("drop_caches (as root)");
             }
         });
         for r in 0..READERS {
@@ -1111,13 +1227,13 @@ fn sixteen_writers_and_sixteen_readers() {
     let mut lost = 0;
     let distinct = ledger.distinct.lock().unwrap().clone();
     for (name, digest, size) in &distinct {
-        match fs::read(check.path(name)) {
+        match tally.operation(|| fs::read(check.path(name))) {
             Ok(bytes) if sha256_hex(&bytes) == *digest => {}
             _ => lost += size,
         }
     }
     for k in 0..SHARED {
-        if let Ok(bytes) = fs::read(check.path(&format!("shared/s{k}")))
+        if let Ok(bytes) = tally.operation(|| fs::read(check.path(&format!("shared/s{k}"))))
             && !ledger.shared.lock().unwrap()[k].contains(&sha256_hex(&bytes))
         {
             ledger.fail(format!("shared/s{k} ended with content nobody wrote"));
@@ -1129,6 +1245,8 @@ fn sixteen_writers_and_sixteen_readers() {
         ledger.refused.load(Ordering::Relaxed),
         ledger.reads.load(Ordering::Relaxed),
     );
+    tally.add_operations(writes + reads);
+    tally.add_bytes_lost(lost);
     let mut row = Row::new(
         "load.writers-readers",
         Category::Load,
@@ -1142,9 +1260,7 @@ fn sixteen_writers_and_sixteen_readers() {
         ),
         "sixteen_writers_and_sixteen_readers",
     )
-    .faults(forgets.load(Ordering::Relaxed))
-    .operations(writes + reads)
-    .bytes_lost(lost);
+    .tally(&tally);
     row.passed &= failures.is_empty();
     row.record();
     let errors: Vec<String> = writers
@@ -1186,6 +1302,7 @@ fn writers_racing_on_one_name_leave_one_writers_content() {
         Mount::new(&registry.url(), &[]),
     ];
     let observer = Mount::new(&registry.url(), &["ro", "metadata_ttl=0"]);
+    let tally = Tally::default();
     let mut refused = 0;
     for round in 0..ROUNDS {
         // Even rounds race across two mounts, odd rounds within one.
@@ -1196,11 +1313,11 @@ fn writers_racing_on_one_name_leave_one_writers_content() {
         let results: Vec<Result<(), i32>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..2)
                 .map(|i| {
-                    let (mount, content, barrier, name) =
-                        (&mounts[pair[i]], &contents[i], &barrier, &name);
+                    let (mount, content, barrier, name, tally) =
+                        (&mounts[pair[i]], &contents[i], &barrier, &name, &tally);
                     scope.spawn(move || {
                         barrier.wait();
-                        write_and_close(&mount.path(name), content)
+                        tally.operation(|| write_and_close(&mount.path(name), content))
                     })
                 })
                 .collect();
@@ -1213,7 +1330,7 @@ fn writers_racing_on_one_name_leave_one_writers_content() {
                 Err(errno) => panic!("round {round}: a writer failed with errno {errno}"),
             }
         }
-        let landed = fs::read(observer.path(&name)).unwrap();
+        let landed = tally.operation(|| fs::read(observer.path(&name))).unwrap();
         let winner = contents.iter().position(|c| *c == landed);
         let Some(winner) = winner else {
             panic!("round {round}: the name holds neither writer's content");
@@ -1230,7 +1347,7 @@ fn writers_racing_on_one_name_leave_one_writers_content() {
         &format!("every round ends with exactly one successful writer's content; on one mount the second opener got EPERM {refused} times"),
         "writers_racing_on_one_name_leave_one_writers_content",
     )
-    .operations(2 * ROUNDS as u64)
+    .tally(&tally)
     .record();
 }
 
@@ -1252,7 +1369,7 @@ fn credentials_appear_in_no_argv_log_or_error() {
     let password_file = password_file.to_str().unwrap();
     let trace = [("REPOSURE_LOG", "trace")];
     let mut seen: Vec<String> = Vec::new();
-    let mut operations = 0;
+    let tally = Tally::default();
 
     let password_option = format!("password_file={password_file}");
     let mount = Mount::try_new(
@@ -1269,21 +1386,27 @@ fn credentials_appear_in_no_argv_log_or_error() {
     )
     .unwrap();
     for m in [&mount, &exec] {
-        fs::write(m.path("file"), b"content").unwrap();
-        assert_eq!(fs::read(m.path("file")).unwrap(), b"content");
-        assert!(fs::read(m.path("missing")).is_err());
-        fs::remove_file(m.path("file")).unwrap();
-        operations += 4;
+        tally
+            .operation(|| fs::write(m.path("file"), b"content"))
+            .unwrap();
+        assert_eq!(
+            tally.operation(|| fs::read(m.path("file"))).unwrap(),
+            b"content"
+        );
+        assert!(tally.operation(|| fs::read(m.path("missing"))).is_err());
+        tally.operation(|| fs::remove_file(m.path("file"))).unwrap();
     }
     seen.extend(all_command_lines());
-    let env_password = Mount::try_new(
-        &registry.url(),
-        &["username=reposure"],
-        &[
-            ("REPOSURE_PASSWORD", wrong.as_str()),
-            ("REPOSURE_LOG", "trace"),
-        ],
-    );
+    let env_password = tally.input(|| {
+        Mount::try_new(
+            &registry.url(),
+            &["username=reposure"],
+            &[
+                ("REPOSURE_PASSWORD", wrong.as_str()),
+                ("REPOSURE_LOG", "trace"),
+            ],
+        )
+    });
     let refused = env_password.err().expect("a wrong password must not mount");
     seen.push(refused.stderr.clone());
     seen.push(mount.log());
@@ -1305,13 +1428,12 @@ fn credentials_appear_in_no_argv_log_or_error() {
     };
     let args = cli_args(Path::new(password_file));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pushed = reposure_with(&args, &trace);
+    let pushed = tally.operation(|| reposure_with(&args, &trace));
     ok(&pushed);
     let args = cli_args(&wrong_file);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let refused = reposure_with(&args, &trace);
+    let refused = tally.input(|| reposure_with(&args, &trace));
     assert_eq!(refused.status.code(), Some(4), "access refused is exit 4");
-    operations += 3;
     for output in [&pushed, &refused] {
         seen.push(String::from_utf8_lossy(&output.stdout).into_owned());
         seen.push(String::from_utf8_lossy(&output.stderr).into_owned());
@@ -1349,7 +1471,6 @@ fn credentials_appear_in_no_argv_log_or_error() {
         ),
         "credentials_appear_in_no_argv_log_or_error",
     )
-    .inputs(2)
-    .operations(operations)
+    .tally(&tally)
     .record();
 }

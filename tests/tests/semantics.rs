@@ -1,11 +1,13 @@
 //! SEMANTICS.md, row by row, through a real FUSE mount of the real reference registry.
-//! Each test names the rows it covers in its doc comment.
+//! Each test names the rows it exercises in a `contract::exercises` call after its
+//! assertions (`reposure_tests::contract`).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant, SystemTime};
 
+use reposure_tests::contract;
 use reposure_tests::mount::{Mount, mount_entry};
 use reposure_tests::posix::{errno_of, names};
 use reposure_tests::registry::{Registry, RegistryConfig};
@@ -18,8 +20,7 @@ fn mounted() -> (Registry, Mount) {
     (registry, mount)
 }
 
-/// `push.close`, `tree.repositories`, `tree.latest`, `tree.tags`, `source.proc-mounts`:
-/// cp, ls, cat end to end.
+/// `cp`, `ls`, `cat` end to end.
 #[test]
 fn cp_ls_cat_rm_round_trip() {
     let (registry, mount) = mounted();
@@ -59,9 +60,16 @@ fn cp_ls_cat_rm_round_trip() {
         errno_of(fs::read(mount.path("myrepo/nothere"))),
         libc::ENOENT
     );
+    contract::exercises(&[
+        "push.close",
+        "tree.repositories",
+        "tree.latest",
+        "tree.tags",
+        "source.proc-mounts",
+    ]);
 }
 
-/// `delete.one-tag`: rm removes exactly one tag even when another tag shares the manifest.
+/// `rm` removes exactly one tag even when another tag shares the manifest.
 #[test]
 fn rm_deletes_only_that_tag() {
     let (registry, mount) = mounted();
@@ -84,9 +92,10 @@ fn rm_deletes_only_that_tag() {
         errno_of(fs::remove_file(mount.path("r/img:other"))),
         libc::ENOENT
     );
+    contract::exercises(&["delete.one-tag"]);
 }
 
-/// `delete.disabled`: a registry with deletion off makes rm fail with EPERM, tag intact.
+/// A registry with deletion off makes rm fail with EPERM, tag intact.
 #[test]
 fn rm_on_registry_without_delete_is_eperm() {
     let registry = Registry::start_with(RegistryConfig {
@@ -98,9 +107,10 @@ fn rm_on_registry_without_delete_is_eperm() {
     assert_eq!(errno_of(fs::remove_file(mount.path("keep"))), libc::EPERM);
     assert_eq!(registry_tags(&registry.url(), "keep"), ["latest"]);
     assert!(mount.log().contains("deletion disabled"), "{}", mount.log());
+    contract::exercises(&["delete.disabled"]);
 }
 
-/// `push.overwrite`: O_TRUNC and O_WRONLY+ftruncate replace the content.
+/// O_TRUNC and O_WRONLY+ftruncate replace the content.
 #[test]
 fn overwrite_replaces_the_tag() {
     let (registry, mount) = mounted();
@@ -116,9 +126,10 @@ fn overwrite_replaces_the_tag() {
     drop(file);
     assert_eq!(fs::read(mount.path("f")).unwrap(), b"third");
     assert_eq!(registry_tags(&registry.url(), "f"), ["latest"]);
+    contract::exercises(&["push.overwrite"]);
 }
 
-/// `push.sequential`: a write that skips or goes back is EINVAL; appending to an image too.
+/// A write that skips or goes back is EINVAL; appending to an image too.
 #[test]
 fn non_sequential_writes_are_einval() {
     let (_registry, mount) = mounted();
@@ -135,10 +146,10 @@ fn non_sequential_writes_are_einval() {
         .open(mount.path("seq"))
         .unwrap();
     assert_eq!(errno_of(append.write_all(b"more")), libc::EINVAL);
+    contract::exercises(&["push.sequential"]);
 }
 
-/// `push.format-image`, `read.formats`: a pushed file is a real image; skopeo copies it
-/// and the file inside is byte-identical.
+/// A pushed file is a real image; skopeo copies it and the file inside is byte-identical.
 #[test]
 fn pushed_file_is_a_real_image() {
     let (registry, mount) = mounted();
@@ -178,9 +189,10 @@ fn pushed_file_is_a_real_image() {
     .unwrap();
     assert_eq!(config["os"], "linux");
     assert_eq!(config["rootfs"]["diff_ids"][0], m["layers"][0]["digest"]);
+    contract::exercises(&["push.format-image", "read.formats"]);
 }
 
-/// `push.format-artifact`, `read.formats`: format=artifact stores an ORAS-style artifact.
+/// `format=artifact` stores an ORAS-style artifact.
 #[test]
 fn artifact_format() {
     let registry = Registry::start();
@@ -198,9 +210,10 @@ fn artifact_format() {
         "art"
     );
     assert_eq!(fs::read(mount.path("art")).unwrap(), b"raw bytes");
+    contract::exercises(&["push.format-artifact", "read.formats"]);
 }
 
-/// `stat.size-mtime`: true size and the created time.
+/// True size and the created time.
 #[test]
 fn stat_shows_size_and_created_time() {
     let (_registry, mount) = mounted();
@@ -214,9 +227,10 @@ fn stat_shows_size_and_created_time() {
         "{mtime:?}"
     );
     assert!(mount.path("").is_dir());
+    contract::exercises(&["stat.size-mtime"]);
 }
 
-/// `stat.attrs`: chmod/chown EPERM, times accepted, modes and owner.
+/// `chmod`/`chown` EPERM, times accepted, modes and owner.
 #[test]
 fn chmod_chown_refused_times_accepted() {
     let (_registry, mount) = mounted();
@@ -275,9 +289,10 @@ fn chmod_chown_refused_times_accepted() {
     assert!(reposure_tests::wait_until(Duration::from_secs(5), || {
         fs::read(mount.path("attrs")).unwrap().is_empty()
     }));
+    contract::exercises(&["stat.attrs"]);
 }
 
-/// `dir.mkdir`, `dir.rmdir`: local directories, ENOTEMPTY.
+/// Local directories, ENOTEMPTY.
 #[test]
 fn directories() {
     let (_registry, mount) = mounted();
@@ -302,11 +317,11 @@ fn directories() {
     fs::create_dir(mount.path("empty")).unwrap();
     fs::remove_dir(mount.path("empty")).unwrap();
     assert!(!mount.path("empty").exists());
+    contract::exercises(&["dir.mkdir", "dir.rmdir"]);
 }
 
-/// `names.invalid`, `tree.invalid-lookup`: bad names are EINVAL at create and names past
-/// the registry's limits ENAMETOOLONG, with the rule in the log; they do not exist for
-/// lookup, and nothing reaches the registry.
+/// Bad names are EINVAL at create and names past the registry's limits ENAMETOOLONG, with
+/// the rule in the log; they do not exist for lookup, and nothing reaches the registry.
 #[test]
 fn invalid_names_are_refused() {
     let (registry, mount) = mounted();
@@ -349,9 +364,10 @@ fn invalid_names_are_refused() {
     );
     assert!(mount.log().contains("at most 255 characters"));
     assert!(tools::registry_catalog(&registry.url()).is_empty());
+    contract::exercises(&["names.invalid", "tree.invalid-lookup"]);
 }
 
-/// `tree.shadowed`: a repository that is also a directory shows its tags as NAME:TAG.
+/// A repository that is also a directory shows its tags as NAME:TAG.
 #[test]
 fn repository_shadowed_by_directory() {
     let (_registry, mount) = mounted();
@@ -379,9 +395,10 @@ fn repository_shadowed_by_directory() {
     assert!(mount2.path("app").is_dir());
     assert_eq!(fs::read(mount2.path("app:latest")).unwrap(), b"top");
     assert_eq!(fs::read(mount2.path("app/sub")).unwrap(), b"two");
+    contract::exercises(&["tree.shadowed"]);
 }
 
-/// `push.visible`: a file being written is listed; after close the listing is current at once.
+/// A file being written is listed; after close the listing is current at once.
 #[test]
 fn file_being_written_is_visible() {
     let (_registry, mount) = mounted();
@@ -392,9 +409,10 @@ fn file_being_written_is_visible() {
     drop(file);
     assert_eq!(names(mount.root()), ["growing"]);
     assert_eq!(fs::read(mount.path("growing")).unwrap().len(), 4096);
+    contract::exercises(&["push.visible"]);
 }
 
-/// `errors.read-only`: ro refuses every change with EROFS.
+/// `ro` refuses every change with EROFS.
 #[test]
 fn read_only_mount() {
     let registry = Registry::start();
@@ -414,9 +432,10 @@ fn read_only_mount() {
         libc::EROFS
     );
     assert_eq!(errno_of(fs::create_dir(mount.path("d"))), libc::EROFS);
+    contract::exercises(&["errors.read-only"]);
 }
 
-/// `tree.sorted`: more repositories and tags than one page of the catalog/tag list.
+/// More repositories and tags than one page of the catalog/tag list.
 #[test]
 fn listings_are_complete_and_sorted_past_one_page() {
     let registry = Registry::start();
@@ -444,9 +463,10 @@ fn listings_are_complete_and_sorted_past_one_page() {
     assert_eq!(listed, sorted, "readdir order is sorted");
     assert_eq!(listed[0], "alpha");
     assert_eq!(listed.last().unwrap(), "zeta");
+    contract::exercises(&["tree.sorted"]);
 }
 
-/// `tree.referrers-hidden`: sha256-<hex> tags are not listed.
+/// `sha256-<hex>` tags are not listed.
 #[test]
 fn referrers_fallback_tags_are_hidden() {
     let (registry, mount) = mounted();
@@ -459,9 +479,10 @@ fn referrers_fallback_tags_are_hidden() {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(names(mount.root()), ["signed"]);
     assert_eq!(registry_tags(&registry.url(), "signed").len(), 2);
+    contract::exercises(&["tree.referrers-hidden"]);
 }
 
-/// `stat.ttl`: another client's change shows within metadata_ttl.
+/// Another client's change shows within metadata_ttl.
 #[test]
 fn out_of_band_changes_show_within_the_ttl() {
     let (registry, mount) = mounted();
@@ -480,9 +501,10 @@ fn out_of_band_changes_show_within_the_ttl() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(names(mount.root()), ["oob", "oob:copy"]);
+    contract::exercises(&["stat.ttl"]);
 }
 
-/// `push.bounded-memory`, `cache.read-ahead`: pushing and reading 512 MiB keeps the daemon's peak RSS small.
+/// Pushing and reading 512 MiB keeps the daemon's peak RSS small.
 #[test]
 fn large_push_and_read_use_bounded_memory() {
     let (_registry, mount) = mounted();
@@ -519,6 +541,7 @@ fn large_push_and_read_use_bounded_memory() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(hwm_kib < 128 * 1024, "peak RSS {hwm_kib} KiB");
+    contract::exercises(&["push.bounded-memory", "cache.read-ahead"]);
 }
 
 /// The pid of the reposure-mount process serving `dir`.
@@ -541,7 +564,7 @@ fn daemon_pid(dir: &std::path::Path) -> u32 {
     panic!("no reposure-mount process for {needle}");
 }
 
-/// `concurrency.dispatch` helper check that a create with O_EXCL on an existing name fails.
+/// A create with O_EXCL of an existing name fails with EEXIST.
 #[test]
 fn exclusive_create_of_existing_name_fails() {
     let (_registry, mount) = mounted();
@@ -554,8 +577,8 @@ fn exclusive_create_of_existing_name_fails() {
     assert_eq!(errno_of(result), libc::EEXIST);
 }
 
-/// `push.close`: `dd of=` (which closes a duplicated descriptor before writing) pushes
-/// exactly once; `touch` of a new name pushes an empty file.
+/// `dd of=` (which closes a duplicated descriptor before writing) pushes exactly once;
+/// `touch` of a new name pushes an empty file.
 #[test]
 fn dd_pushes_once_and_touch_creates_empty() {
     let (registry, mount) = mounted();
@@ -591,11 +614,12 @@ fn dd_pushes_once_and_touch_creates_empty() {
             && fs::metadata(mount.path("empty")).is_ok()
     }));
     assert_eq!(fs::read(mount.path("empty")).unwrap(), b"");
+    contract::exercises(&["push.close"]);
 }
 
-/// `push.close`: a child process closing its copy of a descriptor (at exec, or at exit)
-/// pushes nothing; the opener's close pushes the whole file once, and a file the opener
-/// handed to a child and closed first is pushed when the child's copy goes.
+/// A child process closing its copy of a descriptor (at exec, or at exit) pushes nothing;
+/// the opener's close pushes the whole file once, and a file the opener handed to a child
+/// and closed first is pushed when the child's copy goes.
 #[test]
 fn only_the_process_that_opened_a_file_pushes_it() {
     let (registry, mount) = mounted();
@@ -642,10 +666,11 @@ fn only_the_process_that_opened_a_file_pushes_it() {
         mount.log()
     );
     assert_eq!(manifest_puts("handed"), 1, "{}", registry.log());
+    contract::exercises(&["push.close"]);
 }
 
-/// `retag.mv`: mv puts the manifest under the new name (across repositories too) and
-/// removes the old tag only; `retag.ln`: ln adds a tag for the same manifest.
+/// `mv` puts the manifest under the new name (across repositories too) and removes the old
+/// tag only; `ln` adds a tag for the same manifest.
 #[test]
 fn mv_and_ln_retag() {
     let (registry, mount) = mounted();
@@ -693,10 +718,11 @@ fn mv_and_ln_retag() {
         errno_of(fs::rename(mount.path("b"), mount.path("c"))),
         libc::EPERM
     );
+    contract::exercises(&["retag.mv", "retag.ln"]);
 }
 
-/// `read.pinned`: a reader keeps the content it opened when the tag moves, even to the end
-/// of a file longer than the new one.
+/// A reader keeps the content it opened when the tag moves, even to the end of a file
+/// longer than the new one.
 #[test]
 fn open_file_keeps_its_content_when_the_tag_moves() {
     let (_registry, mount) = mounted();
@@ -715,10 +741,10 @@ fn open_file_keeps_its_content_when_the_tag_moves() {
         sha256_hex(&fs::read(mount.path("moving:elsewhere")).unwrap()),
         sha256_hex(b"replaced")
     );
+    contract::exercises(&["read.pinned"]);
 }
 
-/// `tree.digest-names`: NAME@sha256:HEX reads the manifest it names, is not listed, and is
-/// read-only.
+/// NAME@sha256:HEX reads the manifest it names, is not listed, and is read-only.
 #[test]
 fn digest_names_are_read_only_and_unlisted() {
     let (registry, mount) = mounted();
@@ -741,9 +767,10 @@ fn digest_names_are_read_only_and_unlisted() {
     assert_eq!(errno_of(fs::remove_file(&by_digest)), libc::EPERM);
     let missing = mount.path(&format!("pinned@sha256:{}", "0".repeat(64)));
     assert_eq!(errno_of(fs::metadata(missing)), libc::ENOENT);
+    contract::exercises(&["tree.digest-names"]);
 }
 
-/// `stat.xattrs`: the digest, media type and reference as extended attributes.
+/// The digest, media type and reference as extended attributes.
 #[test]
 fn extended_attributes_describe_the_image() {
     let (registry, mount) = mounted();
@@ -787,9 +814,10 @@ fn extended_attributes_describe_the_image() {
         .output()
         .unwrap();
     assert!(!set.status.success());
+    contract::exercises(&["stat.xattrs"]);
 }
 
-/// `read.unpack-option`: with unpack=false a single-file image reads as its archive.
+/// With unpack=false a single-file image reads as its archive.
 #[test]
 fn unpack_false_shows_archives() {
     let registry = Registry::start();
@@ -810,10 +838,11 @@ fn unpack_false_shows_archives() {
         names.contains(&"manifest.json".to_owned()) && names.contains(&"oci-layout".to_owned()),
         "{names:?}"
     );
+    contract::exercises(&["read.unpack-option"]);
 }
 
-/// `stat.ttl`: a retag by another client shows within the metadata TTL, and the mount's
-/// own retag at once.
+/// A retag by another client shows within the metadata TTL, and the mount's own retag at
+/// once.
 #[test]
 fn out_of_band_retag_shows_within_the_ttl() {
     let (registry, mount) = mounted();
@@ -841,9 +870,10 @@ fn out_of_band_retag_shows_within_the_ttl() {
     ));
     fs::hard_link(mount.path("rt:one"), mount.path("rt:mine")).unwrap();
     assert_eq!(fs::read(mount.path("rt:mine")).unwrap(), b"one");
+    contract::exercises(&["stat.ttl"]);
 }
 
-/// `dir.copy-tree`: `cp -r` and `cp -a` of a directory tree into the mount.
+/// `cp -r` and `cp -a` of a directory tree into the mount.
 #[test]
 fn copy_a_tree_in() {
     let (registry, mount) = mounted();
@@ -876,10 +906,11 @@ fn copy_a_tree_in() {
             ["latest"]
         );
     }
+    contract::exercises(&["dir.copy-tree"]);
 }
 
-/// `cache.page-cache`: reading a file again reads the kernel's cached pages, not the
-/// registry, while its digest is unchanged.
+/// Reading a file again reads the kernel's cached pages, not the registry, while its digest
+/// is unchanged.
 #[test]
 fn second_read_comes_from_the_page_cache() {
     let (registry, mount) = mounted();
@@ -896,11 +927,11 @@ fn second_read_comes_from_the_page_cache() {
     let before = blob_gets();
     assert_eq!(fs::read(mount.path("cached")).unwrap(), content);
     assert_eq!(blob_gets(), before, "the second read went to the registry");
+    contract::exercises(&["cache.page-cache"]);
 }
 
-/// `cache.disk`: with cache_dir=, a file read whole is kept on disk (verified) and a later
-/// mount reads it from there instead of the registry; past cache_size the least recently
-/// used file goes.
+/// With cache_dir=, a file read whole is kept on disk (verified) and a later mount reads it
+/// from there instead of the registry; past cache_size the least recently used file goes.
 #[test]
 fn disk_cache_serves_verified_content() {
     let registry = Registry::start();
@@ -941,4 +972,5 @@ fn disk_cache_serves_verified_content() {
         assert_eq!(fs::read(mount.path("two")).unwrap(), second);
     }
     assert_eq!(entries(), 1, "the least recently used file was evicted");
+    contract::exercises(&["cache.disk"]);
 }

@@ -1,27 +1,30 @@
-//! Sources, credentials, TLS, and failures of the registry, and the rows
-//! `read.range`, `read.verified`, `concurrency.dispatch`.
+//! Sources, credentials, TLS and failures of the registry; reads by Range and verified
+//! reads; a dispatch loop that never waits on the network.
 
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use reposure_tests::contract;
 use reposure_tests::mount::Mount;
-use reposure_tests::posix::errno_of;
+use reposure_tests::posix::{close, errno_of};
 use reposure_tests::proxy::{Class, Fault, FaultProxy};
 use reposure_tests::registry::{Registry, RegistryConfig};
-use reposure_tests::reliability::{Category, Row};
+use reposure_tests::reliability::{Category, Row, Tally};
 use reposure_tests::{free_port, random_bytes, sha256_hex};
 
-/// `source.http` (TLS), `source.mount-errors`: an HTTPS registry needs its CA; without it
-/// the mount fails and says to use ca=; with it everything works.
+/// An HTTPS registry needs its CA; without it the mount fails and says to use ca=; with it
+/// everything works.
 #[test]
 fn tls_registry_needs_its_ca() {
     let registry = Registry::start_with(RegistryConfig {
         tls: true,
         ..Default::default()
     });
-    let failure = Mount::try_new(&registry.url(), &[], &[])
+    let tally = Tally::default();
+    let failure = tally
+        .input(|| Mount::try_new(&registry.url(), &[], &[]))
         .err()
         .expect("mount without CA must fail");
     assert_ne!(failure.code, Some(0));
@@ -35,8 +38,13 @@ fn tls_registry_needs_its_ca() {
 
     let ca = format!("ca={}", registry.ca_path().display());
     let mount = Mount::new(&registry.url(), &[&ca]);
-    fs::write(mount.path("secure"), b"over tls").unwrap();
-    assert_eq!(fs::read(mount.path("secure")).unwrap(), b"over tls");
+    tally
+        .operation(|| fs::write(mount.path("secure"), b"over tls"))
+        .unwrap();
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("secure"))).unwrap(),
+        b"over tls"
+    );
     Row::new(
         "security.tls-verified",
         Category::Security,
@@ -44,13 +52,13 @@ fn tls_registry_needs_its_ca() {
         "the mount is refused with one line naming ca=; with ca= it works; there is no insecure mode",
         "tls_registry_needs_its_ca",
     )
-    .inputs(1)
-    .operations(2)
+    .tally(&tally)
     .record();
+    contract::exercises(&["source.http", "source.mount-errors"]);
 }
 
-/// `source.auth`, `source.mount-errors`: htpasswd credentials from a file or the
-/// environment; wrong ones fail the mount; the password never shows in argv or logs.
+/// `htpasswd` credentials from a file or the environment; wrong ones fail the mount; the
+/// password never shows in argv or logs.
 #[test]
 fn basic_auth_from_file_or_environment() {
     let password = "s3cret-Pa55word-xyz";
@@ -123,9 +131,10 @@ fn basic_auth_from_file_or_environment() {
         "{}",
         refused.stderr
     );
+    contract::exercises(&["source.auth", "source.mount-errors"]);
 }
 
-/// `source.mount-errors`: unreachable registry, missing mountpoint, unknown option.
+/// Unreachable registry, missing mountpoint, unknown option.
 #[test]
 fn mount_refuses_bad_input_with_one_line() {
     let unreachable = format!("http://127.0.0.1:{}", free_port());
@@ -185,30 +194,45 @@ fn mount_refuses_bad_input_with_one_line() {
             failure.stderr
         );
     }
+    contract::exercises(&["source.mount-errors"]);
 }
 
-/// `errors.unavailable`: the registry goes away and comes back.
+/// The registry goes away and comes back.
 #[test]
 fn registry_outage_gives_eio_then_recovers() {
     let mut registry = Registry::start();
     let mount = Mount::new(&registry.url(), &["metadata_ttl=0"]);
-    fs::write(mount.path("before"), b"kept").unwrap();
-    registry.stop();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::write(mount.path("before"), b"kept"))
+        .unwrap();
+    tally.fault(|| registry.stop());
     let started = Instant::now();
     assert_eq!(
-        errno_of(fs::read_dir(mount.root()).map(|d| d.count())),
+        errno_of(tally.operation(|| fs::read_dir(mount.root()).map(|d| d.count()))),
         libc::EIO
     );
-    assert_eq!(errno_of(fs::write(mount.path("during"), b"x")), libc::EIO);
+    assert_eq!(
+        errno_of(tally.operation(|| fs::write(mount.path("during"), b"x"))),
+        libc::EIO
+    );
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "took {:?}",
         started.elapsed()
     );
     registry.resume();
-    assert_eq!(fs::read(mount.path("before")).unwrap(), b"kept");
-    fs::write(mount.path("after"), b"works").unwrap();
-    assert_eq!(fs::read(mount.path("after")).unwrap(), b"works");
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("before"))).unwrap(),
+        b"kept"
+    );
+    tally
+        .operation(|| fs::write(mount.path("after"), b"works"))
+        .unwrap();
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("after"))).unwrap(),
+        b"works"
+    );
     Row::new(
         "fault.registry-down",
         Category::Fault,
@@ -216,18 +240,21 @@ fn registry_outage_gives_eio_then_recovers() {
         "ls and cp fail with EIO within 15 s; after the restart the same mount reads and pushes",
         "registry_outage_gives_eio_then_recovers",
     )
-    .faults(1)
-    .operations(4)
+    .tally(&tally)
     .record();
+    contract::exercises(&["errors.unavailable"]);
 }
 
-/// `read.verified`: corrupt stored content fails the read with EIO and a log line.
+/// Corrupt stored content fails the read with EIO and a log line.
 #[test]
 fn corrupt_blob_is_eio() {
     let registry = Registry::start();
     let mount = Mount::new(&registry.url(), &[]);
+    let tally = Tally::default();
     let content = random_bytes(200_000);
-    fs::write(mount.path("victim"), &content).unwrap();
+    tally
+        .operation(|| fs::write(mount.path("victim"), &content))
+        .unwrap();
     let manifest = reposure_tests::tools::manifest(&registry.host(), "victim:latest");
     let digest = manifest["layers"][0]["digest"]
         .as_str()
@@ -241,9 +268,12 @@ fn corrupt_blob_is_eio() {
     let mut stored = fs::read(&blob).unwrap();
     let middle = stored.len() / 2;
     stored[middle] ^= 0xff;
-    fs::write(&blob, &stored).unwrap();
+    tally.fault(|| fs::write(&blob, &stored)).unwrap();
     let fresh = Mount::new(&registry.url(), &[]);
-    assert_eq!(errno_of(fs::read(fresh.path("victim"))), libc::EIO);
+    assert_eq!(
+        errno_of(tally.operation(|| fs::read(fresh.path("victim")))),
+        libc::EIO
+    );
     assert!(fresh.log().contains("digest"), "{}", fresh.log());
     Row::new(
         "fault.corrupt-blob",
@@ -252,12 +282,12 @@ fn corrupt_blob_is_eio() {
         "the read fails with EIO and the log names the digest mismatch",
         "corrupt_blob_is_eio",
     )
-    .faults(1)
-    .operations(1)
+    .tally(&tally)
     .record();
+    contract::exercises(&["read.verified"]);
 }
 
-/// `read.range`: a read at an offset fetches a small window, not the blob.
+/// A read at an offset fetches a small window, not the blob.
 #[test]
 fn offset_read_uses_a_range_request() {
     let registry = Registry::start();
@@ -286,9 +316,10 @@ fn offset_read_uses_a_range_request() {
         total <= 1024 * 1024,
         "fetched {total} bytes for a 4 KiB read: {blob_gets:?}"
     );
+    contract::exercises(&["read.range"]);
 }
 
-/// `concurrency.dispatch`: a read stalled on the registry does not delay `ls` elsewhere.
+/// A read stalled on the registry does not delay `ls` elsewhere.
 #[test]
 fn stalled_read_does_not_block_listing() {
     let registry = Registry::start();
@@ -326,31 +357,36 @@ fn stalled_read_does_not_block_listing() {
     );
     stall.clear();
     assert_eq!(sha256_hex(&reader.join().unwrap()), sha256_hex(&content));
+    contract::exercises(&["concurrency.dispatch"]);
 }
 
-/// `push.failure`: a push that fails at close() returns EIO from close, logs why, and
-/// leaves the tag as it was.
+/// A push that fails at close() returns EIO from close, logs why, and leaves the tag as it
+/// was.
 #[test]
 fn failed_push_fails_close_and_keeps_the_old_tag() {
     let mut registry = Registry::start();
     let mount = Mount::new(&registry.url(), &["metadata_ttl=0"]);
-    fs::write(mount.path("precious"), b"version one").unwrap();
-    let mut file = fs::File::create(mount.path("precious")).unwrap();
-    std::io::Write::write_all(&mut file, b"version two, never published").unwrap();
-    registry.stop();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::write(mount.path("precious"), b"version one"))
+        .unwrap();
+    let mut file = tally
+        .operation(|| fs::File::create(mount.path("precious")))
+        .unwrap();
+    tally
+        .operation(|| std::io::Write::write_all(&mut file, b"version two, never published"))
+        .unwrap();
+    tally.fault(|| registry.stop());
     // close() is where the push happens; std's File drop ignores errors, so close by hand.
-    use std::os::fd::IntoRawFd;
-    let fd = file.into_raw_fd();
-    // SAFETY: fd is owned here and closed exactly once.
-    let closed = unsafe { libc::close(fd) };
-    assert_eq!(closed, -1, "close() must fail");
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EIO)
-    );
+    assert_eq!(tally.operation(|| close(file)), Err(libc::EIO));
     assert!(mount.log().contains("push failed"), "{}", mount.log());
     registry.resume();
-    assert_eq!(fs::read(mount.path("precious")).unwrap(), b"version one");
+    assert_eq!(
+        tally
+            .operation(|| fs::read(mount.path("precious")))
+            .unwrap(),
+        b"version one"
+    );
     assert_eq!(
         reposure_tests::tools::registry_tags(&registry.url(), "precious"),
         ["latest"]
@@ -362,13 +398,13 @@ fn failed_push_fails_close_and_keeps_the_old_tag() {
         "close() EIO, the log says the push failed, the tag keeps its old image",
         "failed_push_fails_close_and_keeps_the_old_tag",
     )
-    .faults(1)
-    .operations(3)
+    .tally(&tally)
     .record();
+    contract::exercises(&["push.failure"]);
 }
 
-/// `tree.sorted`: the HTTP store follows the catalog's `Link` pages of the real registry
-/// (forced small here; the default asks for 1000 a page).
+/// The HTTP store follows the catalog's `Link` pages of the real registry (forced small
+/// here; the default asks for 1000 a page).
 #[test]
 fn catalog_pages_follow_link_headers() {
     use reposure_registry::store::Store;
@@ -399,9 +435,10 @@ fn catalog_pages_follow_link_headers() {
         .filter(|l| l.contains("GET /v2/_catalog"))
         .count();
     assert!(pages >= 3, "expected 3 catalog pages, saw {pages}");
+    contract::exercises(&["tree.sorted"]);
 }
 
-/// `source.foreground`: `-f` stays in the foreground and unmounts on SIGTERM.
+/// `-f` stays in the foreground and unmounts on SIGTERM.
 #[test]
 fn foreground_mount_unmounts_on_sigterm() {
     let store = tempfile::tempdir().unwrap();
@@ -422,18 +459,24 @@ fn foreground_mount_unmounts_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!reposure_tests::mount::is_mounted(mountpoint.path()));
+    contract::exercises(&["source.foreground"]);
 }
 
-/// `stat.attrs`, `source.private`: uid=/gid= set the owner shown; without allow_other
-/// other users cannot even look, with it they can read.
+/// `uid=`/`gid=` set the owner shown; without allow_other other users cannot even look,
+/// with it they can read.
 #[test]
 fn ownership_and_allow_other() {
     let store = tempfile::tempdir().unwrap();
     let source = format!("oci:{}", store.path().display());
     let private = Mount::new(&source, &["uid=4242", "gid=4343"]);
-    fs::write(private.path("owned"), b"x").unwrap();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::write(private.path("owned"), b"x"))
+        .unwrap();
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(private.path("owned")).unwrap();
+    let meta = tally
+        .operation(|| fs::metadata(private.path("owned")))
+        .unwrap();
     assert_eq!((meta.uid(), meta.gid()), (4242, 4343));
     let as_nobody = |path: &std::path::Path| {
         std::process::Command::new("runuser")
@@ -442,13 +485,13 @@ fn ownership_and_allow_other() {
             .output()
             .unwrap()
     };
-    let denied = as_nobody(&private.path("owned"));
+    let denied = tally.operation(|| as_nobody(&private.path("owned")));
     assert!(
         !denied.status.success(),
         "another user read a private mount"
     );
     let shared = Mount::new(&source, &["allow_other"]);
-    let allowed = as_nobody(&shared.path("owned"));
+    let allowed = tally.operation(|| as_nobody(&shared.path("owned")));
     assert!(
         allowed.status.success(),
         "{}",
@@ -462,8 +505,9 @@ fn ownership_and_allow_other() {
         "refused without allow_other; with it, the permission bits of uid=/gid= decide",
         "ownership_and_allow_other",
     )
-    .operations(3)
+    .tally(&tally)
     .record();
+    contract::exercises(&["stat.attrs", "source.private"]);
 }
 
 /// An upload that takes longer than the read timeout completes as long as it moves (a slow

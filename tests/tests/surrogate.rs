@@ -17,7 +17,7 @@ use reposure_tests::posix::close;
 use reposure_tests::process::{Process, kill_9, pids_of};
 use reposure_tests::proxy::{Class, Fault, FaultProxy};
 use reposure_tests::registry::{Registry, RegistryConfig};
-use reposure_tests::reliability::{Category, Row};
+use reposure_tests::reliability::{Category, Row, Tally};
 use reposure_tests::tools::{registry_tags, skopeo_copy};
 use reposure_tests::{binary, random_bytes, sha256_hex, wait_until};
 
@@ -43,9 +43,16 @@ fn session_killed_mid_push() {
     // session is killed while the push is certainly in progress.
     let proxy = FaultProxy::start(registry.port);
     let mount = Mount::new(&exec_source(&proxy.url(), &[]), &[]);
-    fs::write(mount.path("warmup"), b"session is up").unwrap();
-    let mut file = fs::File::create(mount.path("interrupted")).unwrap();
-    file.write_all(&random_bytes(4 * 1024 * 1024)).unwrap();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::write(mount.path("warmup"), b"session is up"))
+        .unwrap();
+    let mut file = tally
+        .operation(|| fs::File::create(mount.path("interrupted")))
+        .unwrap();
+    tally
+        .operation(|| file.write_all(&random_bytes(4 * 1024 * 1024)))
+        .unwrap();
     let stall = proxy.inject(Class::UploadPatch, Fault::Stall);
     let port = proxy.port.to_string();
     let started = Instant::now();
@@ -59,10 +66,10 @@ fn session_killed_mid_push() {
             let pids = pids_of("reposure-surrogate", &["serve", &port]);
             assert!(!pids.is_empty(), "no session process found");
             for pid in pids {
-                kill_9(pid);
+                tally.fault(|| kill_9(pid));
             }
         });
-        close(file)
+        tally.operation(|| close(file))
     });
     stall.clear();
     assert_eq!(closed, Err(libc::EIO));
@@ -77,9 +84,18 @@ fn session_killed_mid_push() {
         "a tag after a cut push: {}",
         mount.log()
     );
-    fs::write(mount.path("after"), b"new session").unwrap();
-    assert_eq!(fs::read(mount.path("after")).unwrap(), b"new session");
-    assert_eq!(fs::read(mount.path("warmup")).unwrap(), b"session is up");
+    tally
+        .operation(|| fs::write(mount.path("after"), b"new session"))
+        .unwrap();
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("after"))).unwrap(),
+        b"new session"
+    );
+    assert_eq!(
+        tally.operation(|| fs::read(mount.path("warmup"))).unwrap(),
+        b"session is up"
+    );
+    tally.add_faults(proxy.faults_injected());
     Row::new(
         "fault.session-killed",
         Category::Fault,
@@ -87,8 +103,7 @@ fn session_killed_mid_push() {
         "close() EIO within 30 s, no tag; the next push opens a new session and works",
         "session_killed_mid_push",
     )
-    .faults(1)
-    .operations(3)
+    .tally(&tally)
     .record();
 }
 
@@ -105,31 +120,30 @@ fn spooler_killed_after_accepting() {
         &["metadata_ttl=0"],
     );
     let first = spooler(&registry, spool.path());
+    let tally = Tally::default();
     // Freeze the spooler so the push is accepted but not published, then kill it.
     // SAFETY: signals to our own child.
-    unsafe { libc::kill(first.0.id() as i32, libc::SIGSTOP) };
+    tally.fault(|| unsafe { libc::kill(first.0.id() as i32, libc::SIGSTOP) });
     let content = random_bytes(100_000);
-    let path = mount.path("durable:v1.2.3");
-    let expected = content.clone();
-    let writer = std::thread::spawn(move || {
-        let mut file = fs::File::create(path).unwrap();
-        file.write_all(&expected).unwrap();
-        close(file)
+    let closed = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut file = tally
+                .operation(|| fs::File::create(mount.path("durable:v1.2.3")))
+                .unwrap();
+            tally.operation(|| file.write_all(&content)).unwrap();
+            tally.operation(|| close(file))
+        });
+        assert!(wait_until(Duration::from_secs(10), || {
+            fs::read_dir(spool.path())
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".push"))
+        }));
+        tally.fault(|| kill_9(first.0.id() as i32));
+        drop(first);
+        writer.join().unwrap()
     });
-    let dir = spool.path().to_path_buf();
-    assert!(wait_until(Duration::from_secs(10), || {
-        fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".push"))
-    }));
-    kill_9(first.0.id() as i32);
-    drop(first);
-    assert_eq!(
-        writer.join().unwrap(),
-        Err(libc::EIO),
-        "the client must not see success"
-    );
+    assert_eq!(closed, Err(libc::EIO), "the client must not see success");
     assert!(registry_tags(&registry.url(), "durable").is_empty());
     let _second = spooler(&registry, spool.path());
     assert!(wait_until(Duration::from_secs(15), || registry_tags(
@@ -137,7 +151,11 @@ fn spooler_killed_after_accepting() {
         "durable"
     ) == ["v1.2.3"]));
     assert_eq!(
-        sha256_hex(&fs::read(mount.path("durable:v1.2.3")).unwrap()),
+        sha256_hex(
+            &tally
+                .operation(|| fs::read(mount.path("durable:v1.2.3")))
+                .unwrap()
+        ),
         sha256_hex(&content)
     );
     assert!(wait_until(Duration::from_secs(5), || {
@@ -153,8 +171,7 @@ fn spooler_killed_after_accepting() {
         "the client gets an error, not a false success; the entry stays in the spool and is published once when a spooler runs again",
         "spooler_killed_after_accepting",
     )
-    .faults(1)
-    .operations(2)
+    .tally(&tally)
     .record();
 }
 
@@ -167,12 +184,19 @@ fn failed_publication_is_kept_with_its_error() {
     let spool_arg = format!("--spool {}", spool.path().display());
     let mount = Mount::new(&exec_source(&registry.url(), &[&spool_arg]), &[]);
     let _spooler = spooler(&registry, spool.path());
-    fs::write(mount.path("ok"), b"fine").unwrap();
-    let mut file = fs::File::create(mount.path("kept")).unwrap();
-    file.write_all(b"must not be lost").unwrap();
+    let tally = Tally::default();
+    tally
+        .operation(|| fs::write(mount.path("ok"), b"fine"))
+        .unwrap();
+    let mut file = tally
+        .operation(|| fs::File::create(mount.path("kept")))
+        .unwrap();
+    tally
+        .operation(|| file.write_all(b"must not be lost"))
+        .unwrap();
     // The registry goes away after the data was written, before close() publishes it.
-    registry.stop();
-    assert_eq!(close(file), Err(libc::EIO));
+    tally.fault(|| registry.stop());
+    assert_eq!(tally.operation(|| close(file)), Err(libc::EIO));
     assert!(
         mount.log().contains("registry unavailable"),
         "{}",
@@ -202,8 +226,7 @@ fn failed_publication_is_kept_with_its_error() {
         "the client gets the registry's error; the content stays in the spool as .failed beside its request and verdict",
         "failed_publication_is_kept_with_its_error",
     )
-    .faults(1)
-    .operations(1)
+    .tally(&tally)
     .record();
 }
 
