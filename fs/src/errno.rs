@@ -80,6 +80,11 @@ impl FsError {
             FsError::Exists => libc::EEXIST,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::BadHandle => libc::EBADF,
+            // A registry that refuses the push (anonymous use of a token registry, a user
+            // without push rights) says so; any other failed push is an I/O error.
+            FsError::PushFailed(RegistryError::Unauthorized(_) | RegistryError::Denied(_)) => {
+                libc::EACCES
+            }
             FsError::PushFailed(_) => libc::EIO,
             // A full spool disk says so (ENOSPC, EDQUOT); anything else is an I/O error.
             FsError::Spool(e) => match e.raw_os_error() {

@@ -377,11 +377,12 @@ impl Filesystem {
             Named::Dir(path) => Ok(self.dir_attr(self.inodes.dir_entry(&path))),
             Named::Image(image) => match self.image_now(&image).await {
                 // Without a catalog a path the user names may be a namespace no listing
-                // shows: a bare name that is no image is taken for a directory.
+                // shows: a bare name that is no image (nor a repository this mount knows)
+                // is taken for a directory.
                 Err(e)
-                    if self.metadata.without_catalog()
-                        && !name.contains([':', '@'])
-                        && e.means_absent() =>
+                    if !name.contains([':', '@'])
+                        && e.means_absent()
+                        && self.metadata.may_be_namespace(&image.repository) =>
                 {
                     Ok(self.dir_attr(self.inodes.dir_entry(&image.repository)))
                 }

@@ -46,6 +46,43 @@ pub struct Metadata {
     without_catalog: AtomicBool,
     /// The platform picked from multi-platform images.
     platform: Option<Platform>,
+    /// Listings already warned about for names that cannot be shown (one warning each).
+    warned: Mutex<HashSet<String>>,
+}
+
+/// Keeps the names `listable` accepts, sorted and without duplicates; says once per
+/// listing how many it left out, with an example (escaped), so one bad name never hides
+/// the good ones.
+fn listable(
+    names: Vec<String>,
+    listable: impl Fn(&str) -> bool,
+    listing: &str,
+    warned: &Mutex<HashSet<String>>,
+) -> Vec<String> {
+    let before = names.len();
+    let mut example = None;
+    let mut kept: Vec<String> = names
+        .into_iter()
+        .filter(|name| {
+            let ok = listable(name);
+            if !ok && example.is_none() {
+                example = Some(name.chars().take(80).collect::<String>());
+            }
+            ok
+        })
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let skipped = before - kept.len();
+    if skipped > 0 && warned.lock().expect("lock").insert(listing.to_owned()) {
+        tracing::warn!(
+            listing,
+            skipped,
+            example = ?example.unwrap_or_else(|| "(a duplicate)".into()),
+            "the registry listed names that cannot be file names or are listed twice; they are left out"
+        );
+    }
+    kept
 }
 
 impl Metadata {
@@ -67,20 +104,34 @@ impl Metadata {
             known: Mutex::new(known.iter().cloned().collect()),
             without_catalog: AtomicBool::new(false),
             platform,
+            warned: Mutex::default(),
         }
     }
 
-    /// Whether the registry has no catalog (known after the first listing).
-    pub fn without_catalog(&self) -> bool {
+    /// Whether a name that is no image may stand for a directory: the registry has no
+    /// catalog (known after the first listing) and `repository` is not one this mount
+    /// knows (a known repository's bare name is a file to create, not a namespace).
+    pub fn may_be_namespace(&self, repository: &str) -> bool {
         self.without_catalog.load(Ordering::Relaxed)
+            && !self.known.lock().expect("lock").contains(repository)
     }
 
-    /// Remembers a repository seen through this mount.
+    /// Remembers a repository seen through this mount, and lists it at once (the catalog
+    /// is updated in place rather than fetched again).
     fn seen(&self, repository: &str) {
-        let mut known = self.known.lock().expect("lock");
-        if !known.contains(repository) {
-            known.insert(repository.to_owned());
+        if !self
+            .known
+            .lock()
+            .expect("lock")
+            .insert(repository.to_owned())
+        {
+            return;
         }
+        self.catalog.update(&(), |catalog| {
+            if let Err(at) = catalog.binary_search_by(|known| known.as_str().cmp(repository)) {
+                Arc::make_mut(catalog).insert(at, repository.to_owned());
+            }
+        });
     }
 
     /// Every repository.
@@ -89,10 +140,16 @@ impl Metadata {
             return Ok(catalog);
         }
         let catalog = match self.registry.list_repositories().await {
-            Ok(mut repositories) => {
+            Ok(repositories) => {
+                let mut repositories = listable(
+                    repositories,
+                    namespace::listable_repository,
+                    "the catalog",
+                    &self.warned,
+                );
                 // Repositories the user named show even where the catalog leaves them out.
                 repositories.extend(self.known.lock().expect("lock").iter().cloned());
-                repositories.sort();
+                repositories.sort_unstable();
                 repositories.dedup();
                 repositories
             }
@@ -117,7 +174,12 @@ impl Metadata {
         if let Some(tags) = self.tags.get(&repository.to_owned()) {
             return Ok(tags);
         }
-        let tags = Arc::new(self.registry.list_tags(repository).await?);
+        let tags = Arc::new(listable(
+            self.registry.list_tags(repository).await?,
+            |tag| namespace::listable_tag(repository, tag),
+            repository,
+            &self.warned,
+        ));
         self.tags.insert(repository.to_owned(), tags.clone());
         Ok(tags)
     }
@@ -161,11 +223,6 @@ impl Metadata {
     /// every push made each lookup of `cp -r` list the whole registry.
     pub fn invalidate(&self, name: &ImageName) {
         self.seen(&name.repository);
-        self.catalog.update(&(), |catalog| {
-            if let Err(at) = catalog.binary_search(&name.repository) {
-                Arc::make_mut(catalog).insert(at, name.repository.clone());
-            }
-        });
         self.tags.remove(&name.repository);
         self.resolved.remove(name);
         self.missing.remove(name);

@@ -79,6 +79,22 @@ fn check_length(name: &str, limit: usize, what: &str) -> FsResult<()> {
     Ok(())
 }
 
+/// The longest file name the kernel takes (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// Whether a repository name a registry listed can be shown: a valid repository path
+/// (which also keeps `/`-free, non-empty segments other than `.` and `..`, and no control
+/// characters), within the length limit.
+pub fn listable_repository(repository: &str) -> bool {
+    names::check_repository(repository).is_ok()
+}
+
+/// Whether a tag a registry listed for `repository` can be shown as a file: a valid tag,
+/// whose file name (`NAME:TAG`) fits the kernel's limit.
+pub fn listable_tag(repository: &str, tag: &str) -> bool {
+    names::check_tag(tag).is_ok() && names::base_name(repository).len() + 1 + tag.len() <= NAME_MAX
+}
+
 /// Whether `path` is a directory implied by the catalog (some repository below it).
 pub fn is_catalog_dir(path: &str, repositories: &[String]) -> bool {
     path.is_empty() || {

@@ -137,7 +137,7 @@ async fn original_blob(store: &MemoryStore, digest: &reposure_registry::digest::
     use futures::TryStreamExt;
     use reposure_registry::store::Store;
     let chunks: Vec<Bytes> = store
-        .get_blob("any", digest, 0, None)
+        .get_blob("any", digest, 0, u64::MAX)
         .await
         .unwrap()
         .try_collect()

@@ -218,13 +218,30 @@ impl ApiServer {
         name: &str,
         registry_url: &str,
     ) -> String {
+        self.add_ready_registry_with_env(namespace, name, registry_url, &[])
+    }
+
+    /// [`Self::add_ready_registry`] with more of the pod's environment (the
+    /// `REPOSURE_*_FILE` variables the operator sets for the Registry's Secrets).
+    pub fn add_ready_registry_with_env(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        registry_url: &str,
+        extra_env: &[(&str, &str)],
+    ) -> String {
         let pod = format!("reposure-surrogate-{name}-7d9f8-x2k4q");
         let spool = self.dir.path().join(format!("spool-{namespace}-{name}"));
         std::fs::create_dir_all(&spool).unwrap();
-        let env = vec![
+        let mut env = vec![
             ("REPOSURE_REGISTRY".to_owned(), registry_url.to_owned()),
             ("REPOSURE_SPOOL".to_owned(), spool.display().to_string()),
         ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         *self.state.pod_env.lock().unwrap() = env.clone();
         let spooler = std::process::Command::new(binary("reposure-surrogate"))
             .arg("spooler")

@@ -17,9 +17,13 @@ use super::challenge::BearerChallenge;
 use crate::credentials::Credentials;
 use crate::error::{RegistryError, Result};
 
-/// How long a token lives when the service does not say: the spec's default, and the least
-/// a service may grant (shorter lifetimes are raised to it, as every client does).
+/// How long a token lives when the service does not say: the spec's default. A shorter
+/// lifetime the service does state is taken as stated (renewing early costs a request;
+/// using a token past its time costs a refused request).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The shortest lifetime a token is used for.
+const LEAST_LIFETIME: Duration = Duration::from_secs(1);
 
 /// A token is renewed this long before it expires (at most half its lifetime), so that a
 /// request never leaves with a token that lapses on the way.
@@ -155,7 +159,7 @@ async fn granted(challenge: &BearerChallenge, response: reqwest::Response) -> Re
         .expires_in
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_LIFETIME)
-        .max(DEFAULT_LIFETIME);
+        .max(LEAST_LIFETIME);
     Ok(Granted {
         token: Token {
             value,

@@ -41,9 +41,7 @@ pub async fn fetch(
     offset: u64,
     length: u64,
 ) -> Result<Bytes> {
-    let mut stream = store
-        .get_blob(repository, digest, offset, Some(length))
-        .await?;
+    let mut stream = store.get_blob(repository, digest, offset, length).await?;
     let mut buffer = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         buffer.extend_from_slice(&chunk?);

@@ -230,10 +230,18 @@ impl StoreRegistry {
         }
         let stream = self
             .store
-            .get_blob(from, &descriptor.digest, 0, None)
+            .get_blob(from, &descriptor.digest, 0, whole(descriptor.size))
             .await?;
         self.put_blob(to, descriptor, stream).await
     }
+}
+
+/// How much of a blob to ask for to read it whole: one byte more than its descriptor says,
+/// so that a registry sending a longer blob is caught at that byte (the verifying stream
+/// fails, saying the blob is longer than declared) instead of being read to whatever end it
+/// chooses.
+fn whole(size: u64) -> u64 {
+    size.saturating_add(1)
 }
 
 /// The blobs (and child manifests) a manifest needs in its repository.
@@ -292,10 +300,12 @@ impl Registry for StoreRegistry {
             let index: IndexManifest = serde_json::from_slice(&manifest.bytes)
                 .map_err(|e| RegistryError::Corrupt(format!("image index: {e}")))?;
             let Some(chosen) = index.manifests.iter().find(|d| platform.matches(d)) else {
-                return Err(RegistryError::NotFound(format!(
+                let message = format!(
                     "{repository}:{reference} has no image for {platform} (it has {})",
                     Platform::listed(&index)
-                )));
+                );
+                tracing::warn!("{message}");
+                return Err(RegistryError::NotFound(message));
             };
             manifest = self
                 .store
@@ -369,13 +379,13 @@ impl Registry for StoreRegistry {
                 match encoding {
                     Encoding::Identity if !whole_file => {
                         self.store
-                            .get_blob(repository, &blob.digest, start + offset, Some(length))
+                            .get_blob(repository, &blob.digest, start + offset, length)
                             .await
                     }
                     Encoding::Identity => {
                         let stream = self
                             .store
-                            .get_blob(repository, &blob.digest, 0, None)
+                            .get_blob(repository, &blob.digest, 0, whole(blob.size))
                             .await?;
                         let verified = verify_stream(stream, blob.digest.clone(), blob.size);
                         Ok(window(verified, *start, *file_length, true))
@@ -386,7 +396,7 @@ impl Registry for StoreRegistry {
                         // is checked.
                         let stream = self
                             .store
-                            .get_blob(repository, &blob.digest, 0, None)
+                            .get_blob(repository, &blob.digest, 0, whole(blob.size))
                             .await?;
                         let verified = verify_stream(stream, blob.digest.clone(), blob.size);
                         let reaches_end = offset + length >= *file_length;
@@ -423,15 +433,12 @@ impl Registry for StoreRegistry {
                                     offset,
                                     length,
                                 } => {
+                                    let complete = offset == 0 && length == descriptor.size;
+                                    let asked = if complete { whole(length) } else { length };
                                     let stream = store
-                                        .get_blob(
-                                            &repository,
-                                            &descriptor.digest,
-                                            offset,
-                                            Some(length),
-                                        )
+                                        .get_blob(&repository, &descriptor.digest, offset, asked)
                                         .await?;
-                                    Ok(if offset == 0 && length == descriptor.size {
+                                    Ok(if complete {
                                         verify_stream(stream, descriptor.digest, descriptor.size)
                                     } else {
                                         stream

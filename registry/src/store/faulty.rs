@@ -85,7 +85,7 @@ impl Store for FaultyStore {
         repository: &str,
         digest: &Digest,
         offset: u64,
-        length: Option<u64>,
+        length: u64,
     ) -> Result<ByteStream> {
         if self.faults().get_blob_fails {
             return Err(injected("blob read"));

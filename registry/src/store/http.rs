@@ -69,6 +69,11 @@ const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
 /// headers cannot hang a listing.
 const MAX_LIST_PAGES: usize = 100_000;
 
+/// The slowest average rate a response may arrive at: a body that takes longer than the
+/// silence timeout plus its size at this rate fails, so a registry that trickles bytes
+/// cannot hold an operation forever (a 4 MiB manifest: 94 s; a 1 GiB blob: 4.6 h).
+const MIN_TRANSFER_RATE: u64 = 64 * 1024;
+
 /// The largest error body read, for its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -207,6 +212,13 @@ impl HttpStore {
 
     fn url(&self, path: &str) -> Url {
         self.base.join(path).expect("registry paths are valid URLs")
+    }
+
+    /// When a response of `bytes` must have arrived: the silence timeout, plus the time the
+    /// bytes take at [`MIN_TRANSFER_RATE`].
+    fn deadline(&self, bytes: u64) -> tokio::time::Instant {
+        let transfer = Duration::from_secs(bytes / MIN_TRANSFER_RATE);
+        tokio::time::Instant::now() + self.read_timeout + transfer
     }
 
     /// Tokens fetched from the registry's token service so far.
@@ -548,31 +560,37 @@ impl Store for HttpStore {
         repository: &str,
         digest: &Digest,
         offset: u64,
-        length: Option<u64>,
+        length: u64,
     ) -> Result<ByteStream> {
+        if length == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
-        let range = match length {
-            Some(0) => return Ok(futures::stream::empty().boxed()),
-            Some(length) => format!("bytes={offset}-{}", offset + length - 1),
-            None => format!("bytes={offset}-"),
-        };
+        let last = offset.saturating_add(length - 1);
+        let range = format!("bytes={offset}-{last}");
         let call = Call::new(Method::GET, url.clone(), Access::Pull(repository))
             .header(RANGE, HeaderValue::from_str(&range).expect("digits"));
+        let deadline = self.deadline(length);
         let response = self.send(call).await?;
         if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Ok(futures::stream::empty().boxed());
         }
         let response = check_status(response, &url).await?;
-        let full_body = response.status() == StatusCode::OK;
-        let stream = response.bytes_stream().map_err(map_reqwest).boxed();
-        if full_body && offset > 0 {
-            // The registry ignored the Range header: skip to the offset ourselves.
-            return Ok(skip_and_take(stream, offset, length));
-        }
-        Ok(match length {
-            Some(length) if full_body => skip_and_take(stream, 0, Some(length)),
-            _ => stream,
-        })
+        // A registry that ignores Range sends the blob from its start (200): the window is
+        // cut out of it. Either way no byte past the window is read, however much the
+        // registry would send, and the whole transfer has a deadline.
+        let skip = if response.status() == StatusCode::OK {
+            offset
+        } else {
+            0
+        };
+        let what = format!("blob {digest}");
+        let stream = with_deadline(
+            response.bytes_stream().map_err(map_reqwest).boxed(),
+            deadline,
+            what,
+        );
+        Ok(skip_and_take(stream, skip, length))
     }
 
     async fn put_blob(&self, repository: &str, body: ByteStream) -> Result<(Digest, u64)> {
@@ -720,8 +738,13 @@ fn retry_after(value: &str) -> Option<Duration> {
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
-/// Reads a whole response body, refusing one larger than `limit` without reading past it.
+/// Reads a whole response body, refusing one larger than `limit` without reading past it,
+/// and one still arriving after the time `limit` bytes take at [`MIN_TRANSFER_RATE`] plus
+/// [`READ_TIMEOUT`].
 pub(crate) async fn read_limited(response: Response, limit: usize, what: &str) -> Result<Bytes> {
+    let deadline = tokio::time::Instant::now()
+        + READ_TIMEOUT
+        + Duration::from_secs(limit as u64 / MIN_TRANSFER_RATE);
     if response
         .content_length()
         .is_some_and(|length| length > limit as u64)
@@ -730,10 +753,14 @@ pub(crate) async fn read_limited(response: Response, limit: usize, what: &str) -
             "{what} is larger than {limit} bytes; it is not read"
         )));
     }
-    let mut body = response.bytes_stream();
+    let mut body = with_deadline(
+        response.bytes_stream().map_err(map_reqwest).boxed(),
+        deadline,
+        what.to_owned(),
+    );
     let mut bytes = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(map_reqwest)?;
+        let chunk = chunk?;
         if bytes.len() + chunk.len() > limit {
             return Err(RegistryError::Rejected(format!(
                 "{what} is larger than {limit} bytes; it is not read"
@@ -817,21 +844,53 @@ fn next_page(current: &Url, link: Option<&HeaderValue>) -> Option<Url> {
     })
 }
 
-/// Skips `skip` bytes of a stream and then yields at most `take` bytes.
-fn skip_and_take(stream: ByteStream, skip: u64, take: Option<u64>) -> ByteStream {
-    let mut to_skip = skip;
-    let mut remaining = take.unwrap_or(u64::MAX);
-    stream
-        .try_filter_map(move |mut chunk: Bytes| {
-            let drop_now = to_skip.min(chunk.len() as u64);
-            to_skip -= drop_now;
-            let _ = chunk.split_to(drop_now as usize);
-            let keep = remaining.min(chunk.len() as u64);
-            remaining -= keep;
-            chunk.truncate(keep as usize);
-            futures::future::ready(Ok((!chunk.is_empty()).then_some(chunk)))
-        })
-        .boxed()
+/// Skips `skip` bytes of a stream and then yields at most `take` bytes, ending as soon
+/// as it has them (the rest of the source is never read).
+fn skip_and_take(source: ByteStream, skip: u64, take: u64) -> ByteStream {
+    futures::stream::unfold(
+        (source, skip, take),
+        |(mut source, mut skip, mut take)| async move {
+            while take > 0 {
+                let mut chunk = match source.next().await? {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((Err(e), (source, 0, 0))),
+                };
+                let dropped = skip.min(chunk.len() as u64);
+                skip -= dropped;
+                let _ = chunk.split_to(dropped as usize);
+                let kept = take.min(chunk.len() as u64);
+                take -= kept;
+                chunk.truncate(kept as usize);
+                if !chunk.is_empty() {
+                    return Some((Ok(chunk), (source, skip, take)));
+                }
+            }
+            None
+        },
+    )
+    .boxed()
+}
+
+/// Fails a response body that is still arriving at `deadline`: a registry that keeps
+/// trickling bytes is not waited on past it, though it is never silent for long.
+fn with_deadline(source: ByteStream, deadline: tokio::time::Instant, what: String) -> ByteStream {
+    futures::stream::unfold(Some(source), move |source| {
+        let what = what.clone();
+        async move {
+            let mut source = source?;
+            match tokio::time::timeout_at(deadline, source.next()).await {
+                Ok(item) => item.map(|item| (item, Some(source))),
+                Err(_) => Some((
+                    Err(RegistryError::Unavailable(format!(
+                        "{what} was still arriving at its deadline (the registry sent it slower than {} KiB/s)",
+                        MIN_TRANSFER_RATE >> 10
+                    ))),
+                    None,
+                )),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Maps a transport error, telling certificate problems apart so the message can say how
@@ -972,10 +1031,12 @@ mod tests {
                 .map(|c| Ok(Bytes::from_static(c))),
         )
         .boxed();
-        let out: Vec<Bytes> = skip_and_take(chunks, 2, Some(5))
-            .try_collect()
-            .await
-            .unwrap();
+        let out: Vec<Bytes> = skip_and_take(chunks, 2, 5).try_collect().await.unwrap();
         assert_eq!(out.concat(), b"cdefg");
+        // An endless source is not read past the window.
+        let endless: ByteStream =
+            futures::stream::repeat_with(|| Ok(Bytes::from_static(b"xyz"))).boxed();
+        let out: Vec<Bytes> = skip_and_take(endless, 4, 7).try_collect().await.unwrap();
+        assert_eq!(out.concat(), b"yzxyzxy");
     }
 }

@@ -226,7 +226,7 @@ impl Store for LayoutStore {
         _repository: &str,
         digest: &Digest,
         offset: u64,
-        length: Option<u64>,
+        length: u64,
     ) -> Result<ByteStream> {
         let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
             Ok(file) => file,
@@ -236,7 +236,7 @@ impl Store for LayoutStore {
             Err(e) => return Err(e.into()),
         };
         file.seek(std::io::SeekFrom::Start(offset)).await?;
-        let limited = file.take(length.unwrap_or(u64::MAX));
+        let limited = file.take(length);
         Ok(
             tokio_util::io::ReaderStream::with_capacity(limited, READ_CHUNK)
                 .map(|r| r.map_err(RegistryError::from))

@@ -141,7 +141,7 @@ impl Store for MemoryStore {
         _repository: &str,
         digest: &Digest,
         offset: u64,
-        length: Option<u64>,
+        length: u64,
     ) -> Result<ByteStream> {
         Self::count(&self.counts.get_blob);
         let blob = self
@@ -152,7 +152,9 @@ impl Store for MemoryStore {
             .cloned()
             .ok_or_else(|| RegistryError::NotFound(format!("blob {digest}")))?;
         let start = (offset as usize).min(blob.len());
-        let end = length.map_or(blob.len(), |l| (start + l as usize).min(blob.len()));
+        let end = start
+            .saturating_add(usize::try_from(length).unwrap_or(usize::MAX))
+            .min(blob.len());
         let slice = blob.slice(start..end);
         self.counts
             .blob_bytes_read

@@ -41,13 +41,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_manifest(&self, repository: &str, reference: &Reference)
     -> Result<StoredManifest>;
 
-    /// `length` bytes (all remaining when `None`) of a blob starting at `offset`.
+    /// At most `length` bytes of a blob starting at `offset` (never more, whatever the
+    /// store sends).
     async fn get_blob(
         &self,
         repository: &str,
         digest: &Digest,
         offset: u64,
-        length: Option<u64>,
+        length: u64,
     ) -> Result<ByteStream>;
 
     /// Uploads a blob, computing its digest while it streams; returns digest and size. A
