@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-${FUZZ_SECONDS:-20}}
-targets=(session_request image_archive manifest)
+targets=(session_request image_archive manifest listing)
 
 if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked --version 0.13.2 --quiet

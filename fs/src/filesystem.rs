@@ -5,7 +5,7 @@
 //! and the kernel may keep its pages across opens of the same version. Reads and writes go
 //! to per-file actors ([`ReadHandle`], [`WriteHandle`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::cache::DiskCache;
 use crate::errno::{FsError, FsResult};
 use crate::inode::{ImageName, Inode, InodeTable};
+use crate::listing::{self, Listing};
 use crate::metadata::Metadata;
 use crate::namespace;
 use crate::process::Caller;
@@ -147,17 +148,13 @@ enum Handle {
     },
 }
 
-/// A directory's entries as `opendir` saw them.
-type Listing = Arc<Vec<(DirEntry, Named)>>;
-
 /// A directory listed recently, whose entries a following `ls -l` will look up.
 struct RecentListing {
     /// When the directory was listed or last looked into.
     at: std::time::Instant,
-    /// The images in listing order, with when each was last prefetched.
-    images: Vec<(ImageName, Option<std::time::Instant>)>,
-    /// Where each file name is in `images`.
-    positions: HashMap<String, usize>,
+    listing: Arc<Listing>,
+    /// When each entry was last prefetched.
+    prefetched: Vec<Option<std::time::Instant>>,
 }
 
 /// A file being written, as lookups see it.
@@ -182,7 +179,7 @@ pub struct Filesystem {
     /// Files open for writing, by name.
     writing: Mutex<HashMap<ImageName, Writing>>,
     handles: Mutex<HashMap<u64, Handle>>,
-    listings: Mutex<HashMap<u64, Listing>>,
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
     recent_listings: Mutex<HashMap<String, RecentListing>>,
     next_handle: AtomicU64,
     mounted_at: SystemTime,
@@ -409,74 +406,55 @@ impl Filesystem {
             Inode::Writing { name, size } => {
                 Ok(self.writing_attr(ino, &name, size.load(Ordering::Relaxed)))
             }
-            Inode::Listed(name) => {
-                let info = self.metadata.resolve(&name).await?;
-                Ok(Attr {
-                    ino,
-                    attr_ttl: Duration::ZERO,
-                    ..self.image_attr(ino, &name, &info, Duration::ZERO)
-                })
-            }
         }
     }
 
     /// The entries of a directory, sorted, without `.` and `..`.
-    async fn entries(&self, ino: u64) -> FsResult<Vec<(DirEntry, Named)>> {
+    async fn entries(&self, ino: u64) -> FsResult<Listing> {
         let dir = self.dir_path(ino)?;
         let catalog = self.metadata.catalog().await?;
         let (mut sub_dirs, images) = namespace::children(&dir, &catalog);
         self.metadata.adjust_sub_dirs(&dir, &mut sub_dirs);
-        let tags: BTreeMap<String, Vec<String>> = futures::stream::iter(images)
+        let tags: Vec<(String, Arc<Vec<String>>)> = futures::stream::iter(images)
             .map(|repository| async move {
                 let tags = self.metadata.tags(&repository).await?;
-                Ok::<_, FsError>((repository, tags.as_ref().clone()))
+                Ok::<_, FsError>((repository, tags))
             })
             .buffer_unordered(LIST_PARALLELISM)
             .try_collect()
             .await?;
-        let mut entries = namespace::listing(&dir, &sub_dirs, &tags);
+        // Directories first: where a name is both, the directory is listed.
+        let mut entries: Vec<(String, u64, NodeKind)> = sub_dirs
+            .iter()
+            .map(|name| {
+                let path = namespace::join(&dir, name);
+                (name.clone(), self.inodes.dir(&path), NodeKind::Directory)
+            })
+            .collect();
+        let mut file = |name: String| {
+            let ino = listing::listed_ino(&dir, &name);
+            entries.push((name, ino, NodeKind::File));
+        };
+        for (repository, tags) in &tags {
+            let shadowed = sub_dirs.contains(names::base_name(repository));
+            for tag in tags.iter() {
+                file(namespace::listed_name(repository, tag, shadowed));
+            }
+        }
         // Files being written show while they are open.
         for name in self.writing.lock().expect("lock").keys() {
             let (parent, base) = names::parent_and_base(&name.repository);
             if parent == dir
                 && let Some(tag) = name.tag()
             {
-                let file = namespace::listed_name(&name.repository, tag, sub_dirs.contains(base));
-                entries
-                    .entry(file)
-                    .or_insert_with(|| namespace::Node::Image {
-                        repository: name.repository.clone(),
-                        tag: tag.to_owned(),
-                    });
+                file(namespace::listed_name(
+                    &name.repository,
+                    tag,
+                    sub_dirs.contains(base),
+                ));
             }
         }
-        Ok(entries
-            .into_iter()
-            .map(|(file, node)| match node {
-                namespace::Node::Dir(path) => (
-                    DirEntry {
-                        ino: self.inodes.dir(&path),
-                        name: file,
-                        kind: NodeKind::Directory,
-                    },
-                    Named::Dir(path),
-                ),
-                namespace::Node::Image { repository, tag } => {
-                    let name = ImageName {
-                        repository,
-                        reference: Reference::Tag(tag),
-                    };
-                    (
-                        DirEntry {
-                            ino: self.inodes.listed(&name),
-                            name: file,
-                            kind: NodeKind::File,
-                        },
-                        Named::Image(name),
-                    )
-                }
-            })
-            .collect())
+        Ok(Listing::from_entries(entries))
     }
 
     /// The entries of a directory, sorted, without `.` and `..`.
@@ -484,8 +462,12 @@ impl Filesystem {
         Ok(self
             .entries(ino)
             .await?
-            .into_iter()
-            .map(|(entry, _)| entry)
+            .from(0)
+            .map(|(name, ino, kind)| DirEntry {
+                ino,
+                name: name.to_owned(),
+                kind,
+            })
             .collect())
     }
 
@@ -500,20 +482,29 @@ impl Filesystem {
         let stale_after = self.config.metadata_ttl / 2;
         let names = {
             let mut recent = self.recent_listings.lock().expect("lock");
-            let Some(listing) = recent
+            let Some(recent) = recent
                 .get_mut(dir)
                 .filter(|l| l.at.elapsed() < LISTING_FOLLOW_UP)
             else {
                 return;
             };
-            listing.at = now;
-            let start = listing.positions.get(name).copied().unwrap_or(0);
-            let end = (start + PREFETCH_AHEAD).min(listing.images.len());
+            recent.at = now;
+            let start = recent.listing.position(name).unwrap_or(0);
             let mut names = Vec::new();
-            for (image, prefetched) in &mut listing.images[start..end] {
-                if prefetched.is_none_or(|at| at.elapsed() > stale_after) {
+            for (index, (file, _, kind)) in
+                recent.listing.from(start).enumerate().take(PREFETCH_AHEAD)
+            {
+                let prefetched = &mut recent.prefetched[start + index];
+                if kind == NodeKind::File
+                    && !file.contains('@')
+                    && prefetched.is_none_or(|at| at.elapsed() > stale_after)
+                {
                     *prefetched = Some(now);
-                    names.push(image.clone());
+                    let (repository, tag) = namespace::split_file_name(dir, file);
+                    names.push(ImageName {
+                        repository,
+                        reference: Reference::Tag(tag.unwrap_or_else(|| DEFAULT_TAG.to_owned())),
+                    });
                 }
             }
             names
@@ -536,45 +527,32 @@ impl Filesystem {
 
     /// `opendir`: takes a snapshot of the listing for consistent `readdir` offsets.
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let entries = self.entries(ino).await?;
+        let listing = Arc::new(self.entries(ino).await?);
         if let Some(Inode::Dir(path)) = self.inodes.get(ino) {
-            let mut images = Vec::new();
-            let mut positions = HashMap::new();
-            for (entry, named) in &entries {
-                if let Named::Image(name) = named {
-                    positions.insert(entry.name.clone(), images.len());
-                    images.push((name.clone(), None));
-                }
-            }
             let mut recent = self.recent_listings.lock().expect("lock");
             recent.retain(|_, listing| listing.at.elapsed() < LISTING_FOLLOW_UP);
             recent.insert(
                 path,
                 RecentListing {
                     at: std::time::Instant::now(),
-                    images,
-                    positions,
+                    prefetched: vec![None; listing.len()],
+                    listing: listing.clone(),
                 },
             );
         }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.listings
-            .lock()
-            .expect("lock")
-            .insert(fh, Arc::new(entries));
+        self.listings.lock().expect("lock").insert(fh, listing);
         Ok(fh)
     }
 
     /// The snapshot taken by `opendir`.
-    pub fn listing(&self, fh: u64) -> FsResult<Vec<DirEntry>> {
-        let listing = self
-            .listings
+    pub fn listing(&self, fh: u64) -> FsResult<Arc<Listing>> {
+        self.listings
             .lock()
             .expect("lock")
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle)?;
-        Ok(listing.iter().map(|(entry, _)| entry.clone()).collect())
+            .ok_or(FsError::BadHandle)
     }
 
     /// `releasedir`.
@@ -668,7 +646,7 @@ impl Filesystem {
         let (name, info) = match inode {
             Inode::Dir(_) => return Err(FsError::IsDirectory),
             Inode::Image { name, info } => (name, Some(info)),
-            Inode::Listed(name) | Inode::Writing { name, .. } => (name, None),
+            Inode::Writing { name, .. } => (name, None),
         };
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             if self.config.read_only {
@@ -871,9 +849,7 @@ impl Filesystem {
     fn name_of(&self, ino: u64) -> FsResult<ImageName> {
         match self.inodes.get(ino).ok_or(FsError::NotFound)? {
             Inode::Dir(_) => Err(FsError::IsDirectory),
-            Inode::Image { name, .. } | Inode::Listed(name) | Inode::Writing { name, .. } => {
-                Ok(name)
-            }
+            Inode::Image { name, .. } | Inode::Writing { name, .. } => Ok(name),
         }
     }
 
@@ -1054,10 +1030,6 @@ impl Filesystem {
             Inode::Dir(_) => {
                 return Err(FsError::NotPermitted("directories cannot be linked".into()));
             }
-            Inode::Listed(name) => {
-                let info = Arc::new(self.metadata.resolve(&name).await?);
-                (name, info)
-            }
             Inode::Writing { .. } => {
                 return Err(FsError::NotPermitted(
                     "the file is still being written".into(),
@@ -1117,7 +1089,7 @@ impl Filesystem {
         if !self.metadata.is_dir(&path).await? {
             return Err(FsError::NotFound);
         }
-        if !self.list(self.inodes.dir(&path)).await?.is_empty() {
+        if !self.entries(self.inodes.dir(&path)).await?.is_empty() {
             return Err(FsError::NotEmpty);
         }
         self.metadata.remove_dir(&path);
@@ -1128,10 +1100,6 @@ impl Filesystem {
     pub async fn xattrs(&self, ino: u64) -> FsResult<Vec<(&'static str, String)>> {
         let (name, info) = match self.inodes.get(ino).ok_or(FsError::NotFound)? {
             Inode::Image { name, info } => (name, info),
-            Inode::Listed(name) => {
-                let info = Arc::new(self.metadata.resolve(&name).await?);
-                (name, info)
-            }
             Inode::Dir(_) | Inode::Writing { .. } => return Ok(Vec::new()),
         };
         Ok(vec![

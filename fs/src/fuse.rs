@@ -407,25 +407,31 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.core.listing(fh.0) {
-            Ok(entries) => entries,
+        let listing = match self.core.listing(fh.0) {
+            Ok(listing) => listing,
             Err(e) => return reply.error(errno(&e)),
         };
-        // Offsets: 1 is ".", 2 is "..", 3.. are the snapshot's entries.
-        let parent = self.core.parent_of(ino.0);
-        let dots = [
-            (ino.0, FileType::Directory, "."),
-            (parent, FileType::Directory, ".."),
-        ];
-        let all = dots.into_iter().chain(entries.iter().map(|e| {
-            let kind = match e.kind {
-                NodeKind::Directory => FileType::Directory,
-                NodeKind::File => FileType::RegularFile,
-            };
-            (e.ino, kind, e.name.as_str())
-        }));
-        for (index, (entry_ino, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(entry_ino), index as u64 + 1, kind, name) {
+        // Offsets: 1 is ".", 2 is "..", 3.. are the snapshot's entries; an offset is the
+        // number of entries already returned, so a call starts right at its entry.
+        let file_type = |kind| match kind {
+            NodeKind::Directory => FileType::Directory,
+            NodeKind::File => FileType::RegularFile,
+        };
+        let dots = [(ino.0, "."), (self.core.parent_of(ino.0), "..")];
+        for (index, (dot_ino, name)) in dots.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(dot_ino),
+                index as u64 + 1,
+                FileType::Directory,
+                name,
+            ) {
+                return reply.ok();
+            }
+        }
+        let first = (offset as usize).saturating_sub(dots.len());
+        for (index, (name, entry_ino, kind)) in listing.from(first).enumerate() {
+            let next_offset = (dots.len() + first + index) as u64 + 1;
+            if reply.add(INodeNo(entry_ino), next_offset, file_type(kind), name) {
                 break;
             }
         }

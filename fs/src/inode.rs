@@ -10,9 +10,10 @@
 //! handed to the kernel in an entry (`lookup`, `create`, `mkdir`, `link`) its count goes up,
 //! and the kernel's `forget` brings it down; at zero the inode leaves the table, unless the
 //! mount itself still hands it out (a file being written is pinned until released), so the
-//! table holds what the kernel holds (plus the directories and listed names the mount
-//! itself keeps), not every version ever looked up. A name looked up again after that gets a new
-//! number for the same thing.
+//! table holds what the kernel holds (plus the directories the mount itself keeps), not
+//! every version ever looked up. A name looked up again after that gets a new number for
+//! the same thing. Files in a listing have no inode here at all
+//! ([`crate::listing::listed_ino`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -62,8 +63,6 @@ pub enum Inode {
         name: ImageName,
         info: Arc<ImageInfo>,
     },
-    /// A name as listed by `readdir`, before anything resolved it.
-    Listed(ImageName),
     /// A file this mount is (or was) writing, and its size so far. It does not hold the
     /// writer, whose end (the release) publishes what was written.
     Writing {
@@ -77,7 +76,6 @@ pub enum Inode {
 enum Key {
     Dir(String),
     Version(ImageName, reposure_registry::digest::Digest),
-    Listed(ImageName),
     Writing(u64),
 }
 
@@ -167,15 +165,6 @@ impl InodeTable {
             info: Arc::new(info.clone()),
         };
         self.ino_for(key, inode, true)
-    }
-
-    /// The inode `readdir` shows for a name it has not resolved.
-    pub fn listed(&self, name: &ImageName) -> u64 {
-        self.ino_for(
-            Key::Listed(name.clone()),
-            || Inode::Listed(name.clone()),
-            false,
-        )
     }
 
     /// A new inode for a file being written, pinned until [`Self::unpin`] (lookups hand it

@@ -12,6 +12,7 @@
 //! * [`namespace`]: the mapping between paths and registry names (repositories are
 //!   directories, images are files, tags are `NAME:TAG`), pure and unit-tested.
 //! * [`inode`]: stable inode numbers for the nodes the kernel has seen.
+//! * [`listing`]: directory listings held compactly, whatever the registry holds.
 //! * [`reader`] and [`writer`]: per-open-file actors that keep reads and writes in the
 //!   order the kernel sent them.
 //! * [`process`]: which process a request comes from (a `close()` by a process that only
@@ -26,6 +27,7 @@ pub mod errno;
 pub mod filesystem;
 pub mod fuse;
 pub mod inode;
+pub mod listing;
 mod metadata;
 pub mod mount;
 pub mod namespace;

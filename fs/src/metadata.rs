@@ -65,7 +65,7 @@ fn listable(
         .into_iter()
         .filter(|name| {
             let ok = listable(name);
-            if !ok && example.is_none() {
+            if !ok && example.is_none() && !name.is_empty() {
                 example = Some(name.chars().take(80).collect::<String>());
             }
             ok
@@ -78,7 +78,7 @@ fn listable(
         tracing::warn!(
             listing,
             skipped,
-            example = ?example.unwrap_or_else(|| "(a duplicate)".into()),
+            example = ?example.unwrap_or_default(),
             "the registry listed names that cannot be file names or are listed twice; they are left out"
         );
     }

@@ -7,20 +7,11 @@
 //!   its tags are then listed as `NAME:TAG`, `latest` included.
 //! * Referrers-fallback tags (`sha256-<hex>...`) are hidden (the registry layer drops them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use reposure_registry::names::{self, DEFAULT_TAG};
 
 use crate::errno::{FsError, FsResult};
-
-/// What a path stands for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Node {
-    /// A directory: a repository path prefix ("" is the root).
-    Dir(String),
-    /// An image: a repository and a tag.
-    Image { repository: String, tag: String },
-}
 
 /// `dir/name`, or `name` at the root.
 pub fn join(dir: &str, name: &str) -> String {
@@ -127,15 +118,6 @@ pub fn children(dir: &str, repositories: &[String]) -> (BTreeSet<String>, Vec<St
     (dirs, images)
 }
 
-/// The file names of a repository's tags in its directory. `shadowed` says whether the
-/// repository's last segment is also a directory name (then `latest` is listed as
-/// `NAME:latest` too).
-pub fn tag_file_names(repository: &str, tags: &[String], shadowed: bool) -> Vec<(String, String)> {
-    tags.iter()
-        .map(|tag| (listed_name(repository, tag, shadowed), tag.clone()))
-        .collect()
-}
-
 /// The one name `repository:tag` is listed under in its directory: the bare `NAME` for
 /// `latest`, unless `shadowed` (the name is also a directory), else `NAME:TAG`.
 pub fn listed_name(repository: &str, tag: &str, shadowed: bool) -> String {
@@ -145,28 +127,6 @@ pub fn listed_name(repository: &str, tag: &str, shadowed: bool) -> String {
     } else {
         format!("{name}:{tag}")
     }
-}
-
-/// A directory listing: name → node, sorted by name.
-pub fn listing(
-    dir: &str,
-    sub_dirs: &BTreeSet<String>,
-    tags_by_repository: &BTreeMap<String, Vec<String>>,
-) -> BTreeMap<String, Node> {
-    let mut entries: BTreeMap<String, Node> = sub_dirs
-        .iter()
-        .map(|d| (d.clone(), Node::Dir(join(dir, d))))
-        .collect();
-    for (repository, tags) in tags_by_repository {
-        let shadowed = sub_dirs.contains(names::base_name(repository));
-        for (file, tag) in tag_file_names(repository, tags, shadowed) {
-            entries.entry(file).or_insert_with(|| Node::Image {
-                repository: repository.clone(),
-                tag,
-            });
-        }
-    }
-    entries
 }
 
 #[cfg(test)]
@@ -192,16 +152,23 @@ mod tests {
 
     #[test]
     fn latest_is_the_bare_name_unless_shadowed_by_a_directory() {
-        let tags = BTreeMap::from([
-            (
-                "a/img".to_string(),
-                vec!["latest".to_string(), "v1.2".to_string()],
-            ),
-            ("a/both".to_string(), vec!["latest".to_string()]),
-        ]);
-        let dirs = BTreeSet::from(["both".to_string()]);
-        let names: Vec<String> = listing("a", &dirs, &tags).into_keys().collect();
-        assert_eq!(names, ["both", "both:latest", "img", "img:v1.2"]);
+        assert_eq!(listed_name("a/img", "latest", false), "img");
+        assert_eq!(listed_name("a/img", "v1.2", false), "img:v1.2");
+        assert_eq!(listed_name("a/both", "latest", true), "both:latest");
+    }
+
+    #[test]
+    fn registry_names_that_cannot_be_file_names_are_not_listable() {
+        assert!(listable_repository("a/b"));
+        for bad in ["", ".", "..", "a/../b", "a\nb", "A", &"x".repeat(256)] {
+            assert!(!listable_repository(bad), "{bad:?}");
+        }
+        assert!(listable_tag("a/b", "v1"));
+        for bad in ["", ".", "..", "a/b", "nul\u{0}", &"t".repeat(129)] {
+            assert!(!listable_tag("a/b", bad), "{bad:?}");
+        }
+        let long_base = "b".repeat(200);
+        assert!(!listable_tag(&long_base, &"t".repeat(60)), "past NAME_MAX");
     }
 
     #[test]

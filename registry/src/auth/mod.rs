@@ -77,6 +77,7 @@ pub struct Authenticator {
     origin: Url,
     /// For the token service: the registry's own trust (CA) and timeouts.
     http: reqwest::Client,
+    timeout: std::time::Duration,
     credentials: Option<Credentials>,
     /// Where the credentials came from, for the log.
     credentials_from: Option<String>,
@@ -95,6 +96,7 @@ impl Authenticator {
     pub fn new(
         origin: &Url,
         http: reqwest::Client,
+        timeout: std::time::Duration,
         credentials: Option<Credentials>,
         credentials_from: Option<String>,
     ) -> Self {
@@ -108,6 +110,7 @@ impl Authenticator {
         Self {
             origin,
             http,
+            timeout,
             credentials,
             credentials_from,
             challenge: Mutex::new(None),
@@ -239,6 +242,7 @@ impl Authenticator {
         let requests = self.token_requests.fetch_add(1, Ordering::Relaxed) + 1;
         let granted = token::fetch(
             &self.http,
+            self.timeout,
             challenge,
             &scopes,
             self.credentials.as_ref(),
@@ -300,6 +304,7 @@ mod tests {
         let auth = Authenticator::new(
             &Url::parse("https://reg.example:5000").unwrap(),
             reqwest::Client::new(),
+            std::time::Duration::from_secs(30),
             Some(Credentials::Basic {
                 username: "u".into(),
                 password: "p".into(),

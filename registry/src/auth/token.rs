@@ -16,6 +16,7 @@ use tracing::debug;
 use super::challenge::BearerChallenge;
 use crate::credentials::Credentials;
 use crate::error::{RegistryError, Result};
+use crate::store::http::{map_reqwest, read_limited};
 
 /// How long a token lives when the service does not say: the spec's default. A shorter
 /// lifetime the service does state is taken as stated (renewing early costs a request;
@@ -66,6 +67,7 @@ struct TokenResponse {
 /// Asks the token service of `challenge` for a token covering `scopes`.
 pub async fn fetch(
     http: &reqwest::Client,
+    timeout: Duration,
     challenge: &BearerChallenge,
     scopes: &[String],
     credentials: Option<&Credentials>,
@@ -89,7 +91,7 @@ pub async fn fetch(
             .form(&form)
             .send()
             .await
-            .map_err(super::super::store::http::map_reqwest)?;
+            .map_err(map_reqwest)?;
         match response.status() {
             StatusCode::BAD_REQUEST
             | StatusCode::UNAUTHORIZED
@@ -97,7 +99,7 @@ pub async fn fetch(
             | StatusCode::METHOD_NOT_ALLOWED => {
                 debug!(realm = %challenge.realm, status = %response.status(), "the token service takes no OAuth2 POST; asking with GET");
             }
-            _ => return granted(challenge, response).await,
+            _ => return granted(challenge, response, timeout).await,
         }
     }
     let mut url = challenge.realm.clone();
@@ -117,18 +119,18 @@ pub async fn fetch(
     if let Some(Credentials::Basic { username, password }) = credentials {
         request = request.basic_auth(username, Some(password));
     }
-    let response = request
-        .send()
-        .await
-        .map_err(super::super::store::http::map_reqwest)?;
-    granted(challenge, response).await
+    let response = request.send().await.map_err(map_reqwest)?;
+    granted(challenge, response, timeout).await
 }
 
 /// The token in a token service's answer, or why there is none.
-async fn granted(challenge: &BearerChallenge, response: reqwest::Response) -> Result<Granted> {
+async fn granted(
+    challenge: &BearerChallenge,
+    response: reqwest::Response,
+    timeout: Duration,
+) -> Result<Granted> {
     let status = response.status();
-    let body =
-        super::super::store::http::read_limited(response, MAX_RESPONSE, "token response").await?;
+    let body = read_limited(response, MAX_RESPONSE, "token response", timeout).await?;
     let realm = challenge.realm.as_str();
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         return Err(RegistryError::Unauthorized(format!(

@@ -196,7 +196,7 @@ impl HttpStore {
             Some(found) => (Some(found.credentials), Some(found.from)),
             None => (None, None),
         };
-        let auth = Authenticator::new(&base, http.clone(), credentials, from);
+        let auth = Authenticator::new(&base, http.clone(), read_timeout, credentials, from);
         Ok(Arc::new(Self {
             base,
             host,
@@ -319,10 +319,26 @@ impl HttpStore {
         }
     }
 
+    /// Turns a non-success response into the matching error.
+    async fn check_status(&self, response: Response, url: &Url) -> Result<Response> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = read_limited(response, MAX_ERROR_BODY, "an error body", self.read_timeout)
+            .await
+            .unwrap_or_default();
+        Err(status_error(
+            status,
+            url.path(),
+            &String::from_utf8_lossy(&body),
+        ))
+    }
+
     /// Sends a call and fails unless the registry answers with success.
     async fn send_ok(&self, call: Call<'_>) -> Result<Response> {
         let url = call.url.clone();
-        check_status(self.send(call).await?, &url).await
+        self.check_status(self.send(call).await?, &url).await
     }
 
     /// Opens an upload session; returns where to send the content, and the smallest chunk
@@ -388,7 +404,7 @@ impl HttpStore {
                 self.read_timeout.as_secs_f32()
             ))),
         };
-        let response = check_status(sent?, &location).await?;
+        let response = self.check_status(sent?, &location).await?;
         self::location(&location, &response)
     }
 
@@ -433,7 +449,7 @@ impl HttpStore {
                     "the registry refused the upload's chunk at bytes {offset}-{end} (416)"
                 )));
             }
-            let response = check_status(response, &location).await?;
+            let response = self.check_status(response, &location).await?;
             location = self::location(&location, &response)?;
             offset = end + 1;
         }
@@ -456,18 +472,15 @@ impl HttpStore {
                 .send_ok(Call::new(Method::GET, url.clone(), access))
                 .await?;
             next = next_page(&url, response.headers().get(LINK));
-            let body = read_limited(response, MAX_LIST_PAGE, "a listing page").await?;
-            let page: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-                RegistryError::Corrupt(format!("listing at {url} is not JSON: {e}"))
-            })?;
-            if let Some(items) = page.get(field).and_then(|v| v.as_array()) {
-                let before = names.len();
-                names.extend(items.iter().filter_map(|v| v.as_str().map(str::to_owned)));
-                if names.len() == before {
-                    // An empty page ends the listing whatever the Link header says.
-                    break;
-                }
+            let body =
+                read_limited(response, MAX_LIST_PAGE, "a listing page", self.read_timeout).await?;
+            let page = listing_page(&body, field)
+                .map_err(|e| RegistryError::Corrupt(format!("listing at {url}: {e}")))?;
+            if page.is_empty() {
+                // An empty page ends the listing whatever the Link header says.
+                break;
             }
+            names.extend(page);
         }
         Ok(names)
     }
@@ -492,15 +505,18 @@ impl Store for HttpStore {
         let mut url = self.url("v2/_catalog");
         url.query_pairs_mut()
             .append_pair("n", &self.page_size.to_string());
-        match self.list_pages(url, "repositories", Access::Catalog).await {
+        let listed = self.list_pages(url, "repositories", Access::Catalog).await;
+        let token_auth = matches!(self.auth.challenge(), Some(Challenge::Bearer(_)));
+        match listed {
             // Docker Hub, GHCR, GitLab and Harbor (for most users) have no catalog: they
-            // answer 404, 405, UNSUPPORTED, or refuse the catalog scope.
-            Err(
-                e @ (RegistryError::NotFound(_)
-                | RegistryError::DeleteDisabled
-                | RegistryError::Unauthorized(_)
-                | RegistryError::Denied(_)),
-            ) => Err(RegistryError::NoCatalog(e.to_string())),
+            // answer 404, 405, UNSUPPORTED, or refuse the catalog scope of a token that
+            // works for everything else. (With Basic auth a 401 is about the credentials.)
+            Err(e @ (RegistryError::NotFound(_) | RegistryError::DeleteDisabled)) => {
+                Err(RegistryError::NoCatalog(e.to_string()))
+            }
+            Err(e @ (RegistryError::Unauthorized(_) | RegistryError::Denied(_))) if token_auth => {
+                Err(RegistryError::NoCatalog(e.to_string()))
+            }
             Err(RegistryError::Rejected(m)) if m.contains("UNSUPPORTED") => {
                 Err(RegistryError::NoCatalog(m))
             }
@@ -530,15 +546,20 @@ impl Store for HttpStore {
         );
         let response = self.send_ok(call).await?;
         let what = format!("{repository}:{reference}");
-        let bytes = read_limited(response, MAX_MANIFEST_SIZE, &format!("manifest {what}"))
-            .await
-            .map_err(|e| match e {
-                RegistryError::Rejected(_) => RegistryError::Rejected(format!(
-                    "manifest {what} is larger than {} MiB, the most registries accept; it is not read",
-                    MAX_MANIFEST_SIZE >> 20
-                )),
-                other => other,
-            })?;
+        let bytes = read_limited(
+            response,
+            MAX_MANIFEST_SIZE,
+            &format!("manifest {what}"),
+            self.read_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            RegistryError::Rejected(_) => RegistryError::Rejected(format!(
+                "manifest {what} is larger than {} MiB, the most registries accept; it is not read",
+                MAX_MANIFEST_SIZE >> 20
+            )),
+            other => other,
+        })?;
         let digest = Digest::of(&bytes);
         if let Reference::Digest(expected) = reference
             && &digest != expected
@@ -575,7 +596,7 @@ impl Store for HttpStore {
         if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Ok(futures::stream::empty().boxed());
         }
-        let response = check_status(response, &url).await?;
+        let response = self.check_status(response, &url).await?;
         // A registry that ignores Range sends the blob from its start (200): the window is
         // cut out of it. Either way no byte past the window is read, however much the
         // registry would send, and the whole transfer has a deadline.
@@ -686,7 +707,7 @@ impl Store for HttpStore {
                 }
                 Ok(false)
             }
-            _ => check_status(response, &url).await.map(|_| false),
+            _ => self.check_status(response, &url).await.map(|_| false),
         }
     }
 
@@ -702,7 +723,7 @@ impl Store for HttpStore {
         match response.status() {
             // Distribution 2.x refuses tag deletion with 400 (or UNSUPPORTED).
             StatusCode::BAD_REQUEST => Err(RegistryError::TagDeleteUnsupported),
-            _ => check_status(response, &url).await.map(|_| ()),
+            _ => self.check_status(response, &url).await.map(|_| ()),
         }
     }
 
@@ -739,12 +760,21 @@ fn retry_after(value: &str) -> Option<Duration> {
 }
 
 /// Reads a whole response body, refusing one larger than `limit` without reading past it,
-/// and one still arriving after the time `limit` bytes take at [`MIN_TRANSFER_RATE`] plus
-/// [`READ_TIMEOUT`].
-pub(crate) async fn read_limited(response: Response, limit: usize, what: &str) -> Result<Bytes> {
+/// and one still arriving at its deadline: `timeout` plus the time its declared length (or
+/// `limit`) takes at [`MIN_TRANSFER_RATE`].
+pub(crate) async fn read_limited(
+    response: Response,
+    limit: usize,
+    what: &str,
+    timeout: Duration,
+) -> Result<Bytes> {
+    let expected = response
+        .content_length()
+        .unwrap_or(limit as u64)
+        .min(limit as u64);
     let deadline = tokio::time::Instant::now()
-        + READ_TIMEOUT
-        + Duration::from_secs(limit as u64 / MIN_TRANSFER_RATE);
+        + timeout
+        + Duration::from_secs_f64(expected as f64 / MIN_TRANSFER_RATE as f64);
     if response
         .content_length()
         .is_some_and(|length| length > limit as u64)
@@ -769,22 +799,6 @@ pub(crate) async fn read_limited(response: Response, limit: usize, what: &str) -
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes.freeze())
-}
-
-/// Turns a non-success response into the matching error.
-async fn check_status(response: Response, url: &Url) -> Result<Response> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let body = read_limited(response, MAX_ERROR_BODY, "an error body")
-        .await
-        .unwrap_or_default();
-    Err(status_error(
-        status,
-        url.path(),
-        &String::from_utf8_lossy(&body),
-    ))
 }
 
 /// The error for an HTTP status, with the registry's own message when it sent one.
@@ -831,8 +845,26 @@ fn location(request: &Url, response: &Response) -> Result<Url> {
         .map_err(|e| RegistryError::Rejected(format!("bad Location {header:?}: {e}")))
 }
 
+/// The names of one page of a catalog (`field` `repositories`) or tag list (`tags`), as a
+/// registry sent it: every string in the array (anything else in it is ignored; a page
+/// without the array is an empty page). Whether a name can be shown is for the filesystem.
+pub fn listing_page(body: &[u8], field: &str) -> std::result::Result<Vec<String>, String> {
+    let page: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(page
+        .get(field)
+        .and_then(|v| v.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// The `rel="next"` URL of a `Link` header.
-fn next_page(current: &Url, link: Option<&HeaderValue>) -> Option<Url> {
+pub fn next_page(current: &Url, link: Option<&HeaderValue>) -> Option<Url> {
     let link = link?.to_str().ok()?;
     link.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
