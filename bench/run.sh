@@ -11,7 +11,7 @@
 #   cp   of a file into the mount, until close() returns  vs  curl POST+PUT of the same bytes
 # and, for the Kubernetes way, the same bytes streamed raw through the same kind of exec
 # connection (kube-exec-raw) as a second baseline.
-# then warm re-reads, random reads, listings (1001 tags, 1000 repositories), many small
+# then warm re-reads, random reads, listings (1001 tags, 100,000 tags, 1000 repositories), many small
 # files against skopeo and oras-py loops, parallel readers, and peak memory of the mount
 # and the surrogate. Each figure is the best of REPS runs (machines here are noisy).
 set -euo pipefail
@@ -21,11 +21,12 @@ size_mib=1024
 profile=release
 reps=3
 many=1000       # small files, and repositories to list
+huge=100000     # tags of one repository to list
 sample=20       # baseline runs of skopeo and oras, timed per file
 memory_mib=4096 # copied in and out for the memory case
 while (($#)); do
     case $1 in
-        --quick) size_mib=32; profile=debug; reps=1; many=50; sample=3; memory_mib=64 ;;
+        --quick) size_mib=32; profile=debug; reps=1; many=50; huge=2000; sample=3; memory_mib=64 ;;
         --size) size_mib=$2; shift ;;
         *) echo "usage: bench/run.sh [--quick] [--size MIB]" >&2; exit 2 ;;
     esac
@@ -277,6 +278,46 @@ awk -v c="$t_ls_cold" -v w="$t_ls_warm" -v lc="$t_lsl_cold" -v lw="$t_lsl_warm" 
     printf "%-34s %8.0f ms %s\n", "ls -l 1001 tags, warm (ttl 60)", lw * 1000, "<= 20 ms"
 }'
 unmount
+
+# A repository with $huge tags: ls and ls -l, cold and warm, against the registry's own
+# time to list them (curl of the tag list) and to serve every manifest (16 at a time), and
+# the mount's peak memory. The tags are written into the registry's storage as it stores a
+# tag (one link file each, beside the first tag's): $huge manifest PUTs would take an hour.
+tags=$work/registry/docker/registry/v2/repositories/bench/file/_manifests/tags
+link=$(cat "$tags/latest/current/link")
+hex=${link#sha256:}
+python3 - "$tags" "$link" "$hex" "$huge" <<'PY'
+import os, sys
+tags, link, hex, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for i in range(count):
+    tag = os.path.join(tags, f"h{i:06d}")
+    for sub in ("current", f"index/sha256/{hex}"):
+        os.makedirs(os.path.join(tag, sub), exist_ok=True)
+        with open(os.path.join(tag, sub, "link"), "w") as f:
+            f.write(link)
+PY
+t_curl_huge=$(elapsed curl -sf -o /dev/null "$url/v2/bench/file/tags/list")
+for i in $(seq -f 'h%06g' 0 $((huge - 1))); do
+    printf 'url = "%s/v2/bench/file/manifests/%s"\noutput = "/dev/null"\n' "$url" "$i"
+done >"$work/huge.curl"
+t_curl_huge_manifests=$(elapsed curl -sf --no-progress-meter --parallel --parallel-max 16 \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json' -K "$work/huge.curl")
+mount_as direct metadata_ttl=3600
+t_huge_cold=$(elapsed ls "$mountpoint/bench")
+t_huge_warm=$(elapsed ls "$mountpoint/bench")
+pid=$(pgrep -f "reposure-mount $url $mountpoint" | head -1)
+hwm_ls=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+t_huge_l_cold=$(elapsed ls -l "$mountpoint/bench")
+t_huge_l_warm=$(elapsed ls -l "$mountpoint/bench")
+hwm_lsl=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+unmount
+awk -v c="$t_huge_cold" -v w="$t_huge_warm" -v lc="$t_huge_l_cold" -v lw="$t_huge_l_warm" -v curl="$t_curl_huge" -v m="$t_curl_huge_manifests" -v n="$huge" -v h="$hwm_ls" -v hl="$hwm_lsl" 'BEGIN {
+    printf "%-34s %8.0f ms (curl of the tag list %.0f ms, %.2fx) %s\n", "ls " n " tags, cold", c * 1000, curl * 1000, c / curl, ""
+    printf "%-34s %8.0f ms %s\n", "ls " n " tags, warm", w * 1000, ""
+    printf "%-34s %8.0f ms (%.0f ms by curl, 16 at once: %.2fx) %s\n", "ls -l " n " tags, cold", lc * 1000, m * 1000, lc / m, ""
+    printf "%-34s %8.0f ms %s\n", "ls -l " n " tags, warm", lw * 1000, ""
+    printf "%-34s %8.0f MiB after ls, %.0f MiB after ls -l %s\n", "peak RSS, " n " tags", h / 1024, hl / 1024, "<= 128 MiB"
+}'
 
 # A registry with $many more repositories (many/r1 ... ), made with cross-repository blob
 # mounts and manifest PUTs; ls and ls -l of the directory holding them, against curl of the
