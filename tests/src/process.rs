@@ -50,3 +50,13 @@ pub fn kill_9(pid: i32) {
     // SAFETY: kill(2) of a process this test started (directly or through the mount).
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
+
+/// The peak resident memory of a process (the kernel's high-water mark), in KiB.
+pub fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("the process's status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM in the status")
+}

@@ -43,6 +43,17 @@ fn tokens_for(registry: &TokenRegistry, account: Option<&str>, scopes: &[&str]) 
         .count()
 }
 
+/// Writes a Docker config with the user's entry for `host`, as `docker login` leaves it.
+fn docker_config(path: &Path, host: &str) {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    fs::write(
+        path,
+        format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#),
+    )
+    .unwrap();
+}
+
 fn password_file(dir: &Path) -> String {
     let path = dir.join("password");
     fs::write(&path, format!("{PASSWORD}\n")).unwrap();
@@ -228,18 +239,12 @@ fn expired_tokens_are_renewed() {
 /// the containers tools' auth.json. skopeo reads the same auth.json for the same push.
 #[test]
 fn credentials_come_from_docker_config_helpers_and_auth_json() {
-    use base64::Engine;
     let registry = token_registry();
     let host = registry.host();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
 
     // A Docker config with the entry `docker login` writes.
     let docker = tempfile::tempdir().unwrap();
-    fs::write(
-        docker.path().join("config.json"),
-        format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    docker_config(&docker.path().join("config.json"), &host);
     let env = [("DOCKER_CONFIG", docker.path().to_str().unwrap())];
     let mount = Mount::try_new(&registry.url(), &[], &env).unwrap();
     write_and_close(&mount.path("from-docker"), b"docker config").unwrap();
@@ -287,11 +292,7 @@ fn credentials_come_from_docker_config_helpers_and_auth_json() {
     // The containers tools' auth.json ($REGISTRY_AUTH_FILE), which skopeo reads too.
     let containers = tempfile::tempdir().unwrap();
     let auth_file = containers.path().join("auth.json");
-    fs::write(
-        &auth_file,
-        format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    docker_config(&auth_file, &host);
     let work = tempfile::tempdir().unwrap();
     let layout = umoci_single_file_image(work.path(), "v", "file", b"skopeo");
     let pushed = std::process::Command::new("skopeo")
@@ -321,18 +322,9 @@ fn credentials_come_from_docker_config_helpers_and_auth_json() {
 /// fail the mount with one line naming the options, though the Docker config is right.
 #[test]
 fn explicit_credentials_win_and_a_refusal_names_the_options() {
-    use base64::Engine;
     let registry = token_registry();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     let docker = tempfile::tempdir().unwrap();
-    fs::write(
-        docker.path().join("config.json"),
-        format!(
-            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
-            registry.host()
-        ),
-    )
-    .unwrap();
+    docker_config(&docker.path().join("config.json"), &registry.host());
     let secret = tempfile::tempdir().unwrap();
     let wrong = secret.path().join("wrong");
     fs::write(&wrong, "not-the-password").unwrap();
@@ -416,19 +408,10 @@ fn cli_image_commands_against_a_token_registry() {
 /// a pod's Secret gives it), and a mount through it (`exec:`).
 #[test]
 fn the_surrogate_and_exec_mounts_against_a_token_registry() {
-    use base64::Engine;
     let registry = token_registry();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     let secret = tempfile::tempdir().unwrap();
     let config = secret.path().join("dockerconfigjson");
-    fs::write(
-        &config,
-        format!(
-            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
-            registry.host()
-        ),
-    )
-    .unwrap();
+    docker_config(&config, &registry.host());
     let surrogate = |args: &[&str], stdin: &[u8]| {
         use std::io::Write;
         let mut child = std::process::Command::new(binary("reposure-surrogate"))
@@ -477,19 +460,10 @@ fn the_surrogate_and_exec_mounts_against_a_token_registry() {
 /// (`REPOSURE_DOCKER_CONFIG_FILE`), and the mount pushes and reads through it.
 #[test]
 fn a_kubernetes_registry_with_a_dockerconfigjson_secret() {
-    use base64::Engine;
     let registry = token_registry();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     let secret = tempfile::tempdir().unwrap();
     let config = secret.path().join(".dockerconfigjson");
-    fs::write(
-        &config,
-        format!(
-            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
-            registry.host()
-        ),
-    )
-    .unwrap();
+    docker_config(&config, &registry.host());
     let mut cluster = ApiServer::start("default");
     cluster.add_ready_registry_with_env(
         "default",

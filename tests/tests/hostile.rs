@@ -10,7 +10,7 @@ use reposure_tests::contract;
 use reposure_tests::hostile::{BAD_NAMES, GIANT_TAGS, HostileRegistry};
 use reposure_tests::mount::Mount;
 use reposure_tests::posix::{errno_of, names};
-use reposure_tests::process::pids_of;
+use reposure_tests::process::{self, pids_of};
 use reposure_tests::reliability::{Category, Row, Tally};
 
 /// How long the registry may stay silent in these mounts (the mount's `timeout=`).
@@ -23,13 +23,7 @@ fn mount(registry: &HostileRegistry) -> Mount {
 /// The peak resident memory of the mount's daemon, in KiB.
 fn peak_rss_kib(mount: &Mount) -> u64 {
     let root = mount.root().to_str().unwrap().to_owned();
-    let pid = pids_of("reposure-mount", &[&root])[0];
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
+    process::peak_rss_kib(pids_of("reposure-mount", &[&root])[0])
 }
 
 /// A catalog and a tag list holding names that cannot be file names (`/`, empty, `.`,

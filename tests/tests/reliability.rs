@@ -22,7 +22,7 @@ use reposure_tests::cli::{failed, ok, reposure, reposure_with};
 use reposure_tests::contract;
 use reposure_tests::mount::{Mount, exec_source};
 use reposure_tests::posix::{close, errno_of, write_and_close};
-use reposure_tests::process::{Process, all_command_lines, kill_9, pids_of};
+use reposure_tests::process::{Process, all_command_lines, kill_9, peak_rss_kib, pids_of};
 use reposure_tests::proxy::{Class, Fault, FaultProxy};
 use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::reliability::{Category, Row, Tally};
@@ -987,16 +987,6 @@ fn invalid_names_are_refused_by_cp_and_image_push() {
     .tally(&tally)
     .record();
     contract::exercises(&["names.invalid"]);
-}
-
-/// The peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: i32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// A directory of 10,000 entries lists completely and in order, `ls -l` of it finishes in

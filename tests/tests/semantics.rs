@@ -532,14 +532,7 @@ fn large_push_and_read_use_bounded_memory() {
         total += n;
     }
     assert_eq!(total, 512 * 1024 * 1024);
-    let pid = daemon_pid(mount.root());
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hwm_kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let hwm_kib = reposure_tests::process::peak_rss_kib(daemon_pid(mount.root()) as i32);
     assert!(hwm_kib < 128 * 1024, "peak RSS {hwm_kib} KiB");
     contract::exercises(&["push.bounded-memory", "cache.read-ahead"]);
 }
