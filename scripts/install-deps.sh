@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Reposure uses, if any are missing (Debian/Ubuntu; root or
 # sudo). With --tests, also what the test suite and the benchmark run: the reference
-# registry, skopeo, umoci, openssl, curl, attr, bc, procps, Python's venv, and oras-py in
-# the venv target/oras-venv.
+# registry, skopeo, umoci, openssl, curl, attr, bc, procps, rsync, zip, unzip, Python's
+# venv, and oras-py in the venv target/oras-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,9 @@ if [[ "${1:-}" == "--tests" ]]; then
     need attr getfattr
     need bc bc
     need procps pgrep
+    need rsync rsync
+    need zip zip
+    need unzip unzip
     need python3 python3
     if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
         packages+=(python3-venv)

@@ -20,12 +20,13 @@ cargo build --workspace --bins --quiet
 # RELIABILITY.md's rows come from this run only.
 rm -rf target/reliability
 cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
-# The filesystem contract again, through an in-process surrogate session, a surrogate child
-# process (exec:), and a Registry by name through the emulated Kubernetes API server's exec
-# endpoint and the surrogate's spool: each must behave exactly like the direct sources.
+# The filesystem contract and the everyday tools again, through an in-process surrogate
+# session, a surrogate child process (exec:), and a Registry by name through the emulated
+# Kubernetes API server's exec endpoint and the surrogate's spool: each must behave exactly
+# like the direct sources.
 for via in session exec kubernetes; do
-    echo "semantics through $via:"
-    REPOSURE_TEST_VIA=$via cargo test --quiet -p reposure-tests --test semantics 2>&1 | tee -a target/test-output.txt
+    echo "semantics and tools through $via:"
+    REPOSURE_TEST_VIA=$via cargo test --quiet -p reposure-tests --test semantics --test tools 2>&1 | tee -a target/test-output.txt
 done
 # The fuzz targets, 20 s each after their regressions (a separate, instrumented build).
 echo "fuzzing:"

@@ -4,6 +4,7 @@
 //! committed), and fails with the registry's reason otherwise. Pulls write to a temporary
 //! file next to `-o FILE` and rename it at the end, so a failed pull leaves no partial file.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use reposure_registry::Registry;
 use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::names::{self, Reference};
+use reposure_registry::operations::FileAttributes;
 use reposure_registry::pull::list_images;
 use reposure_registry::push::{Content, LocalFile, push_path, with_progress};
 use reposure_registry::scratch::Scratch;
@@ -188,6 +190,11 @@ async fn push(
             .to_owned(),
         format,
         created: None,
+        // The image keeps the file's mode and time, as a copy would.
+        attributes: FileAttributes {
+            mode: Some(metadata.permissions().mode() & 0o7777),
+            modified: metadata.modified().ok(),
+        },
         content: Content::Detect,
         scratch_dir: &std::env::temp_dir(),
         progress: Some(progress::reporter(&bar)),

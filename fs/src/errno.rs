@@ -17,9 +17,6 @@ pub enum FsError {
     /// A name longer than a repository path or tag may be (the text says the limit).
     #[error("name too long: {0}")]
     NameTooLong(String),
-    /// A write at another offset than the end of what was written.
-    #[error("writes must be sequential: expected offset {expected}, got {got}")]
-    NonSequentialWrite { expected: u64, got: u64 },
     /// A change on a read-only mount.
     #[error("the mount is read-only")]
     ReadOnly,
@@ -41,6 +38,10 @@ pub enum FsError {
     /// A file handle that is not open (or not open for this).
     #[error("bad file handle")]
     BadHandle,
+    /// A rename the registry model cannot do in place (an image onto a local name): tools
+    /// copy instead, as across filesystems.
+    #[error("cannot rename across: {0}")]
+    CrossDevice(String),
     /// A push at close() failed; the text is the registry's reason.
     #[error("push failed: {0}")]
     PushFailed(RegistryError),
@@ -71,7 +72,7 @@ impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
             FsError::NotFound => libc::ENOENT,
-            FsError::InvalidName(_) | FsError::NonSequentialWrite { .. } => libc::EINVAL,
+            FsError::InvalidName(_) => libc::EINVAL,
             FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::ReadOnly => libc::EROFS,
             FsError::NotEmpty => libc::ENOTEMPTY,
@@ -80,6 +81,7 @@ impl FsError {
             FsError::Exists => libc::EEXIST,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::BadHandle => libc::EBADF,
+            FsError::CrossDevice(_) => libc::EXDEV,
             // A registry that refuses the push (anonymous use of a token registry, a user
             // without push rights) says so; any other failed push is an I/O error.
             FsError::PushFailed(RegistryError::Unauthorized(_) | RegistryError::Denied(_)) => {

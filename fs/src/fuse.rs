@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 use tracing::{Instrument, debug_span, warn};
 
 use crate::errno::FsError;
-use crate::filesystem::{Attr, Filesystem, NodeKind};
+use crate::filesystem::{Attr, AttrChanges, Filesystem, NodeKind};
 use crate::process::Caller;
 
 /// Block size reported by `stat`: the unit tools like `cp` use for their buffers, large so
@@ -183,7 +183,7 @@ impl fuser::Filesystem for FuseAdapter {
         gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -193,14 +193,21 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let (core, ownership) = (self.core.clone(), self.ownership);
-        let changes_owner = mode.is_some()
-            || uid.is_some_and(|u| u != ownership.uid)
-            || gid.is_some_and(|g| g != ownership.gid);
-        self.spawn(debug_span!("setattr", ino = ino.0, ?size), async move {
-            match core
-                .setattr(ino.0, size, fh.map(|f| f.0), changes_owner)
-                .await
-            {
+        // The owner shown is the mount's: setting it again changes nothing, any other is
+        // refused. The atime is not kept.
+        let changes = AttrChanges {
+            size,
+            mode: mode.map(|m| m & 0o7777),
+            modified: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(time) => time,
+                TimeOrNow::Now => SystemTime::now(),
+            }),
+            foreign_owner: uid.is_some_and(|u| u != ownership.uid)
+                || gid.is_some_and(|g| g != ownership.gid),
+        };
+        let span = debug_span!("setattr", ino = ino.0, ?size, ?mode);
+        self.spawn(span, async move {
+            match core.setattr(ino.0, changes, fh.map(|f| f.0)).await {
                 Ok(attr) => reply.attr(&attr.attr_ttl, &to_file_attr(&attr, ownership)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -276,16 +283,17 @@ impl fuser::Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let (core, name, ownership) = (self.core.clone(), name.to_owned(), self.ownership);
         let caller = Caller::new(req.pid());
         let span = debug_span!("create", parent = parent.0, name = %name.to_string_lossy());
+        let mode = mode & !umask & 0o7777;
         self.spawn(span, async move {
-            match core.create(parent.0, &name, flags, caller).await {
+            match core.create(parent.0, &name, flags, mode, caller).await {
                 Ok((attr, fh)) => reply.created(
                     // `reply.created` takes one lifetime for the entry and its attributes:
                     // the entry's (zero for a file being written, so it is looked up again

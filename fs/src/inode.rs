@@ -16,12 +16,12 @@
 //! ([`crate::listing::listed_ino`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use reposure_registry::names::Reference;
 use reposure_registry::operations::ImageInfo;
 
+use crate::staged::Staged;
 use crate::writer::WriteHandle;
 
 /// The root directory's inode (FUSE's fixed number).
@@ -63,12 +63,17 @@ pub enum Inode {
         name: ImageName,
         info: Arc<ImageInfo>,
     },
-    /// A file this mount is (or was) writing, and its size so far. It does not hold the
-    /// writer, whose end (the release) publishes what was written.
+    /// A file this mount is (or was) writing, and its content while it is open. It holds
+    /// neither the writer, whose end (the release) publishes what was written, nor the
+    /// content, whose space on the mount's disk comes back at that end however long the
+    /// kernel keeps the inode.
     Writing {
         name: ImageName,
-        size: Arc<AtomicU64>,
+        staged: Weak<Staged>,
     },
+    /// A local file: a name that cannot be a registry name, its content on the mount's
+    /// disk ([`crate::local`]).
+    Local(Arc<Staged>),
 }
 
 /// What makes two inodes the same.
@@ -77,6 +82,7 @@ enum Key {
     Dir(String),
     Version(ImageName, reposure_registry::digest::Digest),
     Writing(u64),
+    Local(u64),
 }
 
 /// Two-way map between inode numbers and what they stand for.
@@ -170,17 +176,59 @@ impl InodeTable {
     /// A new inode for a file being written, pinned until [`Self::unpin`] (lookups hand it
     /// out while the file is open; each is counted with [`Self::reference`]).
     pub fn writing(&self, name: &ImageName, writer: &Arc<WriteHandle>) -> u64 {
+        self.pinned(
+            Key::Writing,
+            Inode::Writing {
+                name: name.clone(),
+                staged: Arc::downgrade(writer.staged()),
+            },
+        )
+    }
+
+    /// A new inode for a local file, pinned until [`Self::unpin`] (when it is unlinked or
+    /// renamed onto an image).
+    pub fn local(&self, staged: &Arc<Staged>) -> u64 {
+        self.pinned(Key::Local, Inode::Local(staged.clone()))
+    }
+
+    fn pinned(&self, key: fn(u64) -> Key, inode: Inode) -> u64 {
         let mut inner = self.inner.lock().expect("inode lock");
         let ino = inner.next;
         inner.next += 1;
-        inner.by_key.insert(Key::Writing(ino), ino);
-        let inode = Inode::Writing {
-            name: name.clone(),
-            size: writer.size_handle(),
-        };
-        inner.by_ino.insert(ino, (Key::Writing(ino), inode));
+        inner.by_key.insert(key(ino), ino);
+        inner.by_ino.insert(ino, (key(ino), inode));
         inner.pinned.insert(ino);
         ino
+    }
+
+    /// A directory moved from `from` to `to`: its inode, and those of the directories
+    /// below it, now stand for the new paths (the kernel keeps them across a rename).
+    pub fn move_dir(&self, from: &str, to: &str) {
+        let mut inner = self.inner.lock().expect("inode lock");
+        let prefix = format!("{from}/");
+        let moved: Vec<(u64, String)> = inner
+            .by_ino
+            .iter()
+            .filter_map(|(&ino, (_, inode))| match inode {
+                Inode::Dir(path) if path == from => Some((ino, to.to_owned())),
+                Inode::Dir(path) => path
+                    .strip_prefix(&prefix)
+                    .map(|rest| (ino, format!("{to}/{rest}"))),
+                _ => None,
+            })
+            .collect();
+        for (ino, path) in moved {
+            if let Some((old_key, _)) = inner.by_ino.remove(&ino) {
+                inner.by_key.remove(&old_key);
+            }
+            if let Some(&displaced) = inner.by_key.get(&Key::Dir(path.clone())) {
+                inner.remove(displaced);
+            }
+            inner.by_key.insert(Key::Dir(path.clone()), ino);
+            inner
+                .by_ino
+                .insert(ino, (Key::Dir(path.clone()), Inode::Dir(path)));
+        }
     }
 
     /// The mount no longer hands out `ino`: it leaves once the kernel holds it no more.

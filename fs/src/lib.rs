@@ -15,6 +15,9 @@
 //! * [`listing`]: directory listings held compactly, whatever the registry holds.
 //! * [`reader`] and [`writer`]: per-open-file actors that keep reads and writes in the
 //!   order the kernel sent them.
+//! * [`staged`]: content on the mount's disk: files being written, copied up, or kept.
+//! * [`publish`]: the one place a file is pushed, one push per name at a time.
+//! * [`local`]: local files, whose names cannot be registry names (temporary files).
 //! * [`process`]: which process a request comes from (a `close()` by a process that only
 //!   inherited the descriptor does not push).
 //! * [`errno`]: the one table from errors to errno values.
@@ -28,11 +31,14 @@ pub mod filesystem;
 pub mod fuse;
 pub mod inode;
 pub mod listing;
+pub mod local;
 mod metadata;
 pub mod mount;
 pub mod namespace;
 pub mod process;
+pub mod publish;
 pub mod reader;
+pub mod staged;
 mod ttl_cache;
 pub mod writer;
 

@@ -277,6 +277,25 @@ impl Metadata {
             .insert(path.to_owned());
     }
 
+    /// Local directories at or below `from` now live at `to` (a directory was renamed).
+    pub fn move_dirs(&self, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        let moved = |path: &String| {
+            (path == from || path.starts_with(&prefix))
+                .then(|| format!("{to}{}", &path[from.len()..]))
+        };
+        let mut local = self.local_dirs.lock().expect("lock");
+        let renamed: Vec<String> = local.iter().filter_map(moved).collect();
+        local.retain(|path| moved(path).is_none());
+        local.extend(renamed);
+        // The old path is gone as a directory; its repositories moved.
+        self.hidden_dirs
+            .lock()
+            .expect("lock")
+            .insert(from.to_owned());
+        self.catalog.remove(&());
+    }
+
     /// Removes a directory from view.
     pub fn remove_dir(&self, path: &str) {
         self.local_dirs.lock().expect("lock").remove(path);

@@ -1,30 +1,38 @@
-//! Writing a file into the registry: one actor per open file.
+//! Writing a file: one actor per open file.
 //!
-//! Writes must be sequential (EINVAL otherwise). They are appended to a file with no name in
-//! the spool directory, so memory stays bounded whatever the size and a dead mount leaves
-//! nothing behind; the image layer needs the file's length in its tar header before the
-//! content, which is only known at the end. `flush` (every `close()`) and `fsync` push the
-//! file and answer only once the registry has committed the manifest, so `close()` returns
-//! the push's error. A push that fails leaves the tag as it was: the manifest is the last
-//! thing written. A write the spool cannot take (a full disk) poisons the file: the spool
-//! no longer holds what the program wrote, so nothing of it is ever pushed.
+//! Writes land at any offset in [`Staged`] content on the mount's disk, so memory stays
+//! bounded whatever the size and a dead mount leaves nothing behind; the image layer needs
+//! the file's length in its tar header before the content, which is only known at the end.
+//! A file opened for writing without truncating starts from the image's content, fetched at
+//! the first write, read or truncation that needs it (copy-up; `touch` fetches nothing).
+//!
+//! `flush` (every `close()` by the opener) and `fsync` publish the content
+//! ([`Publisher`]) and answer only once the registry has committed the manifest, so
+//! `close()` returns the push's error. A push that fails leaves the tag as it was: the
+//! manifest is the last thing written. A write the spool cannot take (a full disk) poisons
+//! the file: the spool no longer holds what the program wrote, so nothing of it is ever
+//! pushed.
+//!
+//! A local file (a name that cannot be a registry name: a temporary file of `rsync`,
+//! `sed -i`, an editor) is written the same way but never published by closing it: it waits
+//! on the mount's disk until it is renamed onto an image name.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
+use futures::StreamExt;
 use reposure_registry::Registry;
 use reposure_registry::digest::Digest;
-use reposure_registry::formats::single_file::PushFormat;
-use reposure_registry::names;
-use reposure_registry::push::{Content, LocalFile, push_path};
-use reposure_registry::scratch::Scratch;
-use std::os::unix::fs::FileExt;
+use reposure_registry::operations::{FileAttributes, FileContent};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, error, info, warn};
 
 use crate::actor::ask;
 use crate::errno::{FsError, FsResult};
+use crate::inode::ImageName;
+use crate::publish::Publisher;
+use crate::staged::Staged;
 
 /// How long a `close()` waits, after its push, for the kernel to drop the name's cached
 /// entry (so that the next `open` finds the new image). Dropping an entry takes
@@ -63,14 +71,58 @@ enum Trigger {
 pub type OnPublished =
     Box<dyn Fn(&Digest) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
+/// Where a file's content goes.
+pub enum Destination {
+    /// An image, pushed when the file is closed.
+    Image(ImageName),
+    /// A local file, kept on the mount's disk until it is renamed onto an image name.
+    Local,
+}
+
+/// The image content a file opened without truncating starts from.
+pub struct CopyUp {
+    pub repository: String,
+    /// The version: the mount's own copy of it is used when it pushed it moments ago.
+    pub digest: Digest,
+    pub content: FileContent,
+    pub attributes: FileAttributes,
+}
+
+/// Everything a writer needs.
+pub struct WriterSetup {
+    pub registry: Arc<dyn Registry>,
+    pub publisher: Arc<Publisher>,
+    pub destination: Destination,
+    pub staged: Arc<Staged>,
+    /// Where the content starts from, if it is not new.
+    pub copy_up: Option<CopyUp>,
+    /// Whether closing without writing still publishes (an empty) content: true for a
+    /// created or truncated file, false for a plain open for writing (as `touch` does).
+    pub new_content: bool,
+    pub on_published: OnPublished,
+    /// Held until the writer has made its last push, so that whoever holds the receiving
+    /// end can wait for every writer to finish.
+    pub running: Option<mpsc::Sender<()>>,
+}
+
 enum WriteRequest {
     Write {
         offset: u64,
         data: Vec<u8>,
         reply: oneshot::Sender<FsResult<u32>>,
     },
+    Read {
+        offset: u64,
+        size: u32,
+        reply: oneshot::Sender<FsResult<Bytes>>,
+    },
     Truncate {
         size: u64,
+        reply: oneshot::Sender<FsResult<()>>,
+    },
+    SetAttributes {
+        mode: Option<u32>,
+        modified: Option<std::time::SystemTime>,
         reply: oneshot::Sender<FsResult<()>>,
     },
     Flush {
@@ -82,49 +134,32 @@ enum WriteRequest {
 /// An open file being written.
 pub struct WriteHandle {
     requests: mpsc::UnboundedSender<WriteRequest>,
-    size: Arc<AtomicU64>,
+    staged: Arc<Staged>,
     replacing: Arc<AtomicBool>,
 }
 
-/// Where and how to push.
-pub struct Target {
-    pub repository: String,
-    pub tag: String,
-    pub format: PushFormat,
-}
-
 impl WriteHandle {
-    /// Starts the actor; the spool file is created in `spool_dir`. `new_content` says
-    /// whether closing without writing still publishes (an empty) content: true for a
-    /// created or truncated file, false for a plain open for writing (as `touch` does).
-    ///
-    /// The actor holds `running` until it has made its last push, so that whoever holds the
-    /// receiving end can wait for every writer to finish.
-    pub fn spawn(
-        registry: Arc<dyn Registry>,
-        target: Target,
-        spool_dir: &Path,
-        new_content: bool,
-        on_published: OnPublished,
-        running: Option<mpsc::Sender<()>>,
-    ) -> FsResult<Self> {
-        let spool = Scratch::new_in(spool_dir).map_err(FsError::Spool)?;
-        let size = Arc::new(AtomicU64::new(0));
-        let replacing = Arc::new(AtomicBool::new(new_content));
+    /// Starts the actor.
+    pub fn spawn(setup: WriterSetup) -> Self {
+        let replacing = Arc::new(AtomicBool::new(setup.new_content));
         let (requests, mut queue) = mpsc::unbounded_channel();
-        let span =
-            tracing::info_span!("write_handle", repository = %target.repository, tag = %target.tag);
+        let span = match &setup.destination {
+            Destination::Image(name) => tracing::info_span!("write_handle", image = %name),
+            Destination::Local => tracing::info_span!("write_handle", image = "(local)"),
+        };
+        let staged = setup.staged.clone();
+        let running = setup.running;
         let mut writer = Writer {
-            registry,
-            target,
-            spool,
-            spool_dir: spool_dir.to_owned(),
-            size: size.clone(),
+            registry: setup.registry,
+            publisher: setup.publisher,
+            destination: setup.destination,
+            staged: setup.staged,
+            copy_up: setup.copy_up,
             replacing: replacing.clone(),
-            dirty: new_content,
+            dirty: setup.new_content,
             failed: false,
             spool_failure: None,
-            on_published,
+            on_published: setup.on_published,
         };
         tokio::spawn(
             async move {
@@ -137,8 +172,22 @@ impl WriteHandle {
                         } => {
                             let _ = reply.send(writer.write(offset, &data).await);
                         }
+                        WriteRequest::Read {
+                            offset,
+                            size,
+                            reply,
+                        } => {
+                            let _ = reply.send(writer.read(offset, size).await);
+                        }
                         WriteRequest::Truncate { size, reply } => {
                             let _ = reply.send(writer.truncate(size).await);
+                        }
+                        WriteRequest::SetAttributes {
+                            mode,
+                            modified,
+                            reply,
+                        } => {
+                            let _ = reply.send(writer.set_attributes(mode, modified).await);
                         }
                         WriteRequest::Flush { trigger, reply } => {
                             let _ = reply.send(writer.publish(trigger).await);
@@ -158,11 +207,11 @@ impl WriteHandle {
             }
             .instrument(span),
         );
-        Ok(Self {
+        Self {
             requests,
-            size,
+            staged,
             replacing,
-        })
+        }
     }
 
     /// Whether this handle's content replaces the image's (it was created or truncated, or
@@ -171,14 +220,9 @@ impl WriteHandle {
         self.replacing.load(Ordering::Relaxed)
     }
 
-    /// The byte count as it grows, for inodes that outlive the handle.
-    pub fn size_handle(&self) -> Arc<AtomicU64> {
-        self.size.clone()
-    }
-
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        self.size.load(Ordering::Relaxed)
+    /// The content and its attributes as they are now.
+    pub fn staged(&self) -> &Arc<Staged> {
+        &self.staged
     }
 
     /// Queues a write now (so order is kept) and returns its answer.
@@ -194,13 +238,39 @@ impl WriteHandle {
         })
     }
 
-    /// Queues a truncation (only to 0 or the current size).
+    /// Queues a read of what the file holds now (a file opened for reading and writing).
+    pub fn read(
+        &self,
+        offset: u64,
+        size: u32,
+    ) -> impl Future<Output = FsResult<Bytes>> + Send + 'static + use<> {
+        ask(&self.requests, move |reply| WriteRequest::Read {
+            offset,
+            size,
+            reply,
+        })
+    }
+
+    /// Queues a truncation (or extension) to `size`.
     pub fn truncate(
         &self,
         size: u64,
     ) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
         ask(&self.requests, move |reply| WriteRequest::Truncate {
             size,
+            reply,
+        })
+    }
+
+    /// Queues a change of the mode or time the content is pushed with.
+    pub fn set_attributes(
+        &self,
+        mode: Option<u32>,
+        modified: Option<std::time::SystemTime>,
+    ) -> impl Future<Output = FsResult<()>> + Send + 'static + use<> {
+        ask(&self.requests, move |reply| WriteRequest::SetAttributes {
+            mode,
+            modified,
             reply,
         })
     }
@@ -222,16 +292,37 @@ impl WriteHandle {
     }
 }
 
+/// Fetches `from` into `staged` (emptied first): what a copy-up does, and what a `chmod` of
+/// an image the mount no longer holds does before publishing again.
+pub async fn fetch_into(
+    registry: &dyn Registry,
+    from: &CopyUp,
+    staged: &Staged,
+) -> reposure_registry::Result<()> {
+    staged.truncate(0)?;
+    let length = from.content.length();
+    let mut stream = registry
+        .read(&from.repository, &from.content, 0, length)
+        .await?;
+    while let Some(chunk) = stream.next().await {
+        staged.append(&chunk?)?;
+    }
+    staged.adopt(from.attributes);
+    info!(
+        repository = %from.repository,
+        bytes = length,
+        "fetched the content to change it in place"
+    );
+    Ok(())
+}
+
 struct Writer {
     registry: Arc<dyn Registry>,
-    target: Target,
-    /// The spool file, which has no name (nothing is left behind if the mount dies). It
-    /// is written with positioned writes, so reading it back for the upload never moves
-    /// the write position.
-    spool: Scratch,
-    /// Where the spool is, for the scratch files of an archive push.
-    spool_dir: PathBuf,
-    size: Arc<AtomicU64>,
+    publisher: Arc<Publisher>,
+    destination: Destination,
+    staged: Arc<Staged>,
+    /// The image content the file starts from, until it is fetched (or truncated away).
+    copy_up: Option<CopyUp>,
     replacing: Arc<AtomicBool>,
     /// The content differs from what was last published.
     dirty: bool,
@@ -268,50 +359,94 @@ impl Writer {
         self.replacing.store(true, Ordering::Relaxed);
     }
 
-    async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let expected = self.size.load(Ordering::Relaxed);
-        if offset != expected {
-            return Err(FsError::NonSequentialWrite {
-                expected,
-                got: offset,
-            });
+    /// Fetches the content the file starts from, if it was not yet: from the content of
+    /// the mount's own push of that version moments ago, or else from the registry.
+    async fn copy_up(&mut self) -> FsResult<()> {
+        let Some(from) = &self.copy_up else {
+            return Ok(());
+        };
+        let recent = match &self.destination {
+            Destination::Image(name) => self.publisher.recent(name, &from.digest),
+            Destination::Local => None,
+        };
+        if let Some(recent) = recent {
+            self.staged.copy_from(&recent).map_err(FsError::Spool)?;
+            self.staged.adopt(from.attributes);
+            self.copy_up = None;
+            return Ok(());
         }
+        if let Err(e) = fetch_into(self.registry.as_ref(), from, &self.staged).await {
+            // Fetched in part: nothing of it may stand for the file; the next access tries
+            // again from the start.
+            let _ = self.staged.truncate(0);
+            warn!(error = %e, "cannot fetch the content to change it in place");
+            return Err(e.into());
+        }
+        self.copy_up = None;
+        Ok(())
+    }
+
+    async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.check_spool()?;
-        // A write to the local spool lands in the page cache; it is done in place rather
-        // than on the blocking pool, which would cost a thread hand-off per FUSE write.
-        tokio::task::block_in_place(|| self.spool.file().write_all_at(data, offset))
+        self.copy_up().await?;
+        self.staged
+            .write_at(offset, data)
             .map_err(|e| self.spool_failed(e))?;
-        self.size.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.mark_dirty();
         Ok(data.len() as u32)
     }
 
+    async fn read(&mut self, offset: u64, size: u32) -> FsResult<Bytes> {
+        self.check_spool()?;
+        self.copy_up().await?;
+        self.staged.read_at(offset, size).map_err(FsError::Spool)
+    }
+
     async fn truncate(&mut self, size: u64) -> FsResult<()> {
-        let current = self.size.load(Ordering::Relaxed);
-        if size == current {
-            // An explicit truncation to the current size (say, `: > file`) still means
-            // "this is the new content".
-            self.mark_dirty();
-            return Ok(());
+        if size == 0 {
+            // The old content is gone whatever it was: nothing to fetch, and the spool holds
+            // exactly what was written again: nothing.
+            self.copy_up = None;
+            self.spool_failure = None;
+        } else {
+            self.check_spool()?;
+            self.copy_up().await?;
         }
-        if size != 0 {
-            return Err(FsError::NotPermitted(format!(
-                "can only truncate a file being written to 0 bytes, not {size}"
-            )));
-        }
-        self.spool
-            .file()
-            .set_len(0)
+        self.staged
+            .truncate(size)
             .map_err(|e| self.spool_failed(e))?;
-        // Empty again, the spool holds exactly what was written: nothing.
-        self.spool_failure = None;
-        self.size.store(0, Ordering::Relaxed);
+        // A truncation to the current size (say, `: > file`) still means "this is the new
+        // content".
         self.mark_dirty();
         Ok(())
     }
 
-    /// Pushes the spooled content if it changed since the last push; fails at once if the
-    /// spool lost part of it.
+    /// Records the mode or time to push with: a change the next push carries (the content
+    /// is fetched first if it was not yet, so the image pushed is whole).
+    async fn set_attributes(
+        &mut self,
+        mode: Option<u32>,
+        modified: Option<std::time::SystemTime>,
+    ) -> FsResult<()> {
+        // What the content already has changes nothing (`touch -d` of the time it has).
+        if mode.is_none_or(|m| m & 0o7777 == self.staged.mode())
+            && modified.is_none_or(|t| t == self.staged.modified())
+        {
+            return Ok(());
+        }
+        self.copy_up().await?;
+        if let Some(mode) = mode {
+            self.staged.set_mode(mode);
+        }
+        if let Some(modified) = modified {
+            self.staged.set_modified(modified);
+        }
+        self.mark_dirty();
+        Ok(())
+    }
+
+    /// Pushes the content if it changed since the last push; fails at once if the spool
+    /// lost part of it.
     ///
     /// A `close()` while the file is empty publishes nothing: programs that `dup` a
     /// descriptor (`dd of=`, a shell's `>`) close one copy before writing, and an empty image
@@ -320,28 +455,21 @@ impl Writer {
     /// release does not retry a publish that failed: close() already reported that failure.
     async fn publish(&mut self, trigger: Trigger) -> FsResult<()> {
         self.check_spool()?;
-        let size = self.size.load(Ordering::Relaxed);
+        let size = self.staged.size();
         if !self.dirty || (trigger != Trigger::Release && size == 0) {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        let file = LocalFile {
-            path: &self.spool.path(),
-            file_name: names::base_name(&self.target.repository).to_owned(),
-            format: self.target.format,
-            created: None,
-            content: Content::Detect,
-            scratch_dir: &self.spool_dir,
-            progress: None,
+        let Destination::Image(name) = &self.destination else {
+            if trigger == Trigger::Close {
+                info!(
+                    size,
+                    "kept on the mount's disk, not pushed: the name cannot be a registry name; rename the file onto one to push it"
+                );
+            }
+            return Ok(());
         };
-        let result = push_path(
-            self.registry.as_ref(),
-            &self.target.repository,
-            &self.target.tag,
-            file,
-        )
-        .await;
-        match result {
+        let started = std::time::Instant::now();
+        match self.publisher.publish(name, &self.staged).await {
             Ok(digest) => {
                 info!(%digest, size, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
                 self.dirty = false;

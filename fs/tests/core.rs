@@ -10,7 +10,7 @@ use reposure_fs::inode::ROOT;
 use reposure_fs::{Caller, Filesystem, FsConfig};
 use reposure_registry::RegistryError;
 use reposure_registry::operations::StoreRegistry;
-use reposure_registry::store::memory::{MemoryStore, TagDeletion};
+use reposure_registry::store::memory::{MemoryStore, RequestCounts, TagDeletion};
 
 fn filesystem(store: Arc<MemoryStore>) -> Arc<Filesystem> {
     let registry = Arc::new(StoreRegistry::new(store));
@@ -23,6 +23,7 @@ async fn write_file(fs: &Filesystem, parent: u64, name: &str, content: &[u8]) {
             parent,
             OsStr::new(name),
             libc::O_WRONLY | libc::O_CREAT,
+            0o644,
             Caller::this_process(),
         )
         .await
@@ -166,6 +167,7 @@ async fn push(fs: &Filesystem, name: &str, content: &[u8]) -> Result<(), FsError
             ROOT,
             OsStr::new(name),
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o644,
             Caller::this_process(),
         )
         .await?;
@@ -242,23 +244,188 @@ async fn read_failure_is_eio_and_next_open_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn writes_must_be_sequential() {
+async fn writes_land_anywhere() {
     let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
     let fs = filesystem(store);
-    let fh = create_in_root(&fs, "seq").await;
+    let fh = create_in_root(&fs, "anywhere").await;
     fs.write(fh, 0, b"abc".to_vec()).await.unwrap();
-    assert_eq!(
-        fs.write(fh, 10, b"x".to_vec()).await.unwrap_err().errno(),
-        libc::EINVAL
-    );
-    assert_eq!(
-        fs.write(fh, 0, b"x".to_vec()).await.unwrap_err().errno(),
-        libc::EINVAL
-    );
-    fs.write(fh, 3, b"def".to_vec()).await.unwrap();
+    fs.write(fh, 6, b"x".to_vec()).await.unwrap();
+    fs.write(fh, 0, b"A".to_vec()).await.unwrap();
     fs.flush(fh, Caller::this_process()).await.unwrap();
     fs.release(fh);
-    assert_eq!(read_file(&fs, ROOT, "seq").await.unwrap(), b"abcdef");
+    assert_eq!(
+        read_file(&fs, ROOT, "anywhere").await.unwrap(),
+        b"Abc\0\0\0x"
+    );
+}
+
+/// Opens `name` in the root for writing with `flags`.
+async fn open_for_writing(fs: &Filesystem, name: &str, flags: i32) -> u64 {
+    let attr = fs.lookup(ROOT, OsStr::new(name)).await.unwrap();
+    fs.open(attr.ino, flags, Caller::this_process())
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_opened_without_truncating_is_changed_in_place() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    write_file(&fs, ROOT, "doc", b"hello world").await;
+    // A plain open and close (touch) fetches nothing and pushes nothing.
+    let attr = fs.lookup(ROOT, OsStr::new("doc")).await.unwrap();
+    let blobs_read = RequestCounts::get(&store.counts.get_blob);
+    let pushes = RequestCounts::get(&store.counts.put_manifest);
+    let fh = fs
+        .open(attr.ino, libc::O_WRONLY, Caller::this_process())
+        .await
+        .unwrap()
+        .0;
+    fs.flush(fh, Caller::this_process()).await.unwrap();
+    fs.release(fh);
+    assert_eq!(RequestCounts::get(&store.counts.get_blob), blobs_read);
+    assert_eq!(RequestCounts::get(&store.counts.put_manifest), pushes);
+    // A partial rewrite fetches the content, then changes it.
+    let fh = open_for_writing(&fs, "doc", libc::O_RDWR).await;
+    fs.write(fh, 6, b"WORLD".to_vec()).await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"hello WORLD");
+    fs.write(fh, 11, b"!".to_vec()).await.unwrap();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
+    fs.release(fh);
+    assert_eq!(read_file(&fs, ROOT, "doc").await.unwrap(), b"hello WORLD!");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_files_are_published_by_renaming_them() {
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    let fh = create_in_root(&fs, ".report.tmp123").await;
+    fs.write(fh, 0, b"draft".to_vec()).await.unwrap();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
+    fs.release(fh);
+    let names = |entries: Vec<reposure_fs::filesystem::DirEntry>| {
+        entries.into_iter().map(|e| e.name).collect::<Vec<_>>()
+    };
+    assert_eq!(names(fs.list(ROOT).await.unwrap()), [".report.tmp123"]);
+    assert_eq!(
+        RequestCounts::get(&store.counts.put_manifest),
+        0,
+        "nothing pushed"
+    );
+    let attr = fs.lookup(ROOT, OsStr::new(".report.tmp123")).await.unwrap();
+    assert_eq!(
+        attr.perm & 0o1000,
+        0o1000,
+        "a local file shows the sticky bit"
+    );
+    assert_eq!(
+        read_file(&fs, ROOT, ".report.tmp123").await.unwrap(),
+        b"draft"
+    );
+    fs.rename(
+        ROOT,
+        OsStr::new(".report.tmp123"),
+        ROOT,
+        OsStr::new("report"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(names(fs.list(ROOT).await.unwrap()), ["report"]);
+    assert_eq!(read_file(&fs, ROOT, "report").await.unwrap(), b"draft");
+    // An image renamed onto a local name: EXDEV.
+    let refused = fs
+        .rename(ROOT, OsStr::new("report"), ROOT, OsStr::new(".back"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.errno(), libc::EXDEV);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chmod_after_the_push_republishes_from_the_mounts_own_copy() {
+    use reposure_fs::filesystem::AttrChanges;
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    write_file(&fs, ROOT, "tool", b"#!/bin/sh\necho hi\n").await;
+    let attr = fs.lookup(ROOT, OsStr::new("tool")).await.unwrap();
+    assert_eq!(attr.perm, 0o644);
+    let blobs_read = RequestCounts::get(&store.counts.get_blob);
+    let changes = AttrChanges {
+        mode: Some(0o755),
+        ..Default::default()
+    };
+    let changed = fs.setattr(attr.ino, changes, None).await.unwrap();
+    assert_eq!(changed.perm, 0o755);
+    assert_eq!(
+        RequestCounts::get(&store.counts.get_blob),
+        blobs_read,
+        "the content came from the mount's own copy"
+    );
+    let again = fs.lookup(ROOT, OsStr::new("tool")).await.unwrap();
+    assert_eq!(again.perm, 0o755);
+    // The same mode again pushes nothing.
+    let pushes = RequestCounts::get(&store.counts.put_manifest);
+    fs.setattr(again.ino, changes, None).await.unwrap();
+    assert_eq!(RequestCounts::get(&store.counts.put_manifest), pushes);
+    // A new time is pushed once, through the inode the kernel already holds; the same time
+    // again pushes nothing.
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_934_245);
+    let touch = AttrChanges {
+        modified: Some(time),
+        ..Default::default()
+    };
+    assert_eq!(
+        fs.setattr(again.ino, touch, None).await.unwrap().mtime,
+        time
+    );
+    assert_eq!(RequestCounts::get(&store.counts.put_manifest), pushes + 1);
+    fs.setattr(again.ino, touch, None).await.unwrap();
+    assert_eq!(RequestCounts::get(&store.counts.put_manifest), pushes + 1);
+    let touched = fs.lookup(ROOT, OsStr::new("tool")).await.unwrap();
+    assert_eq!((touched.mtime, touched.perm), (time, 0o755));
+    assert_eq!(
+        read_file(&fs, ROOT, "tool").await.unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn touch_through_an_open_file_uses_the_mounts_own_copy() {
+    use reposure_fs::filesystem::AttrChanges;
+    let store = Arc::new(MemoryStore::new(TagDeletion::Unsupported));
+    let fs = filesystem(store.clone());
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    write_file(&fs, ROOT, "big", &content).await;
+    let attr = fs.lookup(ROOT, OsStr::new("big")).await.unwrap();
+    let (bytes_read, pushes) = (
+        RequestCounts::get(&store.counts.blob_bytes_read),
+        RequestCounts::get(&store.counts.put_manifest),
+    );
+    // `touch`: open for writing, set the time through the descriptor, close.
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    let touch = AttrChanges {
+        modified: Some(time),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let fh = open_for_writing(&fs, "big", libc::O_WRONLY).await;
+        fs.setattr(attr.ino, touch, Some(fh)).await.unwrap();
+        fs.flush(fh, Caller::this_process()).await.unwrap();
+        fs.release(fh);
+    }
+    assert_eq!(
+        RequestCounts::get(&store.counts.put_manifest),
+        pushes + 1,
+        "the second touch of the same time pushes nothing"
+    );
+    assert!(
+        RequestCounts::get(&store.counts.blob_bytes_read) - bytes_read < content.len() as u64,
+        "the content was fetched back"
+    );
+    let touched = fs.lookup(ROOT, OsStr::new("big")).await.unwrap();
+    assert_eq!(touched.mtime, time);
+    assert_eq!(read_file(&fs, ROOT, "big").await.unwrap(), content);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -337,6 +504,7 @@ async fn copying_many_files_asks_little_of_the_registry() {
                 dir,
                 OsStr::new(&name),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o644,
                 Caller::this_process(),
             )
             .await
@@ -388,6 +556,7 @@ async fn entry_lifetimes_are_what_is_left_of_the_metadata_ttl() {
             ROOT,
             OsStr::new("new"),
             libc::O_WRONLY | libc::O_CREAT,
+            0o644,
             Caller::this_process(),
         )
         .await
@@ -446,6 +615,7 @@ async fn forgotten_inodes_leave_the_table() {
                 ROOT,
                 OsStr::new("churn"),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                0o644,
                 Caller::this_process(),
             )
             .await
@@ -488,6 +658,7 @@ async fn a_file_being_written_keeps_its_inode_until_released() {
             ROOT,
             OsStr::new("open"),
             libc::O_WRONLY | libc::O_CREAT,
+            0o644,
             Caller::this_process(),
         )
         .await
@@ -510,7 +681,7 @@ async fn a_file_being_written_keeps_its_inode_until_released() {
 async fn create_in_root(fs: &Filesystem, name: &str) -> u64 {
     let flags = libc::O_WRONLY | libc::O_CREAT;
     let (_, fh) = fs
-        .create(ROOT, OsStr::new(name), flags, Caller::this_process())
+        .create(ROOT, OsStr::new(name), flags, 0o644, Caller::this_process())
         .await
         .unwrap();
     fh
@@ -574,6 +745,7 @@ async fn only_the_openers_close_pushes() {
             ROOT,
             OsStr::new("doc"),
             libc::O_WRONLY | libc::O_TRUNC,
+            0o644,
             Caller::this_process(),
         )
         .await

@@ -2,6 +2,11 @@
 //! pushes and deletes by another client in between, compared after every step with a pure
 //! model of the expected tree and contents. Runs the async core against the in-memory
 //! store (no FUSE), with metadata trusted for no time so other clients' changes show at once.
+//!
+//! The names include local ones (names no registry accepts, as editors and `rsync` use for
+//! their temporary files), and the operations include changes in place (a write at an
+//! offset into an existing file, a truncate), so that copy-up, publishing by rename and
+//! EXDEV for images renamed onto local names are all checked against the same model.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -17,14 +22,21 @@ use reposure_fs::{Caller, Filesystem, FsConfig};
 use reposure_registry::operations::{FileUpload, Registry, StoreRegistry};
 use reposure_registry::store::memory::{MemoryStore, TagDeletion};
 
-/// The names the operations use: (directory, file name, repository, tag).
-const NAMES: [(&str, &str, &str, &str); 5] = [
+/// The names the operations use: (directory, file name, repository, tag). The last two
+/// are local names: no repository.
+const NAMES: [(&str, &str, &str, &str); 7] = [
     ("", "a", "a", "latest"),
     ("", "a:v1", "a", "v1"),
     ("d", "b", "d/b", "latest"),
     ("d", "b:v2", "d/b", "v2"),
     ("d", "c", "d/c", "latest"),
+    ("", ".a.tmp", "", ""),
+    ("d", "c~", "", ""),
 ];
+
+fn is_local(name: usize) -> bool {
+    NAMES[name].2.is_empty()
+}
 
 fn contents() -> Vec<Vec<u8>> {
     vec![
@@ -38,6 +50,9 @@ fn contents() -> Vec<Vec<u8>> {
 #[derive(Debug, Clone)]
 enum Op {
     Write(usize, usize),
+    /// Writes bytes at an offset into the existing file, without truncating it.
+    Patch(usize, u64, Vec<u8>),
+    Truncate(usize, u64),
     Read(usize, u64),
     Remove(usize),
     Move(usize, usize),
@@ -53,6 +68,13 @@ fn op() -> impl Strategy<Value = Op> {
     let content = 0..4usize;
     prop_oneof![
         (name.clone(), content.clone()).prop_map(|(n, c)| Op::Write(n, c)),
+        (
+            name.clone(),
+            0..800_000u64,
+            proptest::collection::vec(any::<u8>(), 1..5000)
+        )
+            .prop_map(|(n, o, b)| Op::Patch(n, o, b)),
+        (name.clone(), 0..800_000u64).prop_map(|(n, s)| Op::Truncate(n, s)),
         (name.clone(), 0..800_000u64).prop_map(|(n, o)| Op::Read(n, o)),
         name.clone().prop_map(Op::Remove),
         (name.clone(), name.clone()).prop_map(|(a, b)| Op::Move(a, b)),
@@ -99,6 +121,7 @@ impl Harness {
                 parent,
                 OsStr::new(file),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                0o644,
                 Caller::this_process(),
             )
             .await?;
@@ -112,12 +135,35 @@ impl Harness {
         result
     }
 
-    async fn read(&self, name: usize, offset: u64) -> Result<Vec<u8>, FsError> {
+    async fn lookup(&self, name: usize) -> Result<reposure_fs::filesystem::Attr, FsError> {
         let (dir, file, ..) = NAMES[name];
-        let attr = self
+        self.fs.lookup(self.dir(dir).await, OsStr::new(file)).await
+    }
+
+    /// Opens the existing file read-write and writes `bytes` at `offset`.
+    async fn patch(&self, name: usize, offset: u64, bytes: &[u8]) -> Result<(), FsError> {
+        let attr = self.lookup(name).await?;
+        let (fh, _) = self
             .fs
-            .lookup(self.dir(dir).await, OsStr::new(file))
+            .open(attr.ino, libc::O_RDWR, Caller::this_process())
             .await?;
+        let written = self.fs.write(fh, offset, bytes.to_vec()).await;
+        let flushed = self.fs.flush(fh, Caller::this_process()).await;
+        self.fs.release(fh);
+        written.and(flushed)
+    }
+
+    async fn truncate(&self, name: usize, size: u64) -> Result<u64, FsError> {
+        let attr = self.lookup(name).await?;
+        let changes = reposure_fs::filesystem::AttrChanges {
+            size: Some(size),
+            ..Default::default()
+        };
+        Ok(self.fs.setattr(attr.ino, changes, None).await?.size)
+    }
+
+    async fn read(&self, name: usize, offset: u64) -> Result<Vec<u8>, FsError> {
+        let attr = self.lookup(name).await?;
         let (fh, _) = self
             .fs
             .open(attr.ino, libc::O_RDONLY, Caller::this_process())
@@ -144,6 +190,7 @@ impl Harness {
             size: body.len() as u64,
             format: Default::default(),
             created: None,
+            attributes: Default::default(),
             body: futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed(),
         };
         self.registry
@@ -158,6 +205,30 @@ impl Harness {
             Op::Write(n, c) => {
                 self.write(n, &self.contents[c]).await.expect("write");
                 model.images.insert(n, self.contents[c].clone());
+            }
+            Op::Patch(n, offset, ref bytes) => {
+                let result = self.patch(n, offset, bytes).await;
+                match model.images.get_mut(&n) {
+                    Some(content) => {
+                        result.expect("patch");
+                        let (start, end) = (offset as usize, offset as usize + bytes.len());
+                        if content.len() < end {
+                            content.resize(end, 0);
+                        }
+                        content[start..end].copy_from_slice(bytes);
+                    }
+                    None => assert_eq!(result.unwrap_err().errno(), libc::ENOENT),
+                }
+            }
+            Op::Truncate(n, size) => {
+                let result = self.truncate(n, size).await;
+                match model.images.get_mut(&n) {
+                    Some(content) => {
+                        assert_eq!(result.expect("truncate"), size);
+                        content.resize(size as usize, 0);
+                    }
+                    None => assert_eq!(result.unwrap_err().errno(), libc::ENOENT),
+                }
             }
             Op::Read(n, offset) => match model.images.get(&n) {
                 Some(content) => {
@@ -192,6 +263,10 @@ impl Harness {
                     .await;
                 match model.images.get(&a).cloned() {
                     Some(_) if a == b => result.expect("move onto itself"),
+                    // An image cannot become a local file: `mv` copies it instead.
+                    Some(_) if !is_local(a) && is_local(b) => {
+                        assert_eq!(result.unwrap_err().errno(), libc::EXDEV)
+                    }
                     Some(content) => {
                         result.expect("move");
                         model.images.remove(&a);
@@ -204,6 +279,15 @@ impl Harness {
                 let ((da, fa, ..), (db, fb, ..)) = (NAMES[a], NAMES[b]);
                 let source = self.fs.lookup(self.dir(da).await, OsStr::new(fa)).await;
                 match (model.images.get(&a).cloned(), source) {
+                    // Only published images take new names by linking.
+                    (Some(_), Ok(attr)) if is_local(a) || is_local(b) => {
+                        let result = self
+                            .fs
+                            .link(attr.ino, self.dir(db).await, OsStr::new(fb))
+                            .await;
+                        let refused = result.unwrap_err().errno();
+                        assert!([libc::EPERM, libc::EINVAL].contains(&refused), "{refused}");
+                    }
                     (Some(content), Ok(attr)) => {
                         let result = self
                             .fs
@@ -227,6 +311,8 @@ impl Harness {
                     ),
                 }
             }
+            // Another client sees only the registry.
+            Op::PushElsewhere(n, _) | Op::DeleteElsewhere(n) if is_local(n) => {}
             Op::PushElsewhere(n, c) => {
                 self.push_elsewhere(n, &self.contents[c]).await;
                 model.images.insert(n, self.contents[c].clone());

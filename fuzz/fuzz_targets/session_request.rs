@@ -46,6 +46,7 @@ fn session() -> &'static Mutex<SendRequest<Body>> {
                 size: content.len() as u64,
                 format: PushFormat::Image,
                 created: None,
+                attributes: Default::default(),
                 body: futures::stream::once(async move { Ok(content) }).boxed(),
             };
             registry

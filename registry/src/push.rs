@@ -18,7 +18,7 @@ use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
 use crate::formats::single_file::PushFormat;
 use crate::import;
-use crate::operations::{FileUpload, Registry};
+use crate::operations::{FileAttributes, FileUpload, Registry};
 
 /// Read size when streaming a local file to the registry: large enough that a push is a
 /// few hundred reads per GiB, small enough to keep memory per push bounded.
@@ -46,6 +46,8 @@ pub struct LocalFile<'a> {
     pub format: PushFormat,
     /// The creation time a single-file image records; `None` means now.
     pub created: Option<DateTime<Utc>>,
+    /// The file's mode and time a single-file image records.
+    pub attributes: FileAttributes,
     pub content: Content,
     /// Where a gzip archive is decompressed while it is read.
     pub scratch_dir: &'a Path,
@@ -84,6 +86,7 @@ pub async fn push_path(
         size,
         format: file.format,
         created: file.created,
+        attributes: file.attributes,
         body,
     };
     registry.push_file(repository, tag, upload).await

@@ -70,6 +70,15 @@ impl Scratch {
         File::open(self.path())
     }
 
+    /// Gives the file the new name `path` (which must not exist), keeping this value: a
+    /// second name for the same file, that outlives the process.
+    pub fn link_to(&self, path: &Path) -> io::Result<()> {
+        match &self.named {
+            Some(named) => std::fs::hard_link(named, path),
+            None => link_unnamed(&self.file, path),
+        }
+    }
+
     /// Gives the file the name `path`, replacing what had it, in one step: readers see the
     /// old file or the complete new one. Call it after the content is synced.
     pub fn persist(self, path: &Path) -> io::Result<()> {

@@ -26,6 +26,7 @@ use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::logging;
 use reposure_registry::names::{self, Reference};
+use reposure_registry::operations::FileAttributes;
 use reposure_registry::pull::{list_images, pull};
 use reposure_registry::push::{Content, LocalFile, push_path};
 use reposure_registry::scratch::Scratch;
@@ -272,6 +273,7 @@ async fn run(cli: Cli) -> Result<()> {
                 file_name: names::base_name(&repository).to_owned(),
                 format,
                 created: None,
+                attributes: FileAttributes::default(),
                 content: Content::Detect,
                 scratch_dir: &scratch_dir,
                 progress: None,

@@ -1,4 +1,4 @@
-//! The peers: skopeo, umoci and curl, run as commands.
+//! The peers: skopeo, umoci and curl, run as commands, and what they extract.
 
 use std::path::Path;
 use std::process::Command;
@@ -127,9 +127,26 @@ pub fn umoci_single_file_image(
     layout
 }
 
+/// The one regular file of a single-layer image, as an extracting client sees it: its name,
+/// bytes, permission bits and modification time (seconds) from its tar header.
+#[derive(Debug, Clone)]
+pub struct LayerFile {
+    pub name: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+    pub mtime: u64,
+}
+
 /// Extracts the single regular file of a `dir:` image copied by skopeo (layers are
 /// uncompressed tar or gzip tar).
 pub fn file_from_skopeo_dir(dir: &Path) -> (String, Vec<u8>) {
+    let file = layer_file_from_skopeo_dir(dir);
+    (file.name, file.data)
+}
+
+/// The single regular file of a `dir:` image copied by skopeo, with its tar header's mode
+/// and time.
+pub fn layer_file_from_skopeo_dir(dir: &Path) -> LayerFile {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json"))
             .expect("json");
@@ -149,10 +166,29 @@ pub fn file_from_skopeo_dir(dir: &Path) -> (String, Vec<u8>) {
         let mut entry = entry.expect("tar entry");
         if entry.header().entry_type().is_file() {
             let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mode = entry.header().mode().expect("tar mode") & 0o7777;
+            let mtime = entry.header().mtime().expect("tar mtime");
             let mut data = Vec::new();
             std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
-            return (name, data);
+            return LayerFile {
+                name,
+                data,
+                mode,
+                mtime,
+            };
         }
     }
     panic!("no file in the layer");
+}
+
+/// What another client gets for `REPOSITORY:TAG`: skopeo copies `docker://HOST/REFERENCE`
+/// to a temporary `dir:` and the file is read from its layer.
+pub fn pulled_file(host: &str, reference: &str) -> LayerFile {
+    let work = tempfile::tempdir().expect("a directory for skopeo");
+    let dir = work.path().join("image");
+    skopeo_copy(
+        &format!("docker://{host}/{reference}"),
+        &format!("dir:{}", dir.display()),
+    );
+    layer_file_from_skopeo_dir(&dir)
 }

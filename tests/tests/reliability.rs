@@ -884,8 +884,8 @@ fn manifests_over_four_mib_are_refused() {
 }
 
 /// Names that are invalid, too long or not UTF-8 are refused before anything reaches the
-/// registry: EINVAL or ENAMETOOLONG through the mount, exit 2 with the rule from
-/// `image push`.
+/// registry: through the mount, EINVAL for such a directory (a file by such a name is a
+/// local file, never pushed) or ENAMETOOLONG; exit 2 with the rule from `image push`.
 #[test]
 fn invalid_names_are_refused_by_cp_and_image_push() {
     use std::os::unix::ffi::OsStrExt;
@@ -896,18 +896,19 @@ fn invalid_names_are_refused_by_cp_and_image_push() {
     let file = input_file(work.path(), "content", b"content");
     let long_tag = format!("ok:{}", "t".repeat(129));
     let long_path = format!("{}x", "r/".repeat(128));
-    let cases = [
-        ("Upper", libc::EINVAL, "lower case"),
-        ("with space", libc::EINVAL, "may contain only"),
-        (".hidden", libc::EINVAL, "must start"),
-        (long_tag.as_str(), libc::ENAMETOOLONG, "at most 128"),
-    ];
-    for (name, errno, rule) in cases {
+    for (name, rule) in [
+        ("Upper", "lower case"),
+        ("with space", "may contain only"),
+        (".hidden", "must start"),
+    ] {
         assert_eq!(
-            errno_of(tally.input(|| fs::write(mount.path(name), b"x"))),
-            errno,
+            errno_of(tally.input(|| fs::create_dir(mount.path(name)))),
+            libc::EINVAL,
             "{name}"
         );
+        tally
+            .input(|| fs::write(mount.path(name), b"x"))
+            .unwrap_or_else(|e| panic!("{name} as a local file: {e}"));
         let pushed = tally.input(|| {
             reposure(&[
                 "image",
@@ -919,6 +920,20 @@ fn invalid_names_are_refused_by_cp_and_image_push() {
         });
         failed(&pushed, 2, rule);
     }
+    assert_eq!(
+        errno_of(tally.input(|| fs::write(mount.path(&long_tag), b"x"))),
+        libc::ENAMETOOLONG
+    );
+    let pushed = tally.input(|| {
+        reposure(&[
+            "image",
+            "push",
+            &registry.url(),
+            &long_tag,
+            file.to_str().unwrap(),
+        ])
+    });
+    failed(&pushed, 2, "at most 128");
     let pushed = tally.input(|| {
         reposure(&[
             "image",
@@ -980,8 +995,8 @@ fn invalid_names_are_refused_by_cp_and_image_push() {
     Row::new(
         "input.invalid-names",
         Category::BadInput,
-        "names with upper case, a space, a leading dot, a 129-character tag and non-UTF-8 bytes through cp and image push; a 257-character repository path through cp, mkdir and image push; a non-UTF-8 source given to reposure-mount",
-        "EINVAL or ENAMETOOLONG through the mount; exit 2 naming the rule from the CLI and from reposure-mount; nothing reaches the registry",
+        "names with upper case, a space, a leading dot, a 129-character tag and non-UTF-8 bytes through cp, mkdir and image push; a 257-character repository path through cp, mkdir and image push; a non-UTF-8 source given to reposure-mount",
+        "EINVAL (a directory, a non-UTF-8 name) or ENAMETOOLONG through the mount, files by the other names kept as local files; exit 2 naming the rule from the CLI and from reposure-mount; nothing reaches the registry",
         "invalid_names_are_refused_by_cp_and_image_push",
     )
     .tally(&tally)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reposure_tests::contract;
 use reposure_tests::mount::{Mount, mount_entry};
-use reposure_tests::posix::{errno_of, names};
+use reposure_tests::posix::{close, errno_of, names, write_and_close};
 use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::tools::{self, manifest, registry_tags, run};
 use reposure_tests::{random_bytes, sha256_hex};
@@ -129,24 +129,56 @@ fn overwrite_replaces_the_tag() {
     contract::exercises(&["push.overwrite"]);
 }
 
-/// A write that skips or goes back is EINVAL; appending to an image too.
+/// Writes land at any offset (the gap reads as zeros), `ftruncate` cuts and extends a file
+/// being written, and a file opened for reading and writing reads back what it holds: the
+/// whole is pushed at close. (Changing an image in place, `>>` and `dd conv=notrunc`, is in
+/// `tools.rs`.)
 #[test]
-fn non_sequential_writes_are_einval() {
-    let (_registry, mount) = mounted();
-    let mut file = fs::File::create(mount.path("seq")).unwrap();
+fn writes_land_at_any_offset() {
+    let (registry, mount) = mounted();
+    let mut file = fs::File::create(mount.path("sparse")).unwrap();
     file.write_all(b"abc").unwrap();
     file.seek(SeekFrom::Start(10)).unwrap();
-    assert_eq!(errno_of(file.write_all(b"x")), libc::EINVAL);
+    file.write_all(b"x").unwrap();
     file.seek(SeekFrom::Start(3)).unwrap();
     file.write_all(b"def").unwrap();
-    drop(file);
-    assert_eq!(fs::read(mount.path("seq")).unwrap(), b"abcdef");
-    let mut append = fs::OpenOptions::new()
-        .append(true)
-        .open(mount.path("seq"))
+    close(file).unwrap();
+    let sparse = b"abcdef\0\0\0\0x";
+    assert_eq!(fs::read(mount.path("sparse")).unwrap(), sparse);
+    assert_eq!(
+        tools::pulled_file(&registry.host(), "sparse:latest").data,
+        sparse
+    );
+
+    let mut file = fs::File::create(mount.path("resized")).unwrap();
+    file.write_all(&[7u8; 100]).unwrap();
+    file.set_len(40).unwrap();
+    file.set_len(60).unwrap();
+    close(file).unwrap();
+    let resized = [[7u8; 40].as_slice(), &[0u8; 20]].concat();
+    assert_eq!(fs::read(mount.path("resized")).unwrap(), resized);
+
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(mount.path("readback"))
         .unwrap();
-    assert_eq!(errno_of(append.write_all(b"more")), libc::EINVAL);
-    contract::exercises(&["push.sequential"]);
+    file.write_all(b"hello world").unwrap();
+    let mut held = String::new();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.read_to_string(&mut held).unwrap();
+    assert_eq!(held, "hello world");
+    file.seek(SeekFrom::Start(6)).unwrap();
+    file.write_all(b"there").unwrap();
+    held.clear();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.read_to_string(&mut held).unwrap();
+    assert_eq!(held, "hello there");
+    close(file).unwrap();
+    assert_eq!(fs::read(mount.path("readback")).unwrap(), b"hello there");
+    assert_eq!(registry_tags(&registry.url(), "readback"), ["latest"]);
+    contract::exercises(&["push.anywhere"]);
 }
 
 /// A pushed file is a real image; skopeo copies it and the file inside is byte-identical.
@@ -213,7 +245,7 @@ fn artifact_format() {
     contract::exercises(&["push.format-artifact", "read.formats"]);
 }
 
-/// True size and the created time.
+/// True size, and as mtime the time the file was written.
 #[test]
 fn stat_shows_size_and_created_time() {
     let (_registry, mount) = mounted();
@@ -230,46 +262,103 @@ fn stat_shows_size_and_created_time() {
     contract::exercises(&["stat.size-mtime"]);
 }
 
-/// `chmod`/`chown` EPERM, times accepted, modes and owner.
+/// `chmod` and setting the mtime of an image publish it again with the new mode or time
+/// (same content); setting what it records, or only the atime, pushes nothing. `chown` to
+/// the owner shown succeeds and changes nothing, to another is EPERM. On a file being
+/// written a `chmod` takes effect with its push; directories accept changes and keep none.
 #[test]
-fn chmod_chown_refused_times_accepted() {
-    let (_registry, mount) = mounted();
-    fs::write(mount.path("attrs"), b"x").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    let meta = fs::metadata(mount.path("attrs")).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+fn chmod_and_times_republish_and_chown_only_to_the_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (registry, mount) = mounted();
+    let attrs = mount.path("attrs");
+    let digest = || tools::tag_digest(&registry.url(), "attrs", "latest").unwrap();
+    let manifest_puts = || {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"PUT /v2/attrs/manifests/"))
+            .count()
+    };
+    fs::write(&attrs, b"x").unwrap();
+    let meta = fs::metadata(&attrs).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+
+    let first = digest();
+    fs::set_permissions(&attrs, fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(
-        errno_of(fs::set_permissions(
-            mount.path("attrs"),
-            fs::Permissions::from_mode(0o600)
+        fs::metadata(&attrs).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    let pulled = tools::pulled_file(&registry.host(), "attrs:latest");
+    assert_eq!(
+        (pulled.mode, pulled.data.as_slice()),
+        (0o600, b"x".as_slice())
+    );
+    assert_ne!(digest(), first, "chmod did not publish");
+
+    let time = 1_577_934_245;
+    run(
+        "touch",
+        &["-d", &format!("@{time}"), attrs.to_str().unwrap()],
+    );
+    let mtime = fs::metadata(&attrs).unwrap().modified().unwrap();
+    assert_eq!(
+        mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        time
+    );
+    let pulled = tools::pulled_file(&registry.host(), "attrs:latest");
+    assert_eq!((pulled.mtime, pulled.mode), (time, 0o600));
+    assert_eq!(pulled.data, b"x", "touch leaves the content");
+    let (published, puts) = (digest(), manifest_puts());
+    run(
+        "touch",
+        &["-d", &format!("@{time}"), attrs.to_str().unwrap()],
+    );
+    run("touch", &["-a", attrs.to_str().unwrap()]);
+    assert_eq!(
+        manifest_puts(),
+        puts,
+        "setting what the image records pushed"
+    );
+
+    let owner = fs::metadata(&attrs).unwrap();
+    std::os::unix::fs::chown(&attrs, Some(owner.uid()), Some(owner.gid())).unwrap();
+    assert_eq!(
+        errno_of(std::os::unix::fs::chown(
+            &attrs,
+            Some(owner.uid() + 4242),
+            None
         )),
         libc::EPERM
     );
     assert_eq!(
         errno_of(std::os::unix::fs::chown(
-            mount.path("attrs"),
-            Some(4242),
-            None
+            &attrs,
+            None,
+            Some(owner.gid() + 4242)
         )),
         libc::EPERM
     );
-    let status = std::process::Command::new("touch")
-        .arg(mount.path("attrs"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(
-        fs::read(mount.path("attrs")).unwrap(),
-        b"x",
-        "touch leaves the content"
-    );
-    // Copy tools chmod the file they are writing: accepted, content arrives.
+    assert_eq!((digest(), manifest_puts()), (published, puts));
+
+    // Copy tools chmod the file they are writing: it is pushed with that mode.
     let mut file = fs::File::create(mount.path("copied")).unwrap();
     file.write_all(b"copy").unwrap();
     file.set_permissions(fs::Permissions::from_mode(0o600))
         .unwrap();
-    drop(file);
+    close(file).unwrap();
     assert_eq!(fs::read(mount.path("copied")).unwrap(), b"copy");
+    assert_eq!(
+        fs::metadata(mount.path("copied"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o600
+    );
     let source = tempfile::NamedTempFile::new().unwrap();
     fs::write(source.path(), b"via cp -a").unwrap();
     let cp = std::process::Command::new("cp")
@@ -284,10 +373,25 @@ fn chmod_chown_refused_times_accepted() {
         String::from_utf8_lossy(&cp.stderr)
     );
     assert_eq!(fs::read(mount.path("cpa")).unwrap(), b"via cp -a");
+
+    fs::create_dir(mount.path("dir")).unwrap();
+    fs::set_permissions(mount.path("dir"), fs::Permissions::from_mode(0o700)).unwrap();
+    run(
+        "touch",
+        &["-d", "@1000000000", mount.path("dir").to_str().unwrap()],
+    );
+    assert_eq!(
+        fs::metadata(mount.path("dir"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
     // Truncating an image to empty publishes the empty content (at release).
-    fs::File::create(mount.path("attrs")).unwrap();
+    fs::File::create(&attrs).unwrap();
     assert!(reposure_tests::wait_until(Duration::from_secs(5), || {
-        fs::read(mount.path("attrs")).unwrap().is_empty()
+        fs::read(&attrs).unwrap().is_empty()
     }));
     contract::exercises(&["stat.attrs"]);
 }
@@ -320,33 +424,47 @@ fn directories() {
     contract::exercises(&["dir.mkdir", "dir.rmdir"]);
 }
 
-/// Bad names are EINVAL at create and names past the registry's limits ENAMETOOLONG, with
-/// the rule in the log; they do not exist for lookup, and nothing reaches the registry.
+/// Names that cannot be registry names do not exist until made; a directory by such a
+/// name is EINVAL with the rule in the log, a file by such a name is a local file (nothing
+/// reaches the registry), a file name that is not UTF-8 is EINVAL, and names past the
+/// registry's limits are ENAMETOOLONG.
 #[test]
 fn invalid_names_are_refused() {
     let (registry, mount) = mounted();
-    let long_tag = format!("ok:{}", "t".repeat(129));
-    for (name, errno, rule) in [
-        ("Upper", libc::EINVAL, "lower case"),
-        ("with space", libc::EINVAL, "may contain only"),
-        (".hidden", libc::EINVAL, "must start"),
-        (long_tag.as_str(), libc::ENAMETOOLONG, "at most 128"),
+    for (name, rule) in [
+        ("Upper", "lower case"),
+        ("with space", "may contain only"),
+        (".hidden", "must start"),
     ] {
-        assert_eq!(errno_of(fs::write(mount.path(name), b"x")), errno, "{name}");
-        assert!(
-            mount.log().contains(rule),
-            "log lacks {rule:?}: {}",
-            mount.log()
-        );
         assert_eq!(
             errno_of(fs::metadata(mount.path(name))),
             libc::ENOENT,
             "{name}"
         );
+        assert_eq!(
+            errno_of(fs::create_dir(mount.path(name))),
+            libc::EINVAL,
+            "{name}"
+        );
+        assert!(
+            mount.log().contains(rule),
+            "log lacks {rule:?}: {}",
+            mount.log()
+        );
+        fs::write(mount.path(name), b"local").unwrap();
+        assert_eq!(fs::read(mount.path(name)).unwrap(), b"local", "{name}");
     }
+    let long_tag = format!("ok:{}", "t".repeat(129));
+    assert_eq!(
+        errno_of(fs::write(mount.path(&long_tag), b"x")),
+        libc::ENAMETOOLONG
+    );
+    assert!(mount.log().contains("at most 128"), "{}", mount.log());
+    assert_eq!(errno_of(fs::metadata(mount.path(&long_tag))), libc::ENOENT);
     use std::os::unix::ffi::OsStrExt;
     let non_utf8 = mount.root().join(std::ffi::OsStr::from_bytes(b"bad\xff"));
-    assert_eq!(errno_of(fs::write(non_utf8, b"x")), libc::EINVAL);
+    assert_eq!(errno_of(fs::write(&non_utf8, b"x")), libc::EINVAL);
+    assert_eq!(errno_of(fs::create_dir(&non_utf8)), libc::EINVAL);
     // A repository path may be 255 characters: four directories of 60 fit, a file or a
     // fifth directory below them does not.
     let mut deep = mount.root().to_path_buf();
@@ -364,7 +482,7 @@ fn invalid_names_are_refused() {
     );
     assert!(mount.log().contains("at most 255 characters"));
     assert!(tools::registry_catalog(&registry.url()).is_empty());
-    contract::exercises(&["names.invalid", "tree.invalid-lookup"]);
+    contract::exercises(&["names.invalid", "tree.invalid-lookup", "push.local"]);
 }
 
 /// A repository that is also a directory shows its tags as NAME:TAG.
@@ -662,6 +780,53 @@ fn only_the_process_that_opened_a_file_pushes_it() {
     contract::exercises(&["push.close"]);
 }
 
+/// A push at a writer's last release that began before another writer's `close()` never
+/// lands after it: a child writes 16 MiB and exits (its release pushes them), another
+/// writer then writes a few bytes and closes; both pushes land, and the last close wins.
+#[test]
+fn the_last_close_wins_over_an_earlier_push_at_release() {
+    let (registry, mount) = mounted();
+    let path = mount.path("ordered");
+    let file = fs::File::create(&path).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 0.3; head -c 16777216 /dev/urandom"])
+        .stdout(file)
+        .spawn()
+        .unwrap();
+    // The opener's copy went with the Command, while the file was still empty.
+    assert!(child.wait().unwrap().success());
+    // Until the mount has the child's release, the name has a writer: a second is EPERM.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match write_and_close(&path, b"last") {
+            Ok(()) => break,
+            Err(libc::EPERM) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(errno) => panic!("the second writer failed with errno {errno}"),
+        }
+    }
+    let manifest_puts = || {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"PUT /v2/ordered/manifests/"))
+            .count()
+    };
+    assert!(
+        reposure_tests::wait_until(Duration::from_secs(20), || manifest_puts() >= 2),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(manifest_puts(), 2, "{}", registry.log());
+    assert_eq!(fs::read(&path).unwrap(), b"last");
+    assert_eq!(
+        tools::pulled_file(&registry.host(), "ordered:latest").data,
+        b"last"
+    );
+    contract::exercises(&["push.order"]);
+}
+
 /// `mv` puts the manifest under the new name (across repositories too) and removes the old
 /// tag only; `ln` adds a tag for the same manifest.
 #[test]
@@ -707,11 +872,12 @@ fn mv_and_ln_retag() {
         )),
         libc::EEXIST
     );
+    // A directory moves onto a new path only (`tools.rs` moves one).
     assert_eq!(
-        errno_of(fs::rename(mount.path("b"), mount.path("c"))),
-        libc::EPERM
+        errno_of(fs::rename(mount.path("b"), mount.path("a"))),
+        libc::ENOTEMPTY
     );
-    contract::exercises(&["retag.mv", "retag.ln"]);
+    contract::exercises(&["retag.mv", "retag.ln", "retag.mv-dir"]);
 }
 
 /// A reader keeps the content it opened when the tag moves, even to the end of a file

@@ -244,6 +244,7 @@ fn upload(name: &str, content: Vec<u8>) -> FileUpload {
         size: content.len() as u64,
         format: Default::default(),
         created: None,
+        attributes: Default::default(),
         body: futures::stream::once(async move { Ok(bytes::Bytes::from(content)) }).boxed(),
     }
 }

@@ -29,6 +29,12 @@ pub const ACCEPTED_MANIFESTS: [&str; 4] = [
 pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
 /// Annotation with the RFC 3339 creation time.
 pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+/// Layer annotation of a single-file image: the file's modification time with nanoseconds
+/// (RFC 3339), which the tar header holds to the second only.
+pub const ANNOTATION_FILE_MODIFIED: &str = "dev.reposure.file.modified";
+/// Layer annotation of a single-file artifact (which has no tar header): the file's mode,
+/// in octal.
+pub const ANNOTATION_FILE_MODE: &str = "dev.reposure.file.mode";
 /// Annotation naming a manifest in an image layout's `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 

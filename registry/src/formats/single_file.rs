@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use std::time::SystemTime;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
@@ -45,6 +47,20 @@ impl std::str::FromStr for PushFormat {
     }
 }
 
+/// What a single-file image records about its file.
+#[derive(Debug, Clone, Copy)]
+pub struct FileSpec<'a> {
+    pub format: PushFormat,
+    /// The file's name inside the image.
+    pub file_name: &'a str,
+    /// When the image is made (its `created`).
+    pub created: DateTime<Utc>,
+    /// Permission bits.
+    pub mode: u32,
+    /// When the file was last modified.
+    pub modified: DateTime<Utc>,
+}
+
 /// The empty config blob of artifacts.
 pub const EMPTY_CONFIG: &[u8] = b"{}";
 
@@ -56,16 +72,18 @@ pub struct TarFraming {
     pub trailer: Vec<u8>,
 }
 
-/// Builds the tar framing for a file of `size` bytes named `file_name`.
+/// Builds the tar framing for a file of `size` bytes named `file_name`, with its mode and
+/// modification time in the header (extraction by any tool restores them).
 pub fn tar_framing(
     file_name: &str,
     size: u64,
+    mode: u32,
     modified: DateTime<Utc>,
 ) -> std::io::Result<TarFraming> {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_size(size);
-    header.set_mode(0o644);
+    header.set_mode(mode & 0o7777);
     header.set_mtime(modified.timestamp().max(0) as u64);
     // `append_data` writes the header blocks (with a GNU long-name entry when the name needs
     // one) and then copies the data; with no data it writes the header blocks alone, which
@@ -102,6 +120,43 @@ pub fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// The layer annotations of a pushed file: its name, its exact modification time, and (an
+/// artifact has no tar header) its mode.
+fn file_annotations(
+    format: PushFormat,
+    file_name: &str,
+    mode: u32,
+    modified: DateTime<Utc>,
+) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::from([
+        (mt::ANNOTATION_TITLE.to_owned(), file_name.to_owned()),
+        (
+            mt::ANNOTATION_FILE_MODIFIED.to_owned(),
+            modified.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        ),
+    ]);
+    if format == PushFormat::Artifact {
+        annotations.insert(
+            mt::ANNOTATION_FILE_MODE.to_owned(),
+            format!("{:o}", mode & 0o7777),
+        );
+    }
+    annotations
+}
+
+/// The mode and time a layer's annotations record, where they do.
+pub fn annotated_attributes(layer: &Descriptor) -> (Option<u32>, Option<SystemTime>) {
+    let mode = layer
+        .annotation(mt::ANNOTATION_FILE_MODE)
+        .and_then(|m| u32::from_str_radix(m, 8).ok())
+        .filter(|m| *m <= 0o7777);
+    let modified = layer
+        .annotation(mt::ANNOTATION_FILE_MODIFIED)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(SystemTime::from);
+    (mode, modified)
+}
+
 /// The config blob of a single-file image whose (uncompressed) layer has `layer_digest`.
 pub fn image_config(layer_digest: &Digest, created: DateTime<Utc>) -> Vec<u8> {
     let created = rfc3339(created);
@@ -117,13 +172,13 @@ pub fn image_config(layer_digest: &Digest, created: DateTime<Utc>) -> Vec<u8> {
 }
 
 /// The manifest of a pushed file.
-pub fn manifest(
-    format: PushFormat,
-    file_name: &str,
-    layer: (Digest, u64),
-    config: Descriptor,
-    created: DateTime<Utc>,
-) -> Vec<u8> {
+pub fn manifest(file: &FileSpec<'_>, layer: (Digest, u64), config: Descriptor) -> Vec<u8> {
+    let FileSpec {
+        format,
+        file_name,
+        created,
+        ..
+    } = *file;
     let layer_media_type = match format {
         PushFormat::Image => mt::OCI_LAYER_TAR,
         PushFormat::Artifact => mt::OCTET_STREAM,
@@ -133,10 +188,12 @@ pub fn manifest(
         digest: layer.0,
         size: layer.1,
         artifact_type: None,
-        annotations: Some(BTreeMap::from([(
-            mt::ANNOTATION_TITLE.to_owned(),
-            file_name.to_owned(),
-        )])),
+        annotations: Some(file_annotations(
+            format,
+            file_name,
+            file.mode,
+            file.modified,
+        )),
         platform: None,
     };
     let manifest = ImageManifest {
@@ -206,9 +263,12 @@ mod tests {
     use crate::formats::tar_probe::{TarProbe, probe};
 
     #[test]
-    fn framing_makes_a_tar_with_the_file() {
+    fn framing_makes_a_tar_with_the_file_its_mode_and_time() {
         let content = b"hello, world\n";
-        let framing = tar_framing("hello", content.len() as u64, Utc::now()).unwrap();
+        let modified = DateTime::parse_from_rfc3339("2024-05-06T07:08:09Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let framing = tar_framing("hello", content.len() as u64, 0o755, modified).unwrap();
         let tar = [
             framing.header.as_slice(),
             content,
@@ -230,7 +290,9 @@ mod tests {
             TarProbe::File {
                 name: "hello".into(),
                 offset: framing.header.len() as u64,
-                size: 13
+                size: 13,
+                mode: 0o755,
+                mtime: modified.timestamp() as u64,
             }
         );
     }
@@ -238,7 +300,7 @@ mod tests {
     #[test]
     fn framing_handles_long_names() {
         let name = "n".repeat(140);
-        let framing = tar_framing(&name, 3, Utc::now()).unwrap();
+        let framing = tar_framing(&name, 3, 0o644, Utc::now()).unwrap();
         let tar = [
             framing.header.as_slice(),
             b"abc",
@@ -257,7 +319,27 @@ mod tests {
             PushFormat::Image => Descriptor::of(mt::OCI_CONFIG, &image_config(&layer, Utc::now())),
             PushFormat::Artifact => Descriptor::of(mt::OCI_EMPTY, EMPTY_CONFIG),
         };
-        serde_json::from_slice(&manifest(format, "f", (layer, 1), config, Utc::now())).unwrap()
+        let file = FileSpec {
+            format,
+            file_name: "f",
+            created: Utc::now(),
+            mode: 0o750,
+            modified: DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap(),
+        };
+        serde_json::from_slice(&manifest(&file, (layer, 1), config)).unwrap()
+    }
+
+    #[test]
+    fn the_exact_time_and_an_artifacts_mode_are_annotated() {
+        let image = pushed(PushFormat::Image);
+        let (mode, modified) = annotated_attributes(&image.layers[0]);
+        assert_eq!(mode, None, "an image's mode is in its tar header");
+        assert_eq!(
+            modified,
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789))
+        );
+        let artifact = pushed(PushFormat::Artifact);
+        assert_eq!(annotated_attributes(&artifact.layers[0]).0, Some(0o750));
     }
 
     #[test]

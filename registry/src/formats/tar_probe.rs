@@ -11,11 +11,13 @@ use std::io::Cursor;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TarProbe {
     /// The first regular file: its data starts `offset` bytes into the tar and is `size`
-    /// bytes long.
+    /// bytes long; its header gives its permission bits and modification time (seconds).
     File {
         name: String,
         offset: u64,
         size: u64,
+        mode: u32,
+        mtime: u64,
     },
     /// The prefix ends before the first regular file's header could be read.
     NeedMore,
@@ -62,6 +64,8 @@ pub fn probe(prefix: &[u8], complete: bool) -> TarProbe {
                 name,
                 offset: entry.raw_file_position(),
                 size: entry.size(),
+                mode: header.mode().map_or(0o644, |m| m & 0o7777),
+                mtime: header.mtime().unwrap_or(0),
             };
         }
     }
@@ -130,7 +134,9 @@ mod tests {
     fn finds_file_after_directories() {
         let tar = tar_with(&[("./", None), ("etc/", None), ("etc/hello.txt", Some(b"hi"))]);
         match probe(&tar, true) {
-            TarProbe::File { name, offset, size } => {
+            TarProbe::File {
+                name, offset, size, ..
+            } => {
                 assert_eq!(name, "hello.txt");
                 assert_eq!(size, 2);
                 assert_eq!(&tar[offset as usize..offset as usize + 2], b"hi");

@@ -97,6 +97,23 @@ impl FileContent {
     }
 }
 
+/// A file's mode and modification time, as a single-file image carries them: the tar
+/// header of its layer (what skopeo, umoci and container runtimes extract), and for the
+/// nanoseconds a layer annotation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAttributes {
+    /// Permission bits (`0o7777` at most); `None` where the image records none (an
+    /// artifact written by another tool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// When the file was last modified; `None` where the image records no such time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<SystemTime>,
+}
+
+/// The mode a pushed file gets when none is given.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
 /// A resolved reference.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
@@ -110,6 +127,9 @@ pub struct ImageInfo {
     pub archive: FileContent,
     /// When the image was created (annotation, or config), if it says.
     pub created: Option<SystemTime>,
+    /// The single file's mode and time, as far as the image records them.
+    #[serde(default)]
+    pub attributes: FileAttributes,
 }
 
 impl ImageInfo {
@@ -135,6 +155,8 @@ pub struct FileUpload {
     /// accepts a push, so publishing the same entry again (after a crash) makes the very
     /// same manifest.
     pub created: Option<DateTime<Utc>>,
+    /// The file's mode (default [`DEFAULT_FILE_MODE`]) and time (default: `created`).
+    pub attributes: FileAttributes,
     /// The content.
     pub body: ByteStream,
 }

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use chrono::DateTime;
 use futures::StreamExt;
 
-use super::{BlobRef, Encoding, FileContent};
+use super::{BlobRef, Encoding, FileAttributes, FileContent};
 use crate::digest::Digest;
 use crate::error::{RegistryError, Result};
 use crate::formats::manifest::{ConfigSummary, Descriptor, ImageManifest};
@@ -30,8 +30,17 @@ const PROBE_LIMIT: u64 = 1024 * 1024;
 /// Largest config blob read for its `created` time.
 const CONFIG_LIMIT: u64 = 1024 * 1024;
 
-/// The answer of a probe: the file, or why there is none.
-pub type Probed = std::result::Result<FileContent, String>;
+/// The answer of a probe: the file and what its tar header says of it, or why there is
+/// no one file.
+pub type Probed = std::result::Result<(FileContent, FileAttributes), String>;
+
+/// A tar header's mode and time.
+fn header_attributes(mode: u32, mtime: u64) -> FileAttributes {
+    FileAttributes {
+        mode: Some(mode),
+        modified: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(mtime)),
+    }
+}
 
 /// `length` bytes of a blob from `offset`, collected.
 pub async fn fetch(
@@ -73,7 +82,13 @@ pub async fn tar(store: &dyn Store, repository: &str, layer: &Descriptor) -> Res
         let prefix = fetch(store, repository, &layer.digest, 0, want).await?;
         let complete = want >= layer.size;
         match tar_probe::probe(&prefix, complete) {
-            TarProbe::File { offset, size, .. } => {
+            TarProbe::File {
+                offset,
+                size,
+                mode,
+                mtime,
+                ..
+            } => {
                 // What follows the file must be the tar's end (zero blocks), or the layer
                 // holds more than the one file. A small layer's prefix has it already.
                 let end = offset + tar_probe::padded(size);
@@ -85,12 +100,13 @@ pub async fn tar(store: &dyn Store, repository: &str, layer: &Descriptor) -> Res
                 if rest.iter().any(|&b| b != 0) {
                     return Ok(Err("the layer holds more than one file".into()));
                 }
-                return Ok(Ok(FileContent::Blob {
+                let file = FileContent::Blob {
                     blob: blob_ref(layer),
                     encoding: Encoding::Identity,
                     offset,
                     length: size,
-                }));
+                };
+                return Ok(Ok((file, header_attributes(mode, mtime))));
             }
             TarProbe::NeedMore if want < PROBE_LIMIT.min(layer.size) => {
                 want = (want * 4).min(PROBE_LIMIT).min(layer.size);
@@ -114,17 +130,26 @@ pub async fn gzip(store: &dyn Store, repository: &str, layer: &Descriptor) -> Re
         let compressed = fetch(store, repository, &layer.digest, 0, want).await?;
         let complete = want >= layer.size;
         let decoded = gunzip_prefix(&compressed, complete)?;
-        let file = |offset, length| {
-            Ok(Ok(FileContent::Blob {
+        let file = |offset, length, attributes| {
+            let content = FileContent::Blob {
                 blob: blob_ref(layer),
                 encoding: Encoding::Gzip,
                 offset,
                 length,
-            }))
+            };
+            Ok(Ok((content, attributes)))
         };
         match tar_probe::probe(&decoded, complete) {
-            TarProbe::File { offset, size, .. } => return file(offset, size),
-            TarProbe::NotTar if complete => return file(0, decoded.len() as u64),
+            TarProbe::File {
+                offset,
+                size,
+                mode,
+                mtime,
+                ..
+            } => return file(offset, size, header_attributes(mode, mtime)),
+            TarProbe::NotTar if complete => {
+                return file(0, decoded.len() as u64, FileAttributes::default());
+            }
             TarProbe::NotTar if decoded.len() >= tar_probe::BLOCK as usize => {
                 // Raw gzip (as the Go Reposure stored files): the trailer's ISIZE field is
                 // the decompressed length modulo 2^32.
@@ -132,7 +157,7 @@ pub async fn gzip(store: &dyn Store, repository: &str, layer: &Descriptor) -> Re
                 let isize = u32::from_le_bytes(trailer[..4].try_into().map_err(|_| {
                     RegistryError::Corrupt(format!("gzip layer {} is truncated", layer.digest))
                 })?);
-                return file(0, u64::from(isize));
+                return file(0, u64::from(isize), FileAttributes::default());
             }
             TarProbe::NoFile => return Ok(Err("the layer holds no regular file".into())),
             _ if want < PROBE_LIMIT.min(layer.size) => {

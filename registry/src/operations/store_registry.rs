@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -9,7 +10,10 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::streams::{exact_length, gunzip, window};
-use super::{Encoding, FileContent, FileUpload, ImageInfo, Registry, probe};
+use super::{
+    DEFAULT_FILE_MODE, Encoding, FileAttributes, FileContent, FileUpload, ImageInfo, Registry,
+    probe,
+};
 use crate::ByteStream;
 use crate::digest::{Digest, verify_stream};
 use crate::error::{RegistryError, Result};
@@ -18,7 +22,7 @@ use crate::formats::manifest::{
     self, Descriptor, ImageManifest, IndexManifest, ManifestKind, Platform, StoredManifest,
 };
 use crate::formats::media_types as mt;
-use crate::formats::single_file::{self, Classification, PushFormat};
+use crate::formats::single_file::{self, Classification, FileSpec, PushFormat};
 use crate::names::{self, Reference};
 use crate::store::Store;
 
@@ -33,10 +37,7 @@ const MANIFEST_CACHE: usize = 512;
 const SMALL_FILE: u64 = 1024 * 1024;
 
 /// What probing a manifest found: its single file (or why none) and creation time.
-type Probe = (
-    std::result::Result<FileContent, String>,
-    Option<std::time::SystemTime>,
-);
+type Probe = (probe::Probed, Option<SystemTime>);
 
 /// [`Registry`] over a [`Store`].
 pub struct StoreRegistry {
@@ -118,15 +119,41 @@ impl StoreRegistry {
     }
 
     /// How the image reads as one file, if it does.
+    /// The image's one file, with its mode and time: the tar header's, refined by the
+    /// layer's annotations where this project wrote them (an exact time; an artifact's mode).
     async fn file_of(&self, repository: &str, image: &ImageManifest) -> Result<probe::Probed> {
-        match single_file::classify(image) {
-            Classification::Raw(layer) => Ok(Ok(probe::raw(&layer))),
-            Classification::Tar(layer) => probe::tar(self.store.as_ref(), repository, &layer).await,
-            Classification::Gzip(layer) => {
-                probe::gzip(self.store.as_ref(), repository, &layer).await
+        let store = self.store.as_ref();
+        let (layer, probed) = match single_file::classify(image) {
+            Classification::Raw(layer) => {
+                let file = probe::raw(&layer);
+                (layer, Ok((file, FileAttributes::default())))
             }
-            Classification::NotAFile(reason) => Ok(Err(reason)),
-        }
+            Classification::Tar(layer) => {
+                let probed = probe::tar(store, repository, &layer).await?;
+                (layer, probed)
+            }
+            Classification::Gzip(layer) => {
+                let probed = probe::gzip(store, repository, &layer).await?;
+                (layer, probed)
+            }
+            Classification::NotAFile(reason) => return Ok(Err(reason)),
+        };
+        let (annotated_mode, annotated_time) = single_file::annotated_attributes(&layer);
+        let whole_seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs());
+        Ok(probed.map(|(file, header)| {
+            // The annotation refines the header's whole seconds; one that disagrees with
+            // the header was not written with this layer and is ignored.
+            let exact = annotated_time.filter(|exact| {
+                header
+                    .modified
+                    .is_none_or(|h| whole_seconds(h).ok() == whole_seconds(*exact).ok())
+            });
+            let attributes = FileAttributes {
+                mode: header.mode.or(annotated_mode),
+                modified: exact.or(header.modified),
+            };
+            (file, attributes)
+        }))
     }
 
     async fn put_bytes(&self, repository: &str, bytes: &'static [u8]) -> Result<()> {
@@ -141,15 +168,15 @@ impl StoreRegistry {
     async fn push_file_blobs(
         &self,
         repository: &str,
-        file_name: &str,
+        file: &FileSpec<'_>,
         size: u64,
-        format: PushFormat,
-        created: DateTime<Utc>,
         body: ByteStream,
     ) -> Result<((Digest, u64), Descriptor)> {
-        match format {
+        let created = file.created;
+        match file.format {
             PushFormat::Image => {
-                let framing = single_file::tar_framing(file_name, size, created)?;
+                let framing =
+                    single_file::tar_framing(file.file_name, size, file.mode, file.modified)?;
                 let layer_stream =
                     futures::stream::once(async move { Ok(Bytes::from(framing.header)) })
                         .chain(body)
@@ -182,16 +209,20 @@ impl StoreRegistry {
     async fn push_small_file_blobs(
         &self,
         repository: &str,
-        file_name: &str,
-        format: PushFormat,
-        created: DateTime<Utc>,
+        file: &FileSpec<'_>,
         body: ByteStream,
     ) -> Result<((Digest, u64), Descriptor)> {
+        let created = file.created;
         let content: Vec<Bytes> = body.try_collect().await?;
         let size: usize = content.iter().map(Bytes::len).sum();
-        let (layer, config, config_type): (Bytes, Bytes, &str) = match format {
+        let (layer, config, config_type): (Bytes, Bytes, &str) = match file.format {
             PushFormat::Image => {
-                let framing = single_file::tar_framing(file_name, size as u64, created)?;
+                let framing = single_file::tar_framing(
+                    file.file_name,
+                    size as u64,
+                    file.mode,
+                    file.modified,
+                )?;
                 let mut layer =
                     Vec::with_capacity(framing.header.len() + size + framing.trailer.len());
                 layer.extend_from_slice(&framing.header);
@@ -345,12 +376,17 @@ impl Registry for StoreRegistry {
                 probe
             }
         };
+        let (file, attributes) = match file {
+            Ok((content, attributes)) => (Ok(content), attributes),
+            Err(reason) => (Err(reason), FileAttributes::default()),
+        };
         Ok(ImageInfo {
             digest: manifest.digest,
             media_type: manifest.media_type,
             file,
             archive,
             created,
+            attributes,
         })
     }
 
@@ -457,22 +493,21 @@ impl Registry for StoreRegistry {
         names::check_repository(repository)?;
         names::check_tag(tag)?;
         let created: DateTime<Utc> = upload.created.unwrap_or_else(Utc::now);
+        let file = FileSpec {
+            format: upload.format,
+            file_name: &upload.file_name,
+            created,
+            mode: upload.attributes.mode.unwrap_or(DEFAULT_FILE_MODE),
+            modified: upload.attributes.modified.map_or(created, DateTime::from),
+        };
         let body = exact_length(upload.body, upload.size);
         let (layer, config) = if upload.size <= SMALL_FILE {
-            self.push_small_file_blobs(repository, &upload.file_name, upload.format, created, body)
-                .await?
+            self.push_small_file_blobs(repository, &file, body).await?
         } else {
-            self.push_file_blobs(
-                repository,
-                &upload.file_name,
-                upload.size,
-                upload.format,
-                created,
-                body,
-            )
-            .await?
+            self.push_file_blobs(repository, &file, upload.size, body)
+                .await?
         };
-        let bytes = single_file::manifest(upload.format, &upload.file_name, layer, config, created);
+        let bytes = single_file::manifest(&file, layer, config);
         let manifest = StoredManifest {
             digest: Digest::of(&bytes),
             bytes: Bytes::from(bytes),

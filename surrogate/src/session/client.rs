@@ -360,6 +360,7 @@ impl Registry for SessionClient {
             file_name: upload.file_name,
             size: upload.size,
             format: upload.format,
+            attributes: upload.attributes,
         };
         let header = serde_json::to_string(&push).expect("requests serialise");
         let mut request = request(Method::POST, route::PUSH, push_body(upload.body));

@@ -191,6 +191,7 @@ impl SessionServer {
                     file_name: push.file_name.clone(),
                     size: push.size,
                     format: push.format,
+                    attributes: push.attributes,
                     body,
                 };
                 self.registry

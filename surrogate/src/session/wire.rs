@@ -6,7 +6,7 @@ use reposure_registry::error::RegistryError;
 use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::names::Reference;
-use reposure_registry::operations::FileContent;
+use reposure_registry::operations::{FileAttributes, FileContent};
 
 /// Trailer that ends every streamed response: `ok`, or the error as JSON in
 /// [`TRAILER_ERROR`].
@@ -103,6 +103,9 @@ pub struct PushRequest {
     pub file_name: String,
     pub size: u64,
     pub format: PushFormat,
+    /// The file's mode and time (absent from older clients: the defaults).
+    #[serde(default)]
+    pub attributes: FileAttributes,
 }
 
 /// The answer to a push.

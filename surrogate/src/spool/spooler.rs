@@ -15,7 +15,7 @@ use reposure_registry::digest::{Digest, verify_stream};
 use reposure_registry::error::{RegistryError, Result};
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::names;
-use reposure_registry::operations::{FileUpload, Registry};
+use reposure_registry::operations::{FileAttributes, FileUpload, Registry};
 use reposure_registry::push::{Content, LocalFile, push_path, stream_of};
 
 /// Without change notifications (or if one is missed) the directory is scanned this often.
@@ -124,6 +124,7 @@ impl Spooler {
             size: request.request.size,
             format: request.request.format,
             created: Some(request.created),
+            attributes: request.request.attributes,
             body,
         };
         self.registry
@@ -146,6 +147,10 @@ impl Spooler {
             file_name: names::base_name(repository).to_owned(),
             format: PushFormat::Image,
             created: Some(modified),
+            attributes: FileAttributes {
+                mode: None,
+                modified: Some(modified.into()),
+            },
             content,
             scratch_dir: &self.dir,
             progress: None,

@@ -3,7 +3,17 @@
 //! Names resolve through [`Metadata`] (cached for `metadata_ttl`); each resolution is an
 //! inode of its own ([`crate::inode`]), so an open file keeps its content when the tag moves
 //! and the kernel may keep its pages across opens of the same version. Reads and writes go
-//! to per-file actors ([`ReadHandle`], [`WriteHandle`]).
+//! to per-file actors ([`ReadHandle`], [`WriteHandle`]); every push goes through one
+//! [`Publisher`]. Files whose names cannot be registry names are local files
+//! ([`crate::local`]).
+//!
+//! * [`changes`]: `setattr`: sizes, modes and times, and publishing an image again.
+//! * [`moves`]: `unlink`, `rename` (of images, local files and directories) and `link`.
+
+mod changes;
+mod moves;
+
+pub use changes::AttrChanges;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -13,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use reposure_registry::RegistryError;
 use reposure_registry::digest::Digest;
 use reposure_registry::formats::manifest::Platform;
 use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::names::{self, DEFAULT_TAG, Reference};
-use reposure_registry::operations::{ImageInfo, Registry};
+use reposure_registry::operations::{DEFAULT_FILE_MODE, ImageInfo, Registry};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -27,11 +37,14 @@ use crate::cache::DiskCache;
 use crate::errno::{FsError, FsResult};
 use crate::inode::{ImageName, Inode, InodeTable};
 use crate::listing::{self, Listing};
+use crate::local::{LOCAL_MARK, LocalFile, LocalFiles};
 use crate::metadata::Metadata;
 use crate::namespace;
 use crate::process::Caller;
+use crate::publish::Publisher;
 use crate::reader::{ReadBudget, ReadContext, ReadHandle};
-use crate::writer::{FlushKind, OnPublished, Target, WriteHandle};
+use crate::staged::Staged;
+use crate::writer::{CopyUp, Destination, FlushKind, OnPublished, WriteHandle, WriterSetup};
 
 /// How many tag lists (or tag resolutions) run at once when a directory is listed: enough
 /// to hide round-trip latency, few enough not to flood a registry.
@@ -57,6 +70,8 @@ const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const XATTR_DIGEST: &str = "user.reposure.digest";
 pub const XATTR_MEDIA_TYPE: &str = "user.reposure.mediatype";
 pub const XATTR_REFERENCE: &str = "user.reposure.reference";
+/// The extended attribute of a local file, saying it is not published.
+pub const XATTR_LOCAL: &str = "user.reposure.local";
 
 /// Mount-wide settings.
 #[derive(Debug, Clone)]
@@ -140,8 +155,11 @@ enum Named {
 
 enum Handle {
     Read(ReadHandle),
+    /// A local file open for reading only.
+    Local(Arc<Staged>),
     Write {
-        name: ImageName,
+        /// The image being written; `None` for a local file.
+        name: Option<ImageName>,
         writer: Arc<WriteHandle>,
         /// The process that opened the file: only its `close()` pushes.
         opener: Caller,
@@ -176,6 +194,8 @@ pub struct Filesystem {
     config: FsConfig,
     inodes: InodeTable,
     metadata: Arc<Metadata>,
+    publisher: Arc<Publisher>,
+    locals: LocalFiles,
     /// Files open for writing, by name.
     writing: Mutex<HashMap<ImageName, Writing>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -210,11 +230,18 @@ impl Filesystem {
             budget: ReadBudget::new(config.read_ahead_budget),
             cache,
         };
+        let publisher = Arc::new(Publisher::new(
+            registry.clone(),
+            config.format,
+            config.spool_dir.clone(),
+        ));
         Ok(Self {
             registry,
             config,
             inodes: InodeTable::default(),
             metadata,
+            publisher,
+            locals: LocalFiles::default(),
             writing: Mutex::default(),
             handles: Mutex::default(),
             listings: Mutex::default(),
@@ -273,11 +300,14 @@ impl Filesystem {
         }
     }
 
-    fn file_perm(&self, name: &ImageName) -> u16 {
+    /// The permission bits shown for an image with `mode`: the write bits go where the
+    /// name cannot be written.
+    fn file_perm(&self, name: &ImageName, mode: Option<u32>) -> u16 {
+        let mode = (mode.unwrap_or(DEFAULT_FILE_MODE) & 0o7777) as u16;
         if self.config.read_only || name.tag().is_none() {
-            0o444
+            mode & !0o222
         } else {
-            0o644
+            mode
         }
     }
 
@@ -294,20 +324,37 @@ impl Filesystem {
             ino,
             kind: NodeKind::File,
             size: info.content(self.config.unpack).length(),
-            mtime: info.created.unwrap_or(self.mounted_at),
-            perm: self.file_perm(name),
+            mtime: info
+                .attributes
+                .modified
+                .or(info.created)
+                .unwrap_or(self.mounted_at),
+            perm: self.file_perm(name, info.attributes.mode),
             entry_ttl: fresh_for,
             attr_ttl: IMMUTABLE_TTL,
         }
     }
 
-    fn writing_attr(&self, ino: u64, name: &ImageName, size: u64) -> Attr {
+    fn writing_attr(&self, ino: u64, name: &ImageName, staged: &Staged) -> Attr {
         Attr {
             ino,
             kind: NodeKind::File,
-            size,
-            mtime: SystemTime::now(),
-            perm: self.file_perm(name),
+            size: staged.size(),
+            mtime: staged.modified(),
+            perm: self.file_perm(name, Some(staged.mode())),
+            entry_ttl: Duration::ZERO,
+            attr_ttl: Duration::ZERO,
+        }
+    }
+
+    /// A local file shows its mode with the sticky bit, so it never looks published.
+    fn local_attr(&self, ino: u64, staged: &Staged) -> Attr {
+        Attr {
+            ino,
+            kind: NodeKind::File,
+            size: staged.size(),
+            mtime: staged.modified(),
+            perm: (staged.mode() & 0o777) as u16 | LOCAL_MARK,
             entry_ttl: Duration::ZERO,
             attr_ttl: Duration::ZERO,
         }
@@ -320,7 +367,7 @@ impl Filesystem {
             && writing.writer.is_replacing()
         {
             self.inodes.reference(writing.ino);
-            return Ok(self.writing_attr(writing.ino, name, writing.writer.size()));
+            return Ok(self.writing_attr(writing.ino, name, writing.writer.staged()));
         }
         let (info, fresh_for) = self.metadata.resolve_fresh(name).await?;
         let ino = self.inodes.version(name, &info);
@@ -364,8 +411,12 @@ impl Filesystem {
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let dir = self.dir_path(parent)?;
         let name = name.to_str().ok_or(FsError::NotFound)?;
-        // Names that cannot be registry names do not exist; no request is made for them
-        // (shells and desktops probe for `.git`, `.Trash` and the like).
+        if let Some(local) = self.locals.get(&dir, name) {
+            self.inodes.reference(local.ino);
+            return Ok(self.local_attr(local.ino, &local.staged));
+        }
+        // Other names that cannot be registry names do not exist; no request is made for
+        // them (shells and desktops probe for `.git`, `.Trash` and the like).
         if !Self::plausible(&dir, name) {
             return Err(FsError::NotFound);
         }
@@ -403,9 +454,18 @@ impl Filesystem {
         match self.inodes.get(ino).ok_or(FsError::NotFound)? {
             Inode::Dir(_) => Ok(self.dir_attr(ino)),
             Inode::Image { name, info } => Ok(self.image_attr(ino, &name, &info, Duration::ZERO)),
-            Inode::Writing { name, size } => {
-                Ok(self.writing_attr(ino, &name, size.load(Ordering::Relaxed)))
-            }
+            Inode::Writing { name, staged } => match staged.upgrade() {
+                Some(staged) => Ok(self.writing_attr(ino, &name, &staged)),
+                // Written and released: what the name is now (which can change again).
+                None => {
+                    let info = self.metadata.resolve(&name).await?;
+                    Ok(Attr {
+                        attr_ttl: Duration::ZERO,
+                        ..self.image_attr(ino, &name, &info, Duration::ZERO)
+                    })
+                }
+            },
+            Inode::Local(staged) => Ok(self.local_attr(ino, &staged)),
         }
     }
 
@@ -431,15 +491,18 @@ impl Filesystem {
                 (name.clone(), self.inodes.dir(&path), NodeKind::Directory)
             })
             .collect();
-        let mut file = |name: String| {
+        let file = |name: String| {
             let ino = listing::listed_ino(&dir, &name);
-            entries.push((name, ino, NodeKind::File));
+            (name, ino, NodeKind::File)
         };
         for (repository, tags) in &tags {
             let shadowed = sub_dirs.contains(names::base_name(repository));
             for tag in tags.iter() {
-                file(namespace::listed_name(repository, tag, shadowed));
+                entries.push(file(namespace::listed_name(repository, tag, shadowed)));
             }
+        }
+        for (name, ino) in self.locals.in_dir(&dir) {
+            entries.push((name, ino, NodeKind::File));
         }
         // Files being written show while they are open.
         for name in self.writing.lock().expect("lock").keys() {
@@ -447,11 +510,11 @@ impl Filesystem {
             if parent == dir
                 && let Some(tag) = name.tag()
             {
-                file(namespace::listed_name(
+                entries.push(file(namespace::listed_name(
                     &name.repository,
                     tag,
                     sub_dirs.contains(base),
-                ));
+                )));
             }
         }
         Ok(Listing::from_entries(entries))
@@ -574,17 +637,77 @@ impl Filesystem {
         fh
     }
 
-    /// Starts writing `name`; returns the writer and the inode lookups show for it.
+    /// What to do once `name` was pushed: forget what the change made stale, here and in
+    /// the kernel; the answer completes when the kernel has dropped its entries.
+    fn on_published(&self, name: &ImageName) -> OnPublished {
+        let metadata = self.metadata.clone();
+        let published = name.clone();
+        let invalidator = self.invalidator.clone();
+        let parent_ino = self
+            .inodes
+            .dir(names::parent_and_base(&published.repository).0);
+        Box::new(move |_: &Digest| {
+            metadata.invalidate(&published);
+            metadata.published(&published.repository);
+            let dropped = invalidator.get().map(|invalidate| {
+                invalidate(
+                    parent_ino,
+                    namespace::file_names(&published.repository, tag_of(&published)),
+                )
+            });
+            Box::pin(async move {
+                if let Some(dropped) = dropped {
+                    let _ = dropped.await;
+                }
+            })
+        })
+    }
+
+    /// New staged content in the spool, with `mode`.
+    fn new_staged(&self, mode: u32) -> FsResult<Arc<Staged>> {
+        Staged::new_in(&self.config.spool_dir, mode)
+            .map(Arc::new)
+            .map_err(FsError::Spool)
+    }
+
+    /// A writer of `staged` content to `destination`.
+    fn spawn_writer(
+        &self,
+        destination: Destination,
+        staged: Arc<Staged>,
+        copy_up: Option<CopyUp>,
+        new_content: bool,
+    ) -> Arc<WriteHandle> {
+        let on_published = match &destination {
+            Destination::Image(name) => self.on_published(name),
+            Destination::Local => Box::new(|_: &Digest| Box::pin(async {}) as _),
+        };
+        Arc::new(WriteHandle::spawn(WriterSetup {
+            registry: self.registry.clone(),
+            publisher: self.publisher.clone(),
+            destination,
+            staged,
+            copy_up,
+            new_content,
+            on_published,
+            running: self.writers_running.lock().expect("lock").clone(),
+        }))
+    }
+
+    /// Starts writing `name`, from `copy_up` if the file is not new; returns the writer and
+    /// the inode lookups show for it.
     fn start_writer(
         &self,
         name: &ImageName,
         new_content: bool,
+        copy_up: Option<CopyUp>,
+        mode: u32,
     ) -> FsResult<(Arc<WriteHandle>, u64)> {
-        let Some(tag) = name.tag() else {
+        if name.tag().is_none() {
             return Err(FsError::NotPermitted(
                 "NAME@DIGEST names are read-only".into(),
             ));
-        };
+        }
         // One writer per name: the check and the registration happen under one lock, so
         // two opens racing for a name cannot both pass.
         let mut writing = self.writing.lock().expect("lock");
@@ -593,41 +716,16 @@ impl Filesystem {
                 "the file is already open for writing".into(),
             ));
         }
-        let metadata = self.metadata.clone();
-        let published_name = name.clone();
-        let invalidator = self.invalidator.clone();
-        let parent_ino = self
-            .inodes
-            .dir(names::parent_and_base(&published_name.repository).0);
-        let on_published: OnPublished = Box::new(move |_: &Digest| {
-            metadata.invalidate(&published_name);
-            metadata.published(&published_name.repository);
-            let dropped = invalidator.get().map(|invalidate| {
-                invalidate(
-                    parent_ino,
-                    namespace::file_names(&published_name.repository, tag_of(&published_name)),
-                )
-            });
-            Box::pin(async move {
-                if let Some(dropped) = dropped {
-                    let _ = dropped.await;
-                }
-            })
-        });
-        let target = Target {
-            repository: name.repository.clone(),
-            tag: tag.to_owned(),
-            format: self.config.format,
-        };
-        let running = self.writers_running.lock().expect("lock").clone();
-        let writer = Arc::new(WriteHandle::spawn(
-            self.registry.clone(),
-            target,
-            &self.config.spool_dir,
+        let staged = self.new_staged(mode)?;
+        if let Some(from) = &copy_up {
+            staged.adopt(from.attributes);
+        }
+        let writer = self.spawn_writer(
+            Destination::Image(name.clone()),
+            staged,
+            copy_up,
             new_content,
-            on_published,
-            running,
-        )?);
+        );
         let ino = self.inodes.writing(name, &writer);
         writing.insert(
             name.clone(),
@@ -639,26 +737,57 @@ impl Filesystem {
         Ok((writer, ino))
     }
 
+    /// A new local file `name` in `dir` with `mode`.
+    fn new_local(&self, dir: &str, name: &str, mode: u32) -> FsResult<LocalFile> {
+        let staged = self.new_staged(mode)?;
+        let ino = self.inodes.local(&staged);
+        let file = LocalFile { staged, ino };
+        self.locals.insert(dir, name, file.clone());
+        debug!(dir, name, "local file: the name cannot be a registry name");
+        Ok(file)
+    }
+
     /// `open` by `caller`: returns the handle and whether the kernel may keep its cached
     /// pages.
     pub async fn open(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<(u64, bool)> {
-        let inode = self.inodes.get(ino).ok_or(FsError::NotFound)?;
-        let (name, info) = match inode {
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writes && self.config.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let truncates = flags & libc::O_TRUNC != 0;
+        let (name, info) = match self.inodes.get(ino).ok_or(FsError::NotFound)? {
             Inode::Dir(_) => return Err(FsError::IsDirectory),
+            Inode::Local(staged) if writes => {
+                if truncates {
+                    staged.truncate(0).map_err(FsError::Spool)?;
+                }
+                let writer = self.spawn_writer(Destination::Local, staged, None, truncates);
+                return Ok((
+                    self.new_handle(self.write_handle(None, writer, caller)),
+                    false,
+                ));
+            }
+            Inode::Local(staged) => return Ok((self.new_handle(Handle::Local(staged)), false)),
             Inode::Image { name, info } => (name, Some(info)),
             Inode::Writing { name, .. } => (name, None),
         };
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            if self.config.read_only {
-                return Err(FsError::ReadOnly);
-            }
-            let (writer, _) = self.start_writer(&name, flags & libc::O_TRUNC != 0)?;
-            let handle = Handle::Write {
-                name,
-                writer,
-                opener: caller,
+        if writes {
+            // Without O_TRUNC the file goes on from the image's content, fetched when first
+            // needed (copy-up).
+            let copy_up = match (&info, truncates) {
+                (Some(info), false) => Some(CopyUp {
+                    repository: name.repository.clone(),
+                    digest: info.digest.clone(),
+                    content: info.content(self.config.unpack).clone(),
+                    attributes: info.attributes,
+                }),
+                _ => None,
             };
-            return Ok((self.new_handle(handle), false));
+            let (writer, _) = self.start_writer(&name, truncates, copy_up, DEFAULT_FILE_MODE)?;
+            return Ok((
+                self.new_handle(self.write_handle(Some(name), writer, caller)),
+                false,
+            ));
         }
         // An image version is immutable: it reads the content it resolved to, even if the
         // tag moves while it is open, and the kernel may keep its pages across opens.
@@ -666,24 +795,35 @@ impl Filesystem {
             Some(info) => (info, true),
             None => (Arc::new(self.metadata.resolve(&name).await?), false),
         };
-        let content = match (&info.file, self.config.unpack) {
-            (Ok(file), true) => file.clone(),
-            _ => info.archive.clone(),
-        };
+        let content = info.content(self.config.unpack).clone();
         let reader = ReadHandle::spawn(self.read_context.clone(), name.repository.clone(), content);
         Ok((self.new_handle(Handle::Read(reader)), keep_cache))
     }
 
-    /// `create`: a new file in `parent`, open for writing.
+    fn write_handle(
+        &self,
+        name: Option<ImageName>,
+        writer: Arc<WriteHandle>,
+        opener: Caller,
+    ) -> Handle {
+        Handle::Write {
+            name,
+            writer,
+            opener,
+        }
+    }
+
+    /// `create`: a new file in `parent` with `mode`, open for writing.
     ///
     /// The kernel also sends `create` for `open(O_CREAT)` of a name it has not looked up, so
-    /// an existing image is opened rather than replaced unless `O_TRUNC` is given, and
-    /// `O_EXCL` fails with EEXIST.
+    /// an existing file is opened rather than replaced unless `O_TRUNC` is given, and
+    /// `O_EXCL` fails with EEXIST. A name that cannot be an image name makes a local file.
     pub async fn create(
         &self,
         parent: u64,
         name: &OsStr,
         flags: i32,
+        mode: u32,
         caller: Caller,
     ) -> FsResult<(Attr, u64)> {
         if self.config.read_only {
@@ -698,9 +838,17 @@ impl Filesystem {
                 "NAME@DIGEST names are read-only".into(),
             ));
         }
-        let (repository, tag) = namespace::image_for_create(&dir, name).inspect_err(|e| {
-            warn!(name, error = %e, "create refused");
-        })?;
+        let (repository, tag) = match namespace::image_for_create(&dir, name) {
+            Ok(image) => image,
+            Err(FsError::InvalidName(rule)) => {
+                debug!(name, rule, "not a registry name: a local file");
+                return self.create_local(&dir, name, flags, mode, caller);
+            }
+            Err(e) => {
+                warn!(name, error = %e, "create refused");
+                return Err(e);
+            }
+        };
         if !name.contains(':') && self.metadata.is_dir(&repository).await? {
             return Err(FsError::IsDirectory);
         }
@@ -708,22 +856,55 @@ impl Filesystem {
             repository,
             reference: Reference::Tag(tag),
         };
-        let exists = match self.metadata.resolve(&image).await {
-            Ok(_) => true,
-            Err(FsError::Registry(RegistryError::NotFound(_))) => false,
+        let existing = match self.metadata.resolve(&image).await {
+            Ok(info) => Some(info),
+            Err(FsError::Registry(RegistryError::NotFound(_))) => None,
             Err(e) => return Err(e),
         };
-        if exists && flags & libc::O_EXCL != 0 {
+        if existing.is_some() && flags & libc::O_EXCL != 0 {
             return Err(FsError::Exists);
         }
-        let new_content = !exists || flags & libc::O_TRUNC != 0;
-        let (writer, _) = self.start_writer(&image, new_content)?;
-        let fh = self.new_handle(Handle::Write {
-            name: image.clone(),
-            writer,
-            opener: caller,
+        let truncates = flags & libc::O_TRUNC != 0;
+        let copy_up = existing.filter(|_| !truncates).map(|info| CopyUp {
+            repository: image.repository.clone(),
+            digest: info.digest.clone(),
+            content: info.content(self.config.unpack).clone(),
+            attributes: info.attributes,
         });
+        let new_content = copy_up.is_none();
+        let (writer, _) = self.start_writer(&image, new_content, copy_up, mode)?;
+        let fh = self.new_handle(self.write_handle(Some(image.clone()), writer, caller));
         Ok((self.image_now(&image).await?, fh))
+    }
+
+    /// `create` of a name that cannot be an image name: a local file.
+    fn create_local(
+        &self,
+        dir: &str,
+        name: &str,
+        flags: i32,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        let truncates = flags & libc::O_TRUNC != 0;
+        let file = match self.locals.get(dir, name) {
+            Some(_) if flags & libc::O_EXCL != 0 => return Err(FsError::Exists),
+            Some(file) => {
+                if truncates {
+                    file.staged.truncate(0).map_err(FsError::Spool)?;
+                }
+                self.inodes.reference(file.ino);
+                file
+            }
+            None => {
+                let file = self.new_local(dir, name, mode)?;
+                self.inodes.reference(file.ino);
+                file
+            }
+        };
+        let writer = self.spawn_writer(Destination::Local, file.staged.clone(), None, true);
+        let fh = self.new_handle(self.write_handle(None, writer, caller));
+        Ok((self.local_attr(file.ino, &file.staged), fh))
     }
 
     fn read_handle_future(
@@ -731,10 +912,15 @@ impl Filesystem {
         fh: u64,
         offset: u64,
         size: u32,
-    ) -> FsResult<impl Future<Output = FsResult<Bytes>> + Send + 'static + use<>> {
+    ) -> FsResult<futures::future::BoxFuture<'static, FsResult<Bytes>>> {
         match self.handles.lock().expect("lock").get(&fh) {
-            Some(Handle::Read(reader)) => Ok(reader.read(offset, size)),
-            _ => Err(FsError::BadHandle),
+            Some(Handle::Read(reader)) => Ok(reader.read(offset, size).boxed()),
+            Some(Handle::Write { writer, .. }) => Ok(writer.read(offset, size).boxed()),
+            Some(Handle::Local(staged)) => {
+                let read = staged.read_at(offset, size).map_err(FsError::Spool);
+                Ok(futures::future::ready(read).boxed())
+            }
+            None => Err(FsError::BadHandle),
         }
     }
 
@@ -804,7 +990,7 @@ impl Filesystem {
                     Ok(None)
                 }
             },
-            Some(Handle::Read(_)) => Ok(None),
+            Some(Handle::Read(_) | Handle::Local(_)) => Ok(None),
             None => Err(FsError::BadHandle),
         };
         async move {
@@ -828,13 +1014,40 @@ impl Filesystem {
         if matches!(finished.try_recv(), Err(mpsc::error::TryRecvError::Empty)) {
             info!("waiting for the files being pushed");
         }
-        tokio::time::timeout(limit, finished.recv()).await.is_ok()
+        let all_pushed = tokio::time::timeout(limit, finished.recv()).await.is_ok();
+        self.keep_local_files();
+        all_pushed
+    }
+
+    /// Local files never renamed onto an image are not lost at the end of the mount: they
+    /// are kept as named files under `spool_dir=/reposure-kept-TIME/`, and the log says
+    /// where.
+    fn keep_local_files(&self) {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let root = self.config.spool_dir.join(format!("reposure-kept-{stamp}"));
+        for kept in self.locals.keep_all(&root) {
+            match kept {
+                Ok(path) => warn!(
+                    path = %path.display(),
+                    "a local file was never renamed onto an image name: kept (not pushed)"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "a local file was never renamed onto an image name and could not be kept"
+                ),
+            }
+        }
     }
 
     /// `release`: the last close of an open file.
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().expect("lock").remove(&fh);
-        if let Some(Handle::Write { name, writer, .. }) = handle {
+        if let Some(Handle::Write {
+            name: Some(name),
+            writer,
+            ..
+        }) = handle
+        {
             let mut writing = self.writing.lock().expect("lock");
             if writing
                 .get(&name)
@@ -844,219 +1057,6 @@ impl Filesystem {
                 self.inodes.unpin(released.ino);
             }
         }
-    }
-
-    fn name_of(&self, ino: u64) -> FsResult<ImageName> {
-        match self.inodes.get(ino).ok_or(FsError::NotFound)? {
-            Inode::Dir(_) => Err(FsError::IsDirectory),
-            Inode::Image { name, .. } | Inode::Writing { name, .. } => Ok(name),
-        }
-    }
-
-    /// `setattr`: size changes (truncation of a file being written) only. Times are
-    /// accepted and ignored (an image's time is its creation time). Mode and owner changes
-    /// are accepted and ignored on a file this mount is writing (copy tools set them after
-    /// creating the file, and the content must still arrive), and refused otherwise.
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        fh: Option<u64>,
-        mode_or_owner: bool,
-    ) -> FsResult<Attr> {
-        if let Some(Inode::Dir(_)) = self.inodes.get(ino) {
-            // Directories exist only as names here: copy tools (`cp -a`) set their mode
-            // and owner after making them, which is accepted and changes nothing.
-            return match size {
-                Some(_) => Err(FsError::IsDirectory),
-                None => Ok(self.dir_attr(ino)),
-            };
-        }
-        let name = self.name_of(ino)?;
-        let writer = match fh.map(|fh| self.writer(fh)) {
-            Some(Ok(writer)) => Some(writer),
-            _ => self
-                .writing
-                .lock()
-                .expect("lock")
-                .get(&name)
-                .map(|w| w.writer.clone()),
-        };
-        if mode_or_owner && writer.is_none() {
-            return Err(FsError::NotPermitted(
-                "images have no mode or owner to change".into(),
-            ));
-        }
-        if let Some(size) = size {
-            if self.config.read_only {
-                return Err(FsError::ReadOnly);
-            }
-            let writer = writer.ok_or_else(|| {
-                FsError::NotPermitted("truncate an image by opening it for writing".into())
-            })?;
-            writer.truncate(size).await?;
-        }
-        self.getattr(ino).await
-    }
-
-    /// An image name in `dir` that must be a tag this mount can change.
-    async fn tag_name(&self, dir: &str, name: &str) -> FsResult<ImageName> {
-        if !Self::plausible(dir, name) {
-            return Err(FsError::NotFound);
-        }
-        match self.named(dir, name).await? {
-            Named::Dir(_) => Err(FsError::IsDirectory),
-            Named::Image(image) if image.tag().is_none() => Err(FsError::NotPermitted(
-                "NAME@DIGEST names are read-only".into(),
-            )),
-            Named::Image(image) => Ok(image),
-        }
-    }
-
-    /// `unlink`: deletes one tag.
-    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        if self.config.read_only {
-            return Err(FsError::ReadOnly);
-        }
-        let dir = self.dir_path(parent)?;
-        let name = name.to_str().ok_or(FsError::NotFound)?;
-        let image = self.tag_name(&dir, name).await?;
-        if self.writing.lock().expect("lock").contains_key(&image) {
-            return Err(FsError::NotPermitted("the file is open for writing".into()));
-        }
-        let tag = image.tag().expect("a tag name");
-        let result = self.registry.delete_tag(&image.repository, tag).await;
-        self.metadata.invalidate(&image);
-        self.forget_names(&image);
-        match result {
-            Ok(()) => {
-                info!(image = %image, "deleted tag");
-                Ok(())
-            }
-            Err(e) => {
-                warn!(image = %image, error = %e, "delete failed");
-                Err(e.into())
-            }
-        }
-    }
-
-    /// `rename`: retags. The target gets the source's manifest in one write (readers of
-    /// the target see the old or the new image, never a mix), then the source tag goes.
-    pub async fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        new_parent: u64,
-        new_name: &OsStr,
-        no_replace: bool,
-    ) -> FsResult<()> {
-        if self.config.read_only {
-            return Err(FsError::ReadOnly);
-        }
-        let (dir, new_dir) = (self.dir_path(parent)?, self.dir_path(new_parent)?);
-        let name = name.to_str().ok_or(FsError::NotFound)?;
-        let new_name = new_name
-            .to_str()
-            .ok_or_else(|| FsError::InvalidName("file names must be UTF-8".into()))?;
-        if Self::plausible(&dir, name) && matches!(self.named(&dir, name).await?, Named::Dir(_)) {
-            return Err(FsError::NotPermitted(
-                "repositories cannot be renamed; move the files in them instead".into(),
-            ));
-        }
-        let source = self.tag_name(&dir, name).await?;
-        let target = self.new_tag_name(&new_dir, new_name).await?;
-        if source == target {
-            // Renaming a name onto itself changes nothing, if the name exists.
-            return self.metadata.resolve(&source).await.map(|_| ());
-        }
-        if self.writing.lock().expect("lock").contains_key(&source) {
-            return Err(FsError::NotPermitted("the file is open for writing".into()));
-        }
-        if no_replace && self.metadata.resolve(&target).await.is_ok() {
-            return Err(FsError::Exists);
-        }
-        let from = Reference::Tag(source.tag().expect("a tag").to_owned());
-        let digest = self
-            .registry
-            .tag(
-                &source.repository,
-                &from,
-                &target.repository,
-                target.tag().expect("a tag"),
-            )
-            .await?;
-        self.metadata.invalidate(&target);
-        self.metadata.published(&target.repository);
-        self.forget_names(&target);
-        let deleted = self
-            .registry
-            .delete_tag(&source.repository, source.tag().expect("a tag"))
-            .await;
-        self.metadata.invalidate(&source);
-        self.forget_names(&source);
-        info!(from = %source, to = %target, %digest, "retagged");
-        deleted.map_err(|e| {
-            warn!(from = %source, error = %e, "the new tag is in place, but the old one could not be removed");
-            e.into()
-        })
-    }
-
-    /// A new name for an image in `dir`, validated as for create.
-    async fn new_tag_name(&self, dir: &str, name: &str) -> FsResult<ImageName> {
-        if name.contains('@') {
-            return Err(FsError::NotPermitted(
-                "NAME@DIGEST names are read-only".into(),
-            ));
-        }
-        let (repository, tag) = namespace::image_for_create(dir, name).inspect_err(|e| {
-            warn!(name, error = %e, "new name refused");
-        })?;
-        if !name.contains(':') && self.metadata.is_dir(&repository).await? {
-            return Err(FsError::IsDirectory);
-        }
-        Ok(ImageName {
-            repository,
-            reference: Reference::Tag(tag),
-        })
-    }
-
-    /// `link`: adds a tag for the very version `ino` is.
-    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Attr> {
-        if self.config.read_only {
-            return Err(FsError::ReadOnly);
-        }
-        let (source, info) = match self.inodes.get(ino).ok_or(FsError::NotFound)? {
-            Inode::Image { name, info } => (name, info),
-            Inode::Dir(_) => {
-                return Err(FsError::NotPermitted("directories cannot be linked".into()));
-            }
-            Inode::Writing { .. } => {
-                return Err(FsError::NotPermitted(
-                    "the file is still being written".into(),
-                ));
-            }
-        };
-        let new_dir = self.dir_path(new_parent)?;
-        let new_name = new_name
-            .to_str()
-            .ok_or_else(|| FsError::InvalidName("file names must be UTF-8".into()))?;
-        let target = self.new_tag_name(&new_dir, new_name).await?;
-        if self.metadata.resolve(&target).await.is_ok() {
-            return Err(FsError::Exists);
-        }
-        self.registry
-            .tag(
-                &source.repository,
-                &Reference::Digest(info.digest.clone()),
-                &target.repository,
-                target.tag().expect("a tag"),
-            )
-            .await?;
-        self.metadata.invalidate(&target);
-        self.metadata.published(&target.repository);
-        self.forget_names(&target);
-        info!(from = %source, to = %target, digest = %info.digest, "linked");
-        self.image_now(&target).await
     }
 
     /// `mkdir`: a local directory until something is pushed into it.
@@ -1100,6 +1100,10 @@ impl Filesystem {
     pub async fn xattrs(&self, ino: u64) -> FsResult<Vec<(&'static str, String)>> {
         let (name, info) = match self.inodes.get(ino).ok_or(FsError::NotFound)? {
             Inode::Image { name, info } => (name, info),
+            Inode::Local(_) => {
+                let local = "not pushed: the name cannot be a registry name; rename the file onto one to push it";
+                return Ok(vec![(XATTR_LOCAL, local.to_owned())]);
+            }
             Inode::Dir(_) | Inode::Writing { .. } => return Ok(Vec::new()),
         };
         Ok(vec![
