@@ -39,7 +39,7 @@ use crate::staged::Staged;
 /// microseconds, but the kernel first takes the directory's lock, which a slow `lookup` may
 /// hold for as long as the registry's timeout; past this wait the close returns anyway and
 /// the old entry lasts at most its lifetime (what was left of `metadata_ttl=`).
-const INVALIDATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const INVALIDATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What asks for a push of an open file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

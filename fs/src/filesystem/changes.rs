@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use reposure_registry::operations::{DEFAULT_FILE_MODE, ImageInfo};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Attr, Filesystem};
 use crate::errno::{FsError, FsResult};
 use crate::inode::{ImageName, Inode};
 use crate::staged::Staged;
-use crate::writer::{CopyUp, fetch_into};
+use crate::writer::{CopyUp, INVALIDATION_WAIT, fetch_into};
 
 /// What a `setattr` asks to change (the owner is checked by the adapter, which knows it:
 /// only a change to another owner reaches here, as `foreign_owner`).
@@ -149,8 +149,15 @@ impl Filesystem {
             .map_err(FsError::PushFailed)?;
         info!(image = %name, %digest, mode = format!("{:o}", staged.mode()), "published again with new attributes");
         // The kernel holds the file's lock, not its directory's: the entry can go at once,
-        // but nobody needs to wait for it.
-        drop((self.on_published(name))(&digest));
+        // and is waited for (as after a `close()`), so that a `stat` right after the
+        // `chmod` finds the new image rather than the old version's inode.
+        let dropped = (self.on_published(name))(&digest);
+        if tokio::time::timeout(INVALIDATION_WAIT, dropped)
+            .await
+            .is_err()
+        {
+            warn!(image = %name, "the kernel did not drop the old entry in time; it lasts at most metadata_ttl");
+        }
         // Answered for the inode asked about from the content just pushed: asking the
         // registry would cost a probe of the blob the mount already holds.
         Ok(self.writing_attr(ino, name, &staged))
