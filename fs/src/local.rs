@@ -7,12 +7,33 @@
 //! mount ends (which keeps it as a named file under `spool_dir=/reposure-kept-TIME/`, and
 //! says so). It never looks published: the filesystem shows it with the sticky bit and the
 //! `user.reposure.local` attribute.
+//!
+//! A few tools name their temporary files in ways a registry would accept; those names
+//! ([`is_temporary_name`]) are local too, or the file would be pushed under its temporary
+//! name, and the image retagged by the rename would hold a file by that name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::staged::Staged;
+
+/// Whether `name` is one that a tool gives a temporary file it renames or removes later,
+/// though a registry would take it as an image name: GNU `sed -i`'s `sedXXXXXX` (six
+/// letters or digits), Python `tempfile`'s default `tmpXXXXXXXX` (eight of lower case
+/// letters, digits and `_`), and vim's `4913` (the file it makes to learn whether it may
+/// write in a directory).
+pub fn is_temporary_name(name: &str) -> bool {
+    let random = |prefix: &str, length: usize, allowed: fn(char) -> bool| {
+        name.strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() == length && rest.chars().all(allowed))
+    };
+    random("sed", 6, |c| c.is_ascii_alphanumeric())
+        || random("tmp", 8, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+        })
+        || name == "4913"
+}
 
 /// The mode bit that marks a local file in `ls -l` (the sticky bit: `T` or `t`).
 pub const LOCAL_MARK: u16 = 0o1000;
@@ -113,6 +134,23 @@ impl LocalFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tools_temporary_names_are_recognised() {
+        for name in ["sed4jlkg7", "sedAb12Zz", "tmpk2_9x0ab", "4913"] {
+            assert!(is_temporary_name(name), "{name}");
+        }
+        for name in [
+            "sed",
+            "sedimentary",
+            "sed4jlkg",
+            "tmpfile",
+            "tmpk2_9x0abc",
+            "4914",
+        ] {
+            assert!(!is_temporary_name(name), "{name}");
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn files_move_with_their_directory_and_are_kept_at_the_end() {

@@ -340,6 +340,26 @@ async fn local_files_are_published_by_renaming_them() {
         .await
         .unwrap_err();
     assert_eq!(refused.errno(), libc::EXDEV);
+    // `sed -i`'s temporary name is a valid image name, and still local: one push, at the
+    // rename, under the real name.
+    let pushes = RequestCounts::get(&store.counts.put_manifest);
+    let fh = create_in_root(&fs, "sed4jlkg7").await;
+    fs.write(fh, 0, b"edited".to_vec()).await.unwrap();
+    fs.flush(fh, Caller::this_process()).await.unwrap();
+    fs.release(fh);
+    assert_eq!(RequestCounts::get(&store.counts.put_manifest), pushes);
+    fs.rename(
+        ROOT,
+        OsStr::new("sed4jlkg7"),
+        ROOT,
+        OsStr::new("report"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(RequestCounts::get(&store.counts.put_manifest), pushes + 1);
+    assert_eq!(names(fs.list(ROOT).await.unwrap()), ["report"]);
+    assert_eq!(read_file(&fs, ROOT, "report").await.unwrap(), b"edited");
 }
 
 #[tokio::test(flavor = "multi_thread")]

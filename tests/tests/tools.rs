@@ -431,28 +431,37 @@ fn an_editors_atomic_save_publishes_at_the_rename() {
     contract::exercises(&["push.local"]);
 }
 
-/// Python's `tempfile.mkstemp` in the mount and `os.replace` onto an image name: published
-/// with mkstemp's mode 0600, nothing left behind.
+/// Python's `tempfile.mkstemp` in the mount, with its default name (`tmpXXXXXXXX`, which a
+/// registry would take) and with a hidden one, then `os.replace` onto an image name: each
+/// published once, at the rename, under the real name, with mkstemp's mode 0600, and
+/// nothing left behind.
 #[test]
 fn python_mkstemp_then_replace() {
     let (registry, mount) = mounted();
     fs::create_dir(mount.path("conf")).unwrap();
-    python(
-        "import os, sys, tempfile\n\
-         directory = sys.argv[1]\n\
-         fd, temp = tempfile.mkstemp(dir=directory, prefix='.x')\n\
-         os.write(fd, b'key = value\\n')\n\
-         os.close(fd)\n\
-         os.replace(temp, os.path.join(directory, 'settings'))\n",
-        &[&mount.path("conf")],
-    );
-    let expected = Expected {
-        bytes: b"key = value\n",
-        mode: 0o600,
-        mtime: None,
-    };
-    assert_published(&registry, &mount, "conf/settings", &expected);
-    assert_eq!(names(&mount.path("conf")), ["settings"]);
+    for (prefix, target) in [("'tmp'", "settings"), ("'.x'", "hidden")] {
+        let mark = registry.log().len();
+        python(
+            &format!(
+                "import os, sys, tempfile\n\
+                 directory = sys.argv[1]\n\
+                 fd, temp = tempfile.mkstemp(dir=directory, prefix={prefix})\n\
+                 os.write(fd, b'key = value\\n')\n\
+                 os.close(fd)\n\
+                 os.replace(temp, os.path.join(directory, '{target}'))\n"
+            ),
+            &[&mount.path("conf")],
+        );
+        let expected = Expected {
+            bytes: b"key = value\n",
+            mode: 0o600,
+            mtime: None,
+        };
+        assert_published(&registry, &mount, &format!("conf/{target}"), &expected);
+        let pushes = requests(&log_since(&registry, mark), "PUT", "/manifests/");
+        assert_eq!(pushes.len(), 1, "{pushes:?}");
+    }
+    assert_eq!(names(&mount.path("conf")), ["hidden", "settings"]);
     contract::exercises(&["push.local"]);
 }
 

@@ -397,6 +397,16 @@ impl Filesystem {
         }
     }
 
+    /// Whether a file created as `name` in `dir` is a local file ([`crate::local`]): a name
+    /// no registry takes, or one a tool gives its temporary files.
+    fn local_name(dir: &str, name: &str) -> bool {
+        !name.contains('@')
+            && (matches!(
+                namespace::image_for_create(dir, name),
+                Err(FsError::InvalidName(_))
+            ) || crate::local::is_temporary_name(name))
+    }
+
     /// A name that may exist: registry names, or `NAME@sha256:...`.
     fn plausible(dir: &str, name: &str) -> bool {
         match name.split_once('@') {
@@ -838,12 +848,15 @@ impl Filesystem {
                 "NAME@DIGEST names are read-only".into(),
             ));
         }
+        if Self::local_name(&dir, name) {
+            debug!(
+                name,
+                "not a registry name, or a tool's temporary file: a local file"
+            );
+            return self.create_local(&dir, name, flags, mode, caller);
+        }
         let (repository, tag) = match namespace::image_for_create(&dir, name) {
             Ok(image) => image,
-            Err(FsError::InvalidName(rule)) => {
-                debug!(name, rule, "not a registry name: a local file");
-                return self.create_local(&dir, name, flags, mode, caller);
-            }
             Err(e) => {
                 warn!(name, error = %e, "create refused");
                 return Err(e);

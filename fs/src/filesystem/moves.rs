@@ -107,9 +107,7 @@ impl Filesystem {
                 .await;
         }
         let source = self.tag_name(&dir, name).await?;
-        if !new_name.contains('@')
-            && let Err(FsError::InvalidName(_)) = namespace::image_for_create(&new_dir, new_name)
-        {
+        if Self::local_name(&new_dir, new_name) {
             self.metadata.resolve(&source).await?;
             return Err(FsError::CrossDevice(
                 "an image cannot become a local file; copy it instead".into(),
@@ -161,15 +159,16 @@ impl Filesystem {
         if no_replace && self.locals.get(new_dir, new_name).is_some() {
             return Err(FsError::Exists);
         }
-        let Ok(target) = self.new_tag_name(new_dir, new_name).await else {
-            // Onto another name that cannot be an image name: it stays local.
+        if Self::local_name(new_dir, new_name) {
+            // Onto another local name: it stays local.
             let file = self.locals.remove(dir, name).ok_or(FsError::NotFound)?;
             if let Some(replaced) = self.locals.remove(new_dir, new_name) {
                 self.inodes.unpin(replaced.ino);
             }
             self.locals.insert(new_dir, new_name, file);
             return Ok(());
-        };
+        }
+        let target = self.new_tag_name(new_dir, new_name).await?;
         if no_replace && self.metadata.resolve(&target).await.is_ok() {
             return Err(FsError::Exists);
         }
