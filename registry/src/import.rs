@@ -10,6 +10,13 @@
 //!   (`sha256:<hex>` config, `<hex>.tar.gz` layers). A Docker schema-2 manifest is made for
 //!   it; layers are pushed as they are (no recompression).
 //!
+//! An archive may hold several images (`docker save a b`, a layout with several tagged
+//! manifests). The one pushed is the one named like the target (its `RepoTags`, or its
+//! `org.opencontainers.image.ref.name`): `HOST/myrepo/myimage:v1` or `myrepo/myimage:v1`
+//! for `myrepo/myimage:v1`, where any registry host is ignored. An archive of one image is
+//! pushed whatever it names; with several and none named so, nothing is pushed and the
+//! error lists what the archive holds.
+//!
 //! Anything else, a tar that is not an image archive included, is not an archive here and
 //! is stored as a file by the caller.
 
@@ -329,10 +336,17 @@ async fn push_layout(
 ) -> Result<Digest> {
     let top: IndexManifest = serde_json::from_slice(&index.document("index.json")?)
         .map_err(|e| RegistryError::Rejected(format!("index.json of the archive: {e}")))?;
-    let root = top
-        .manifests
-        .first()
-        .ok_or_else(|| RegistryError::Rejected("the archive's index.json lists no image".into()))?;
+    if top.manifests.is_empty() {
+        return Err(RegistryError::Rejected(
+            "the archive's index.json lists no image".into(),
+        ));
+    }
+    let root = choose(&top.manifests, repository, tag, |descriptor| {
+        descriptor
+            .annotation(mt::ANNOTATION_REF_NAME)
+            .map(|name| vec![name.to_owned()])
+            .unwrap_or_default()
+    })?;
     let manifest = stored(index, root)?;
     let tag_reference = Reference::Tag(tag.to_owned());
     match crate::formats::manifest::parse(&manifest)? {
@@ -361,7 +375,72 @@ async fn push_layout(
 struct DockerEntry {
     config: String,
     #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(default)]
     layers: Vec<String>,
+}
+
+/// Whether an image named `name` in an archive (`[HOST/]PATH[:TAG]`, or a bare tag as an
+/// OCI layout's `ref.name` may be) is the one to push as `repository:tag`.
+fn names_target(name: &str, repository: &str, tag: &str) -> bool {
+    let name = name.split('@').next().unwrap_or(name);
+    let (path, name_tag) = match name.rsplit_once(':') {
+        Some((path, name_tag)) if !name_tag.contains('/') => (path, name_tag),
+        _ => (name, "latest"),
+    };
+    if !name.contains('/') && !name.contains(':') {
+        // A bare tag (an OCI layout's `ref.name`), or a bare repository name.
+        return name == tag || (name == repository && tag == "latest");
+    }
+    let mut segments: Vec<&str> = path.split('/').collect();
+    let first = segments[0];
+    if segments.len() > 1 && (first.contains(['.', ':']) || first == "localhost") {
+        segments.remove(0);
+    }
+    let path = segments.join("/");
+    name_tag == tag && (path == repository || path.strip_prefix("library/") == Some(repository))
+}
+
+/// The one of an archive's images to push as `repository:tag`.
+fn choose<'a, T>(
+    images: &'a [T],
+    repository: &str,
+    tag: &str,
+    names: impl Fn(&T) -> Vec<String>,
+) -> Result<&'a T> {
+    if let [only] = images {
+        return Ok(only);
+    }
+    let matching: Vec<&T> = images
+        .iter()
+        .filter(|image| {
+            names(image)
+                .iter()
+                .any(|n| names_target(n, repository, tag))
+        })
+        .collect();
+    match matching[..] {
+        [one] => Ok(one),
+        _ => {
+            let held: Vec<String> = images
+                .iter()
+                .map(|image| match names(image)[..] {
+                    [] => "(an image with no name)".to_owned(),
+                    ref named => named.join(" "),
+                })
+                .collect();
+            Err(RegistryError::Rejected(format!(
+                "the archive holds {} images ({}), {} named {repository}:{tag}; push it under the name of the one you mean, or save one image per archive; nothing was pushed",
+                images.len(),
+                held.join(", "),
+                if matching.is_empty() {
+                    "none"
+                } else {
+                    "more than one"
+                },
+            )))
+        }
+    }
 }
 
 async fn push_docker(
@@ -372,8 +451,13 @@ async fn push_docker(
 ) -> Result<Digest> {
     let entries: Vec<DockerEntry> = serde_json::from_slice(&index.document("manifest.json")?)
         .map_err(|e| RegistryError::Rejected(format!("manifest.json of the archive: {e}")))?;
-    let entry = entries.first().ok_or_else(|| {
-        RegistryError::Rejected("the archive's manifest.json lists no image".into())
+    if entries.is_empty() {
+        return Err(RegistryError::Rejected(
+            "the archive's manifest.json lists no image".into(),
+        ));
+    }
+    let entry = choose(&entries, repository, tag, |entry| {
+        entry.repo_tags.clone().unwrap_or_default()
     })?;
     let config_bytes = index.document(&entry.config)?;
     let config = Descriptor::of(mt::DOCKER_CONFIG, &config_bytes);
@@ -414,4 +498,64 @@ async fn push_docker(
         .put_manifest(repository, &Reference::Tag(tag.to_owned()), &manifest)
         .await?;
     Ok(manifest.digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_names_match_the_target_whatever_the_host() {
+        for name in [
+            "10.96.0.12:5000/myrepo/myimage:v1",
+            "localhost/myrepo/myimage:v1",
+            "registry.example.com/myrepo/myimage:v1",
+            "myrepo/myimage:v1",
+        ] {
+            assert!(names_target(name, "myrepo/myimage", "v1"), "{name}");
+        }
+        assert!(names_target("docker.io/library/alpine:3", "alpine", "3"));
+        assert!(names_target("localhost:5000/tool", "tool", "latest"));
+        assert!(names_target("v1", "anything", "v1"), "an OCI ref.name tag");
+        for name in [
+            "myrepo/myimage:v2",
+            "other/myimage:v1",
+            "myrepo/myimage",
+            "v2",
+        ] {
+            assert!(!names_target(name, "myrepo/myimage", "v1"), "{name}");
+        }
+    }
+
+    #[test]
+    fn one_of_several_images_is_chosen_by_name_or_none_is() {
+        let images = vec![
+            vec!["localhost/web:1".to_owned()],
+            vec![
+                "localhost/db:1".to_owned(),
+                "localhost/db:stable".to_owned(),
+            ],
+            vec![],
+        ];
+        let names = |image: &Vec<String>| image.clone();
+        let chosen = choose(&images, "db", "stable", names).unwrap();
+        assert_eq!(chosen, &images[1]);
+        let refused = choose(&images, "cache", "1", names)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("holds 3 images")
+                && refused.contains("localhost/web:1")
+                && refused.contains("localhost/db:1 localhost/db:stable")
+                && refused.contains("(an image with no name)")
+                && refused.contains("none named cache:1"),
+            "{refused}"
+        );
+        let single = vec![vec!["localhost/web:1".to_owned()]];
+        assert_eq!(
+            choose(&single, "elsewhere", "x", names).unwrap(),
+            &single[0],
+            "an archive of one image is pushed whatever it names"
+        );
+    }
 }

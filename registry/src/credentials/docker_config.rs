@@ -1,5 +1,7 @@
 //! Docker config documents: `~/.docker/config.json`, the containers tools' `auth.json`
-//! (same format), and the `.dockerconfigjson` of a `kubernetes.io/dockerconfigjson` Secret.
+//! (same format), the `.dockerconfigjson` of a `kubernetes.io/dockerconfigjson` Secret, and
+//! the legacy form (`~/.dockercfg`, the `.dockercfg` of a `kubernetes.io/dockercfg` Secret,
+//! as OpenShift makes for service accounts): the `auths` map alone, at the top level.
 //!
 //! For a host, as the Docker CLI decides: `credHelpers[key]`, else `credsStore`, else the
 //! `auths` entry (`auth` = base64 of `user:password`, or `username`/`password`, or an
@@ -51,11 +53,24 @@ pub enum Lookup {
 }
 
 impl DockerConfig {
-    /// Parses a document.
+    /// Parses a document, in either form.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| {
+        let not_config = |e: serde_json::Error| {
             RegistryError::Usage(format!("not a Docker config (JSON with \"auths\"): {e}"))
-        })
+        };
+        let document: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(bytes).map_err(not_config)?;
+        const KEYS: [&str; 3] = ["auths", "credHelpers", "credsStore"];
+        let legacy = !document.is_empty() && !KEYS.iter().any(|k| document.contains_key(*k));
+        if legacy {
+            let auths =
+                serde_json::from_value(serde_json::Value::Object(document)).map_err(not_config)?;
+            return Ok(Self {
+                auths,
+                ..Self::default()
+            });
+        }
+        serde_json::from_value(serde_json::Value::Object(document)).map_err(not_config)
     }
 
     /// What this config says for `host` (`HOST[:PORT]`).
@@ -187,6 +202,19 @@ mod tests {
             Some(Credentials::Bearer("tok".into()))
         );
         assert_eq!(entry(config, "missing.example"), None);
+    }
+
+    #[test]
+    fn the_legacy_dockercfg_form_is_read() {
+        let config = br#"{"image-registry.openshift-image-registry.svc:5000":
+            {"username": "serviceaccount", "password": "tok", "email": "x@example", "auth": "c2VydmljZWFjY291bnQ6dG9r"}}"#;
+        assert_eq!(
+            entry(config, "image-registry.openshift-image-registry.svc:5000"),
+            Some(Credentials::Basic {
+                username: "serviceaccount".into(),
+                password: "tok".into(),
+            })
+        );
     }
 
     #[test]
