@@ -31,6 +31,28 @@ use crate::resource::Registry;
 /// Name of the surrogate container in the pods the operator runs (the exec target).
 pub const SURROGATE_CONTAINER: &str = "surrogate";
 
+/// Label naming the Registry a surrogate pod serves.
+pub const REGISTRY_LABEL: &str = "reposure.puccini.cloud/registry";
+/// Label shared by every surrogate pod (and Deployment).
+pub const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "reposure-surrogate");
+
+/// Labels selecting one Registry's surrogate pods.
+pub fn surrogate_labels(registry: &str) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        (APP_LABEL.0.to_owned(), APP_LABEL.1.to_owned()),
+        (REGISTRY_LABEL.to_owned(), registry.to_owned()),
+    ])
+}
+
+/// The same labels as a label selector string.
+pub fn surrogate_selector(registry: &str) -> String {
+    surrogate_labels(registry)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The command a client execs in the surrogate container to open a session.
 pub const SESSION_COMMAND: [&str; 3] = ["reposure-surrogate", "serve", "--stdio"];
 
@@ -149,7 +171,12 @@ impl KubeExec {
         }
     }
 
-    /// The ready surrogate pod named by the Registry's status.
+    /// The ready surrogate pod of the Registry.
+    ///
+    /// The status names it. A Registry whose status has no conditions at all (as the
+    /// original Reposure's operator writes it: `surrogatePod` alone) is used by its pod's
+    /// own readiness. A named pod that is being deleted, or no longer ready, is passed over
+    /// for another ready pod of the same Registry's surrogate, if there is one.
     pub async fn surrogate_pod(&self) -> Result<String> {
         let registries: Api<Registry> = Api::namespaced(self.client.clone(), &self.namespace);
         let registry = registries.get(&self.registry).await.map_err(|e| {
@@ -161,26 +188,13 @@ impl KubeExec {
                 &self.namespace,
             )
         })?;
+        let status = registry.status.as_ref();
         let condition = registry.ready_condition();
-        let pod = registry
-            .status
-            .as_ref()
-            .and_then(|s| s.surrogate_pod.clone());
-        match (condition, pod) {
-            (Some(c), Some(pod)) if c.status == "True" => {
-                let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-                let found = pods
-                    .get(&pod)
-                    .await
-                    .map_err(|e| explain(e, "get", "pods", &pod, &self.namespace))?;
-                if !pod_is_ready(&found) {
-                    return Err(RegistryError::Unavailable(format!(
-                        "surrogate pod {pod} of Registry {} is not ready; the operator will name a new one (kubectl get reg {} -n {})",
-                        self.registry, self.registry, self.namespace
-                    )));
-                }
-                Ok(pod)
-            }
+        let named = status.and_then(|s| s.surrogate_pod.clone());
+        let original_style = status.is_none_or(|s| s.conditions.is_empty());
+        match (condition, named) {
+            (Some(c), Some(pod)) if c.status == "True" => self.usable_pod(&pod).await,
+            (None, Some(pod)) if original_style => self.usable_pod(&pod).await,
             (Some(c), _) => Err(RegistryError::Unavailable(format!(
                 "Registry {} is not ready: {}: {}",
                 self.registry, c.reason, c.message
@@ -191,6 +205,55 @@ impl KubeExec {
             ))),
         }
     }
+
+    /// `pod` if it is ready, not being deleted, and runs this project's surrogate; else
+    /// another ready pod of the Registry's surrogate.
+    async fn usable_pod(&self, pod: &str) -> Result<String> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let found = pods
+            .get(pod)
+            .await
+            .map_err(|e| explain(e, "get", "pods", pod, &self.namespace))?;
+        if !runs_our_surrogate(&found) {
+            return Err(RegistryError::Unsupported(format!(
+                "surrogate pod {pod} of Registry {} runs the original Reposure's surrogate, which this client cannot talk to; `reposure operator install` in namespace {} replaces it",
+                self.registry, self.namespace
+            )));
+        }
+        if pod_is_ready(&found) && found.metadata.deletion_timestamp.is_none() {
+            return Ok(pod.to_owned());
+        }
+        let others = pods
+            .list(&kube::api::ListParams::default().labels(&surrogate_selector(&self.registry)))
+            .await
+            .map_err(|e| explain(e, "list", "pods", pod, &self.namespace))?;
+        if let Some(other) = others
+            .items
+            .iter()
+            .find(|p| pod_is_ready(p) && p.metadata.deletion_timestamp.is_none())
+        {
+            return Ok(other.metadata.name.clone().unwrap_or_default());
+        }
+        let why = if found.metadata.deletion_timestamp.is_some() {
+            "is being deleted"
+        } else {
+            "is not ready"
+        };
+        Err(RegistryError::Unavailable(format!(
+            "surrogate pod {pod} of Registry {} {why}, and no other is ready yet; the operator will name a new one (kubectl get reg {} -n {})",
+            self.registry, self.registry, self.namespace
+        )))
+    }
+}
+
+/// Whether a pod is one of this project's surrogates: the original Reposure's bare
+/// surrogate pods (`reposure-surrogate-NAME`, its spooler and client binaries) lack
+/// [`REGISTRY_LABEL`].
+pub fn runs_our_surrogate(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|labels| labels.contains_key(REGISTRY_LABEL))
 }
 
 /// Whether the pod runs.

@@ -7,7 +7,7 @@
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, CustomResourceExt};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -52,18 +52,37 @@ impl std::fmt::Display for ReadyReason {
     }
 }
 
-/// Data key of the CA certificate in `authenticationSecret` when none is given (the key
-/// cert-manager and `kubernetes.io/tls` secrets use).
-pub const DEFAULT_CA_KEY: &str = "ca.crt";
+/// Data keys tried, in order, for the CA certificate in `authenticationSecret` when
+/// `authenticationSecretDataKey` names none: cert-manager's `ca.crt`, then the certificate
+/// of a `kubernetes.io/tls` Secret (`kubectl create secret tls`), which is what the original
+/// Reposure read, and which verifies a self-signed registry certificate.
+pub const DEFAULT_CA_KEYS: [&str; 2] = ["ca.crt", "tls.crt"];
+
+/// The key of the CA certificate in a Secret holding `keys`: `explicit` if given, else the
+/// first of [`DEFAULT_CA_KEYS`] it holds; `Err` lists what was looked for.
+pub fn ca_key(explicit: Option<&str>, mut holds: impl FnMut(&str) -> bool) -> Result<&str, String> {
+    match explicit {
+        Some(key) if holds(key) => Ok(key),
+        Some(key) => Err(format!("key {key:?}")),
+        None => DEFAULT_CA_KEYS
+            .into_iter()
+            .find(|key| holds(key))
+            .ok_or_else(|| format!("key {:?} or {:?}", DEFAULT_CA_KEYS[0], DEFAULT_CA_KEYS[1])),
+    }
+}
 
 /// A container registry that Reposure serves through a surrogate pod.
-#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+///
+/// Exactly one of `direct` and `indirect` is set: the API server refuses anything else at
+/// apply time (a CEL rule, as the original's `oneOf` did).
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "reposure.puccini.cloud",
     version = "v1alpha1",
     kind = "Registry",
     plural = "registries",
     shortname = "reg",
+    category = "all",
     namespaced,
     status = "RegistryStatus",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
@@ -74,6 +93,7 @@ pub const DEFAULT_CA_KEY: &str = "ca.crt";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("has(self.direct) != has(self.indirect)").message("set exactly one of spec.direct and spec.indirect"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
     /// The registry protocol; `oci` (the OCI distribution API) is the only one.
@@ -89,7 +109,8 @@ pub struct RegistrySpec {
     /// Giving it makes the surrogate use HTTPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication_secret: Option<String>,
-    /// Key of the CA certificate in `authenticationSecret` (default `ca.crt`).
+    /// Key of the CA certificate in `authenticationSecret` (default `ca.crt`, else
+    /// `tls.crt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication_secret_data_key: Option<String>,
     /// Secret holding the registry credentials: a `kubernetes.io/dockerconfigjson` secret

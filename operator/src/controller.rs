@@ -11,12 +11,12 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, controller, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use crate::reconcile::{Context, error_policy, reconcile};
-use crate::workload::APP_LABEL;
+use reposure_client::kubernetes::APP_LABEL;
 use reposure_client::resource::Registry;
 
 /// Runs until SIGTERM or SIGINT.
@@ -54,6 +54,11 @@ pub async fn run(ctx: Context, namespace: &str) {
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(registry = %object.name, "reconciled"),
+                // A change to a Registry that was deleted since: nothing to do, and no
+                // warning (its surrogate goes with it by garbage collection).
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    info!(registry = %object.name, "registry deleted; its surrogate goes with it")
+                }
                 Err(e) => warn!(error = %e, "controller"),
             }
         })

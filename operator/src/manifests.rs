@@ -72,7 +72,10 @@ pub fn operator_role(namespace: &str) -> Role {
                 &["deployments"],
                 &["get", "list", "watch", "create", "patch"],
             ),
-            rule("", &["pods"], &["list"]),
+            // `get` and `delete`: the original Reposure's bare surrogate pods, replaced.
+            rule("", &["pods"], &["get", "list", "delete"]),
+            // The readiness check's failures, for the status message.
+            rule("", &["events"], &["list"]),
             rule("", &["secrets"], &["get", "list", "watch"]),
         ]),
     }
@@ -84,7 +87,9 @@ pub fn user_role(namespace: &str) -> Role {
         metadata: meta(USER_ROLE, namespace),
         rules: Some(vec![
             rule(GROUP, &["registries"], &["get", "list"]),
-            rule("", &["pods"], &["get"]),
+            // `list`: another ready pod of the surrogate, while the one in the status
+            // is being replaced.
+            rule("", &["pods"], &["get", "list"]),
             rule("", &["pods/exec"], &["create"]),
         ]),
     }
@@ -117,9 +122,10 @@ pub fn operator_objects(
     let labels = BTreeMap::from([("app.kubernetes.io/name".to_owned(), OPERATOR.to_owned())]);
     let pod = PodSpec {
         service_account_name: Some(OPERATOR.into()),
+        // The image's user runs it, or the one the platform assigns (no UID is pinned:
+        // OpenShift's restricted-v2 SCC refuses pods that pin one outside its range).
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(65532),
             ..Default::default()
         }),
         containers: vec![Container {

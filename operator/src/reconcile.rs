@@ -10,13 +10,17 @@
 //!
 //! Deleting a Registry needs no work here: the Deployment's controller owner reference
 //! makes the garbage collector delete it, and a Registry being deleted is left alone.
+//!
+//! A Registry the original Reposure's operator served (its status is `surrogatePod` alone,
+//! its pod bare) is adopted like any other: once this operator's surrogate is ready, the
+//! status names it and the original pod is deleted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -26,8 +30,8 @@ use tracing::{info, instrument, warn};
 
 use crate::endpoint::registry_url;
 use crate::workload::{self, Credentials, SurrogateSpec};
-use reposure_client::kubernetes::{is_running, pod_is_ready};
-use reposure_client::resource::{DEFAULT_CA_KEY, READY, ReadyReason, Registry, RegistryStatus};
+use reposure_client::kubernetes::{is_running, pod_is_ready, runs_our_surrogate};
+use reposure_client::resource::{READY, ReadyReason, Registry, RegistryStatus, ca_key};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "reposure-operator";
@@ -38,6 +42,9 @@ const READY_RECHECK: Duration = Duration::from_secs(300);
 const STARTING_RECHECK: Duration = Duration::from_secs(10);
 /// Backoff after an API error: doubles from the first value up to the second.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(300));
+/// Keys of the Docker config in `kubernetes.io/dockerconfigjson` and (the legacy form, as
+/// OpenShift still makes for service accounts) `kubernetes.io/dockercfg` Secrets.
+const DOCKER_CONFIG_KEYS: [&str; 2] = [".dockerconfigjson", ".dockercfg"];
 /// Label values (the Registry name is one) are at most 63 characters.
 const MAX_NAME: usize = 63;
 
@@ -107,7 +114,11 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
                     &Patch::Apply(&workload::deployment(&spec)),
                 )
                 .await?;
-            surrogate_readiness(&ctx.client, &namespace, &spec).await?
+            let readiness = surrogate_readiness(&ctx.client, &namespace, &spec).await?;
+            if readiness.ready {
+                remove_original_surrogate(&ctx.client, &namespace, &spec.registry_name).await?;
+            }
+            readiness
         }
     };
     let requeue = match readiness.reason {
@@ -122,6 +133,30 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
     apply_status(&ctx.client, &registry, &namespace, readiness).await?;
     ctx.failures.lock().unwrap().remove(&registry.name_any());
     Ok(requeue)
+}
+
+/// Deletes the bare surrogate pod the original Reposure's operator made for this Registry
+/// (`reposure-surrogate-NAME`, without this project's labels), once this operator's
+/// surrogate is ready to take its place: an installation taken over from the original
+/// keeps serving throughout.
+async fn remove_original_surrogate(
+    client: &Client,
+    namespace: &str,
+    registry: &str,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let name = workload::deployment_name(registry);
+    if let Some(pod) = pods.get_opt(&name).await?
+        && !runs_our_surrogate(&pod)
+        && pod.metadata.deletion_timestamp.is_none()
+    {
+        pods.delete(&name, &Default::default()).await?;
+        info!(
+            pod = name,
+            "removed the original Reposure's surrogate pod; this operator's serves the Registry now"
+        );
+    }
+    Ok(())
 }
 
 /// Requeues a failed Registry after a delay that doubles with each consecutive failure.
@@ -167,11 +202,6 @@ async fn surrogate_spec(
     let ca = match &registry.spec.authentication_secret {
         None => None,
         Some(secret_name) => {
-            let key = registry
-                .spec
-                .authentication_secret_data_key
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CA_KEY.to_owned());
             let Some(secret) = secrets.get_opt(secret_name).await? else {
                 return Ok(Err(missing_secret(
                     "authenticationSecret",
@@ -179,16 +209,21 @@ async fn surrogate_spec(
                     namespace,
                 )));
             };
-            let Some(data) = secret.data.as_ref().and_then(|d| d.get(&key)) else {
-                return Ok(Err(NotServable {
-                    reason: ReadyReason::SecretInvalid,
-                    message: format!(
-                        "Secret {secret_name:?} has no key {key:?} holding the CA certificate; add it or set spec.authenticationSecretDataKey"
-                    ),
-                }));
+            let data = secret.data.unwrap_or_default();
+            let explicit = registry.spec.authentication_secret_data_key.as_deref();
+            let key = match ca_key(explicit, |key| data.contains_key(key)) {
+                Ok(key) => key.to_owned(),
+                Err(wanted) => {
+                    return Ok(Err(NotServable {
+                        reason: ReadyReason::SecretInvalid,
+                        message: format!(
+                            "Secret {secret_name:?} has no {wanted} holding the CA certificate; add it or set spec.authenticationSecretDataKey"
+                        ),
+                    }));
+                }
             };
             digest.update(b"ca\0");
-            digest.update(&data.0);
+            digest.update(&data[&key].0);
             Some((secret_name.clone(), key))
         }
     };
@@ -203,12 +238,16 @@ async fn surrogate_spec(
                 )));
             };
             let data = secret.data.unwrap_or_default();
-            let (credentials, key) = if let Some(config) = data.get(".dockerconfigjson") {
+            let config_key = DOCKER_CONFIG_KEYS
+                .into_iter()
+                .find(|k| data.contains_key(*k));
+            let (credentials, key) = if let Some(config_key) = config_key {
                 (
                     Credentials::DockerConfig {
                         secret: secret_name.clone(),
+                        key: config_key.to_owned(),
                     },
-                    config,
+                    &data[config_key],
                 )
             } else if let Some(token) = data.get("token") {
                 (
@@ -221,7 +260,7 @@ async fn surrogate_spec(
                 return Ok(Err(NotServable {
                     reason: ReadyReason::SecretInvalid,
                     message: format!(
-                        "Secret {secret_name:?} is neither a kubernetes.io/dockerconfigjson secret (key .dockerconfigjson) nor a token (key token); create it with kubectl create secret docker-registry"
+                        "Secret {secret_name:?} is neither a kubernetes.io/dockerconfigjson or dockercfg secret (key .dockerconfigjson or .dockercfg) nor a token (key token); create it with kubectl create secret docker-registry"
                     ),
                 }));
             };
@@ -263,7 +302,11 @@ async fn surrogate_readiness(
 ) -> Result<Readiness, Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
-        .list(&ListParams::default().labels(&workload::selector(&spec.registry_name)))
+        .list(
+            &ListParams::default().labels(&reposure_client::kubernetes::surrogate_selector(
+                &spec.registry_name,
+            )),
+        )
         .await?;
     let live: Vec<&Pod> = list
         .items
@@ -299,29 +342,100 @@ async fn surrogate_readiness(
         .into_iter()
         .flatten()
         .find_map(|c| c.state.as_ref()?.waiting.clone());
-    let message = match waiting {
-        Some(w) if w.reason.as_deref() != Some("ContainerCreating") => format!(
-            "surrogate pod {name} cannot start: {}{}; see kubectl describe pod {name}",
-            w.reason.unwrap_or_default(),
-            w.message.map(|m| format!(" ({m})")).unwrap_or_default()
-        ),
-        Some(_) => format!("surrogate pod {name} is starting"),
-        None if is_running(pod) => format!(
-            "surrogate pod {name} runs but cannot reach {} with the configured credentials (its readiness check fails); see kubectl logs {name}",
-            spec.registry_url
-        ),
-        None => format!("surrogate pod {name} is starting"),
-    };
-    Ok(Readiness {
+    let starting = |message: String| Readiness {
         ready: false,
-        reason: if is_running(pod) {
-            ReadyReason::SurrogateNotReady
-        } else {
-            ReadyReason::SurrogateStarting
-        },
+        reason: ReadyReason::SurrogateStarting,
         message,
         surrogate_pod: None,
+    };
+    if let Some(w) = waiting {
+        return Ok(match w.reason.as_deref() {
+            Some("ContainerCreating") | None => {
+                starting(format!("surrogate pod {name} is starting"))
+            }
+            Some(reason) => Readiness {
+                ready: false,
+                reason: ReadyReason::SurrogateNotReady,
+                message: format!(
+                    "surrogate pod {name} cannot start: {reason}{}; see kubectl describe pod {name}",
+                    w.message.map(|m| format!(" ({m})")).unwrap_or_default()
+                ),
+                surrogate_pod: None,
+            },
+        });
+    }
+    if !is_running(pod) {
+        return Ok(starting(format!("surrogate pod {name} is starting")));
+    }
+    // Running but not ready: until a readiness check has failed it is only starting; once
+    // one has, the check's own words (from the pod's events) say why.
+    Ok(match last_probe_failure(client, namespace, &name).await {
+        ProbeFailure::None => starting(format!(
+            "surrogate pod {name} runs; its first readiness check has not passed yet"
+        )),
+        ProbeFailure::Said(failure) => Readiness {
+            ready: false,
+            reason: ReadyReason::SurrogateNotReady,
+            message: format!(
+                "surrogate pod {name} cannot reach {}: {failure}; see kubectl describe pod {name}",
+                spec.registry_url
+            ),
+            surrogate_pod: None,
+        },
+        ProbeFailure::Unknown => Readiness {
+            ready: false,
+            reason: ReadyReason::SurrogateNotReady,
+            message: format!(
+                "surrogate pod {name} runs but its readiness check fails (it cannot reach {} with the configured credentials); see kubectl describe pod {name}",
+                spec.registry_url
+            ),
+            surrogate_pod: None,
+        },
     })
+}
+
+/// What the pod's events say of its readiness check.
+enum ProbeFailure {
+    /// No failure recorded: the check has not failed yet.
+    None,
+    /// The last failure, in the check's words.
+    Said(String),
+    /// Events cannot be read (no permission): it may have failed.
+    Unknown,
+}
+
+/// The newest "Readiness probe failed" event of pod `name`.
+async fn last_probe_failure(client: &Client, namespace: &str, name: &str) -> ProbeFailure {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().fields(&format!(
+        "involvedObject.kind=Pod,involvedObject.name={name},reason=Unhealthy"
+    ));
+    let Ok(list) = events.list(&params).await else {
+        return ProbeFailure::Unknown;
+    };
+    let when = |e: &Event| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| e.event_time.as_ref().map(|t| t.0))
+            .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    list.items
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .filter_map(|e| {
+            let message = e.message.as_deref()?;
+            let failure = message.strip_prefix("Readiness probe failed:")?;
+            Some((when(e), failure.trim().to_owned()))
+        })
+        .max_by_key(|(time, _)| *time)
+        .map_or(ProbeFailure::None, |(_, failure)| {
+            ProbeFailure::Said(if failure.is_empty() {
+                "its readiness check failed".into()
+            } else {
+                failure
+            })
+        })
 }
 
 /// Applies the status; the condition's transition time changes only when its status does.

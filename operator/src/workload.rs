@@ -4,9 +4,10 @@
 //! owned by it (a controller owner reference, so deleting the Registry deletes the
 //! surrogate; `blockOwnerDeletion` is left unset because setting it needs `update` on
 //! `registries/finalizers` where OwnerReferencesPermissionEnforcement is on, as in
-//! OpenShift, and background deletion, kubectl's default, does not use it). Its one container runs the spooler as its main process; clients open
-//! sessions with `reposure-surrogate serve --stdio` through the exec API in the same
-//! container, where the `REPOSURE_*` variables already say how to reach the registry.
+//! OpenShift, and background deletion, kubectl's default, does not use it). Its one
+//! container runs the spooler as its main process; clients open sessions with
+//! `reposure-surrogate serve --stdio` through the exec API in the same container, where the
+//! `REPOSURE_*` variables already say how to reach the registry.
 //!
 //! * Secrets are mounted as files and named by `REPOSURE_*_FILE` variables: no credential
 //!   is ever an environment value or an argument (the original put them in the pod spec).
@@ -15,10 +16,17 @@
 //! * The spool is an `emptyDir`: it survives container restarts, not the pod's deletion.
 //!   A push is acknowledged only once published, so what a client was told succeeded is
 //!   never lost with the pod; a push in flight fails with EIO.
-//! * Readiness is `reposure-surrogate check` (the spooler runs, and the registry answers with
-//!   the configured credentials); liveness is `check --spooler-only` (the spooler still holds its lock), so
-//!   an unreachable registry makes the pod unready without restarting it.
-//! * One pod, replaced with `Recreate`: two spoolers never publish from two pods' spools at once.
+//! * Readiness is `reposure-surrogate check` (the spooler runs, and the registry answers
+//!   with the configured credentials); liveness is `check --spooler-only` (the spooler
+//!   still holds its lock), so an unreachable registry makes the pod unready without
+//!   restarting it. The operator reads a failed probe's reason from the pod's events.
+//! * One replica with `Recreate`, so a rollout (a changed spec or Secret) stops the old pod
+//!   before the new one starts. That does not hold for a pod deleted or evicted by hand:
+//!   the ReplicaSet starts its replacement while the old one is still terminating, and for
+//!   that time two spoolers run. That is safe because each pod's spool is its own
+//!   `emptyDir` (no file is seen by two spoolers) and each spooler publishes only what was
+//!   handed to its own pod, as two clients pushing at once would. Clients pick a ready pod
+//!   that is not terminating.
 
 use std::collections::BTreeMap;
 
@@ -31,21 +39,15 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::objects::{restricted_security_context, single_pod_deployment};
-use reposure_client::kubernetes::SURROGATE_CONTAINER;
+use reposure_client::kubernetes::{SURROGATE_CONTAINER, surrogate_labels};
 
 /// Where the spool lives inside the container.
 pub const SPOOL_DIR: &str = "/var/spool/reposure";
 /// The annotation that carries the digest of the secrets' data.
 pub const SECRETS_DIGEST_ANNOTATION: &str = "reposure.puccini.cloud/secrets-digest";
-/// Label naming the Registry a surrogate serves.
-pub const REGISTRY_LABEL: &str = "reposure.puccini.cloud/registry";
-/// Label shared by every surrogate (the operator watches Deployments with it).
-pub const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "reposure-surrogate");
 
 const CA_DIR: &str = "/etc/reposure/ca";
 const CREDENTIALS_DIR: &str = "/etc/reposure/credentials";
-/// The surrogate runs as this unprivileged user (the image's `reposure` user).
-const USER_ID: i64 = 65532;
 /// Probes: `check` gives up on the registry after 4 s, so 6 s never cuts it short.
 const PROBE_TIMEOUT_SECONDS: i32 = 6;
 
@@ -54,28 +56,11 @@ pub fn deployment_name(registry: &str) -> String {
     format!("reposure-surrogate-{registry}")
 }
 
-/// Labels selecting one Registry's surrogate pods.
-pub fn selector_labels(registry: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (APP_LABEL.0.to_owned(), APP_LABEL.1.to_owned()),
-        (REGISTRY_LABEL.to_owned(), registry.to_owned()),
-    ])
-}
-
-/// The same labels as a label selector string.
-pub fn selector(registry: &str) -> String {
-    selector_labels(registry)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// How the credentials Secret is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credentials {
-    /// A `kubernetes.io/dockerconfigjson` Secret (key `.dockerconfigjson`).
-    DockerConfig { secret: String },
+    /// A Docker config in a Secret: `.dockerconfigjson`, or the legacy `.dockercfg`.
+    DockerConfig { secret: String, key: String },
     /// A bearer token (key `token`, as in service-account token Secrets).
     Token { secret: String },
 }
@@ -115,8 +100,9 @@ fn secret_volume(name: &str, secret: &str, key: &str, path: &str) -> Volume {
                 path: path.into(),
                 ..Default::default()
             }]),
-            // Readable by the surrogate's user only.
-            default_mode: Some(0o400),
+            // Readable by whichever user the platform runs the surrogate as (the pod pins
+            // none, see [`deployment`]); the container runs nothing else.
+            default_mode: Some(0o444),
             ..Default::default()
         }),
         ..Default::default()
@@ -146,7 +132,7 @@ fn exec_probe(command: &[&str], period: i32, failures: i32) -> Probe {
 
 /// The surrogate Deployment, as the operator applies it.
 pub fn deployment(spec: &SurrogateSpec) -> Deployment {
-    let labels = selector_labels(&spec.registry_name);
+    let labels = surrogate_labels(&spec.registry_name);
     let mut env_vars = vec![
         env("REPOSURE_REGISTRY", &spec.registry_url),
         env("REPOSURE_SPOOL", SPOOL_DIR),
@@ -173,13 +159,8 @@ pub fn deployment(spec: &SurrogateSpec) -> Deployment {
         env_vars.push(env("REPOSURE_CA_FILE", &format!("{CA_DIR}/ca.crt")));
     }
     match &spec.credentials {
-        Some(Credentials::DockerConfig { secret }) => {
-            volumes.push(secret_volume(
-                "credentials",
-                secret,
-                ".dockerconfigjson",
-                "config.json",
-            ));
+        Some(Credentials::DockerConfig { secret, key }) => {
+            volumes.push(secret_volume("credentials", secret, key, "config.json"));
             mounts.push(mount("credentials", CREDENTIALS_DIR, true));
             env_vars.push(env(
                 "REPOSURE_DOCKER_CONFIG_FILE",
@@ -240,11 +221,11 @@ pub fn deployment(spec: &SurrogateSpec) -> Deployment {
         volumes: Some(volumes),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
+        // No user, group or fsGroup is pinned: the image's user (65532) runs it, except
+        // where the platform assigns one (OpenShift's restricted-v2 SCC refuses pods that
+        // pin a UID outside the project's range).
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(USER_ID),
-            run_as_group: Some(USER_ID),
-            fs_group: Some(USER_ID),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 ..Default::default()

@@ -132,7 +132,8 @@ fn rbac_is_least_privilege() {
             "reposure.puccini.cloud/registries: get list watch",
             "reposure.puccini.cloud/registries/status: patch",
             "apps/deployments: get list watch create patch",
-            "/pods: list",
+            "/pods: get list delete",
+            "/events: list",
             "/secrets: get list watch",
         ]
     );
@@ -140,7 +141,7 @@ fn rbac_is_least_privilege() {
         rules(manifests::user_role("ns")),
         [
             "reposure.puccini.cloud/registries: get list",
-            "/pods: get",
+            "/pods: get list",
             "/pods/exec: create"
         ]
     );

@@ -143,8 +143,64 @@ const APPLY_DEPLOYMENT: &str = "/apis/apps/v1/namespaces/team/deployments/reposu
 const LIST_PODS: &str = "/api/v1/namespaces/team/pods?&labelSelector=app.kubernetes.io%2Fname%3Dreposure-surrogate%2Creposure.puccini.cloud%2Fregistry%3Dmyreg";
 const APPLY_STATUS: &str = "/apis/reposure.puccini.cloud/v1alpha1/namespaces/team/registries/myreg/status?&force=true&fieldManager=reposure-operator";
 
+const ORIGINAL_POD: &str = "/api/v1/namespaces/team/pods/reposure-surrogate-myreg";
+
+/// The events list of pod `name`: its readiness check's failures.
+fn events_of(name: &str) -> String {
+    format!(
+        "/api/v1/namespaces/team/events?&fieldSelector=involvedObject.kind%3DPod%2CinvolvedObject.name%3D{name}%2Creason%3DUnhealthy"
+    )
+}
+
+fn event_list(events: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": events})
+}
+
+/// A readiness probe failure of pod `name`, as the kubelet records it.
+fn probe_failed(name: &str, output: &str, at: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{name}.1"), "namespace": NAMESPACE},
+        "involvedObject": {"kind": "Pod", "name": name, "namespace": NAMESPACE},
+        "reason": "Unhealthy", "type": "Warning",
+        "message": format!("Readiness probe failed: {output}"),
+        "lastTimestamp": at
+    })
+}
+
 /// One full pass; returns the applied Deployment, the applied status and the action.
+/// With a ready pod, the original Reposure's pod is looked for (and is not there); with a
+/// running unready one, its events are read (and hold no probe failure).
 async fn full_pass(registry: Registry, ca: &str, pods: Vec<Value>) -> (Value, Value, Action) {
+    let ready = pods
+        .iter()
+        .any(|p| p["status"]["conditions"][0]["status"] == "True");
+    let unready = pods
+        .first()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned());
+    let then = match (ready, unready) {
+        (true, _) => Then::OriginalPod(not_found("pods")),
+        (false, Some(name)) => Then::Events(name, event_list(vec![])),
+        (false, None) => Then::Nothing,
+    };
+    full_pass_then(registry, ca, pods, then).await
+}
+
+/// What a pass asks after listing the pods.
+enum Then {
+    Nothing,
+    /// The original Reposure's pod, answered with this.
+    OriginalPod(Value),
+    /// The events of this pod, answered with this.
+    Events(String, Value),
+}
+
+async fn full_pass_then(
+    registry: Registry,
+    ca: &str,
+    pods: Vec<Value>,
+    then: Then,
+) -> (Value, Value, Action) {
     let (ctx, mut handle) = context();
     let pass = tokio::spawn(reconcile(Arc::new(registry), ctx));
     expect(
@@ -169,6 +225,33 @@ async fn full_pass(registry: Registry, ca: &str, pods: Vec<Value>) -> (Value, Va
     // Answer the apply with what was applied (the API server echoes the object).
     let _ = &deployment;
     expect(&mut handle, "GET", LIST_PODS, 200, pod_list(pods)).await;
+    match then {
+        Then::Nothing => {}
+        Then::OriginalPod(answer) => {
+            let found = answer["kind"] == "Pod";
+            expect(
+                &mut handle,
+                "GET",
+                ORIGINAL_POD,
+                if found { 200 } else { 404 },
+                answer,
+            )
+            .await;
+            if found {
+                expect(
+                    &mut handle,
+                    "DELETE",
+                    &format!("{ORIGINAL_POD}?"),
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                )
+                .await;
+            }
+        }
+        Then::Events(name, answer) => {
+            expect(&mut handle, "GET", &events_of(&name), 200, answer).await;
+        }
+    }
     let (content_type, status) = expect(&mut handle, "PATCH", APPLY_STATUS, 200, Value::Null).await;
     assert_eq!(content_type, "application/apply-patch+yaml");
     let action = pass.await.unwrap().expect("reconcile succeeds");
@@ -285,20 +368,79 @@ async fn a_ready_pod_makes_the_registry_ready_and_names_the_pod() {
 }
 
 #[tokio::test]
-async fn a_running_but_unready_pod_says_the_registry_is_unreachable() {
-    let (_, status, _) = full_pass(
+async fn a_running_pod_is_starting_until_its_readiness_check_fails() {
+    let (_, status, action) = full_pass(
         registry(1, "10.0.0.5:5000", None),
         CA_PEM,
         vec![pod("p1", false)],
     )
     .await;
     let ready = ready_condition(&status);
+    assert_eq!(ready["reason"], "SurrogateStarting");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("has not passed yet"),
+        "{}",
+        ready["message"]
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn a_failed_readiness_check_says_why_in_the_condition() {
+    let events = event_list(vec![
+        probe_failed(
+            "p1",
+            "cannot reach https://10.0.0.5:5000: connection refused",
+            "2026-12-06T10:00:00Z",
+        ),
+        probe_failed(
+            "p1",
+            "https://10.0.0.5:5000 refused the credentials (401)",
+            "2026-12-06T10:00:20Z",
+        ),
+    ]);
+    let (_, status, _) = full_pass_then(
+        registry(1, "10.0.0.5:5000", None),
+        CA_PEM,
+        vec![pod("p1", false)],
+        Then::Events("p1".into(), events),
+    )
+    .await;
+    let ready = ready_condition(&status);
     assert_eq!(ready["reason"], "SurrogateNotReady");
     let message = ready["message"].as_str().unwrap();
     assert!(
-        message.contains("https://10.0.0.5:5000") && message.contains("kubectl logs p1"),
-        "{message}"
+        message.contains("refused the credentials (401)")
+            && !message.contains("connection refused")
+            && message.contains("kubectl describe pod p1"),
+        "the newest failure, and where to look: {message}"
     );
+}
+
+#[tokio::test]
+async fn the_original_reposures_bare_pod_goes_once_the_new_surrogate_is_ready() {
+    let original = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "reposure-surrogate-myreg", "namespace": NAMESPACE,
+                     "labels": {"app.kubernetes.io/name": "reposure-surrogate-myreg", "app.kubernetes.io/component": "surrogate"}},
+        "status": {"phase": "Running"}
+    });
+    let original_style = json!({"surrogatePod": "reposure-surrogate-myreg"});
+    let (_, status, _) = full_pass_then(
+        registry(1, "10.0.0.5:5000", Some(original_style)),
+        CA_PEM,
+        vec![pod("reposure-surrogate-myreg-abc-1", true)],
+        Then::OriginalPod(original),
+    )
+    .await;
+    assert_eq!(
+        status["status"]["surrogatePod"],
+        "reposure-surrogate-myreg-abc-1"
+    );
+    assert_eq!(ready_condition(&status)["reason"], "SurrogateReady");
 }
 
 #[tokio::test]
