@@ -33,8 +33,35 @@ use reposure_registry::scratch::Scratch;
 use reposure_registry::{Registry, RegistryError};
 use reposure_surrogate::session::server::SessionServer;
 use reposure_surrogate::session::transport;
-use reposure_surrogate::spool::{self, Spool};
+use reposure_surrogate::spool::{self, Spool, kubectl_cp};
 use tokio::io::AsyncWriteExt;
+
+/// Called `tar` or `test` (the image links both names to this binary), answers as
+/// `kubectl cp` into the spool needs ([`spool::kubectl_cp`]) and exits.
+fn answer_as_tar_or_test() {
+    let mut args = std::env::args_os();
+    let program = args
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    if program != "tar" && program != "test" {
+        return;
+    }
+    let spool = std::env::var_os("REPOSURE_SPOOL")
+        .map_or_else(|| PathBuf::from(kubectl_cp::ORIGINAL_SPOOL), PathBuf::from);
+    let args: Vec<std::ffi::OsString> = args.collect();
+    let code = if program == "tar" {
+        logging::init("info", logging::Destination::StderrPlain).expect("stderr needs no opening");
+        kubectl_cp::tar(&args, &spool, std::io::stdin().lock())
+    } else {
+        kubectl_cp::test(&args, &spool)
+    };
+    std::process::exit(code);
+}
 
 /// How long `check` waits for the registry: below a probe's usual timeout.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(4);
@@ -293,6 +320,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() {
+    answer_as_tar_or_test();
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     // stdout may carry a session: logs go to stderr only.

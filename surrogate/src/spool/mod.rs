@@ -16,8 +16,9 @@
 //! * The session's push answers only when the verdict is in.
 //!
 //! Files dropped the original way (`kubectl cp`, the Go client) are published too: see
-//! [`legacy`].
+//! [`legacy`], and [`kubectl_cp`] for the `tar` that `kubectl cp` needs.
 
+pub mod kubectl_cp;
 pub mod legacy;
 pub mod spooler;
 
