@@ -29,7 +29,8 @@ use crate::progress;
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
     /// Push a file as a single-file image, or an image archive (.tar, .tar.gz, .tgz:
-    /// recognised by content) as its image.
+    /// recognised by content) as its image. It returns once the registry has the image (the
+    /// original Reposure returned once the file reached the surrogate's spool).
     #[command(
         after_help = "Examples:\n  reposure image push myregistry myrepo/hello hello.txt\n  reposure image push oci:/var/lib/images web:v2 saved-image.tar\n  reposure image push http://127.0.0.1:5000 tools/jq:1.7 ./jq"
     )]
@@ -51,7 +52,7 @@ pub enum ImageCommand {
         /// REPOSITORY[:TAG] or REPOSITORY@sha256:HEX.
         name: String,
         /// Write the single file the image holds, not the image archive.
-        #[arg(long)]
+        #[arg(short = 'u', long)]
         unpack: bool,
         /// Write here instead of stdout.
         #[arg(short = 'o', long = "output")]
@@ -71,7 +72,8 @@ pub enum ImageCommand {
         #[arg(short = 'o', long = "output", default_value = "names")]
         format: Format,
     },
-    /// Delete one tag, or with --all every tag of every repository.
+    /// Delete one tag (other tags of the same image stay: the original Reposure deleted the
+    /// image, and with it every tag on it), or with --all every tag of every repository.
     #[command(
         after_help = "Examples:\n  reposure image delete myregistry myrepo/hello:v1\n  reposure image delete http://127.0.0.1:5000 --all"
     )]
@@ -80,7 +82,7 @@ pub enum ImageCommand {
         /// REPOSITORY[:TAG].
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
-        #[arg(long)]
+        #[arg(short = 'a', long)]
         all: bool,
     },
     /// Point DST at the image SRC points at (blobs are mounted, not copied).

@@ -4,11 +4,11 @@ use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures::{AsyncBufReadExt, TryStreamExt};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
 use reposure_client::kubernetes::explain;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -112,52 +112,185 @@ pub async fn wait_available(
     .await
 }
 
-/// Prints a pod's log (of its one container), following it with `follow`.
-pub async fn print_pod_log(
+/// What `logs` prints: the last `tail` lines (all if `None`), and then, with `follow`,
+/// whatever comes.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LogOptions {
+    /// Keep printing what the pods log.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines of each pod.
+    #[arg(short = 't', long, value_name = "N")]
+    pub tail: Option<i64>,
+}
+
+/// Prints the logs of every pod `selector` matches (each line after `[POD] ` when there
+/// are several), oldest pod first; fails when there is none.
+pub async fn print_logs(
     pods: &Api<Pod>,
-    pod: &str,
-    follow: bool,
+    selector: &str,
+    options: LogOptions,
     scope: &Scope<'_>,
 ) -> Result<()> {
+    let mut matching = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| explain(e, "list", "pods", selector, scope.namespace))?
+        .items;
+    if matching.is_empty() {
+        bail!(reposure_registry::RegistryError::NotFound(format!(
+            "no pod with labels {selector} in namespace {}",
+            scope.namespace
+        )));
+    }
+    matching.sort_by_key(|p| (p.creation_timestamp(), p.name_any()));
+    let names: Vec<String> = matching.iter().map(ResourceExt::name_any).collect();
+    let prefix = |pod: &str| {
+        if names.len() > 1 {
+            format!("[{pod}] ")
+        } else {
+            String::new()
+        }
+    };
     let params = LogParams {
-        follow,
+        follow: options.follow,
+        tail_lines: options.tail.filter(|n| *n >= 0),
         ..Default::default()
     };
-    if follow {
-        let mut lines = pods
+    if !options.follow {
+        for pod in &names {
+            let log = pods
+                .logs(pod, &params)
+                .await
+                .map_err(|e| explain(e, "get", "pods/log", pod, scope.namespace))?;
+            for line in log.lines() {
+                println!("{}{line}", prefix(pod));
+            }
+        }
+        return Ok(());
+    }
+    let mut streams = Vec::new();
+    for pod in &names {
+        let lines = pods
             .log_stream(pod, &params)
             .await
             .map_err(|e| explain(e, "get", "pods/log", pod, scope.namespace))?
             .lines();
-        while let Some(line) = lines.try_next().await? {
-            println!("{line}");
-        }
-    } else {
-        let log = pods
-            .logs(pod, &params)
-            .await
-            .map_err(|e| explain(e, "get", "pods/log", pod, scope.namespace))?;
-        print!("{log}");
+        let prefix = prefix(pod);
+        streams.push(lines.map_ok(move |line| format!("{prefix}{line}")).boxed());
+    }
+    let mut all = futures::stream::select_all(streams);
+    while let Some(line) = all.try_next().await? {
+        println!("{line}");
     }
     Ok(())
 }
 
-/// The first running pod with these labels.
-pub async fn pod_with_labels(pods: &Api<Pod>, selector: &str, scope: &Scope<'_>) -> Result<String> {
+/// The first running pod with these labels (one that is being deleted only if there is
+/// no other).
+pub async fn running_pod(pods: &Api<Pod>, selector: &str, scope: &Scope<'_>) -> Result<String> {
     let list = pods
         .list(&ListParams::default().labels(selector))
         .await
         .map_err(|e| explain(e, "list", "pods", selector, scope.namespace))?;
+    let running = |p: &&Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
     list.items
         .iter()
-        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .or(list.items.first())
+        .filter(running)
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .or_else(|| list.items.iter().find(running))
         .map(|p| p.name_any())
         .ok_or_else(|| {
             reposure_registry::RegistryError::NotFound(format!(
-                "no pod with labels {selector} in namespace {}",
+                "no running pod with labels {selector} in namespace {}",
                 scope.namespace
             ))
             .into()
         })
+}
+
+/// Creates `namespace` unless it exists (the original Reposure's `operator install` did
+/// so too). Whoever may not read namespaces is trusted to have named one that exists.
+pub async fn ensure_namespace(client: &Client, namespace: &str) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.get_opt(namespace).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let object = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(namespace.to_owned()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            namespaces
+                .create(&PostParams::default(), &object)
+                .await
+                .map_err(|e| explain(e, "create", "namespaces", namespace, namespace))?;
+            eprintln!("namespace {namespace} created");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(()),
+        Err(e) => Err(explain(e, "get", "namespaces", namespace, namespace).into()),
+    }
+}
+
+/// The registry host `--registry` names: as given, or for `internal` the cluster's own
+/// registry (OpenShift's, else Minikube's addon) as `CLUSTER-IP:PORT`, which nodes pull from.
+pub async fn source_registry(client: &Client, source: &str) -> Result<String> {
+    if source != "internal" {
+        return Ok(source.to_owned());
+    }
+    for (namespace, service, port) in INTERNAL_REGISTRIES {
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        if let Ok(Some(found)) = services.get_opt(service).await
+            && let Some(ip) = cluster_ip(&found)
+        {
+            return Ok(format!("{ip}:{port}"));
+        }
+    }
+    bail!(reposure_registry::RegistryError::NotFound(
+        "no internal registry found (the Service image-registry in openshift-image-registry, or registry in kube-system); give --registry HOST".into()
+    ))
+}
+
+/// The cluster registries `--registry internal` looks for: (namespace, Service, port).
+const INTERNAL_REGISTRIES: [(&str, &str, u16); 2] = [
+    ("openshift-image-registry", "image-registry", 5000),
+    ("kube-system", "registry", 80),
+];
+
+/// A Service's cluster IP, unless it is headless.
+pub fn cluster_ip(service: &Service) -> Option<String> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .filter(|ip| !ip.is_empty() && ip != "None")
+}
+
+/// `image` taken from registry `host` instead: its registry part replaced (or added).
+pub fn image_from(image: &str, host: &str) -> String {
+    let path = match image.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => rest,
+        _ => image,
+    };
+    format!("{}/{path}", host.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_move_to_another_registry() {
+        assert_eq!(
+            image_from("ghcr.io/reposure/reposure-operator:0.1.0", "10.0.0.5:5000"),
+            "10.0.0.5:5000/reposure/reposure-operator:0.1.0"
+        );
+        assert_eq!(
+            image_from("reposure/reposure-surrogate:0.1.0", "registry.example/"),
+            "registry.example/reposure/reposure-surrogate:0.1.0"
+        );
+    }
 }

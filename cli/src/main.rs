@@ -11,10 +11,12 @@
 mod exit;
 mod image;
 mod kubernetes;
+mod openshift;
 mod operator;
 mod output;
 mod progress;
 mod registry;
+mod shell;
 mod simple;
 mod target;
 
@@ -43,10 +45,10 @@ use crate::target::DirectOptions;
 )]
 struct Cli {
     /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
-    #[arg(long, global = true)]
+    #[arg(short = 'k', long, global = true)]
     kubeconfig: Option<PathBuf>,
     /// The kubeconfig context.
-    #[arg(long, global = true)]
+    #[arg(short = 'x', long, global = true)]
     context: Option<String>,
     /// The namespace (default: the context's).
     #[arg(short = 'n', long, global = true)]
@@ -178,15 +180,15 @@ async fn run(
         }
         Command::Operator(command) => {
             let (client, namespace) = cluster::client(&kube).await?;
-            operator::run(command, client, &namespace).await
+            operator::run(command, client, &namespace, &kube).await
         }
         Command::Registry(command) => {
             let (client, namespace) = cluster::client(&kube).await?;
-            registry::run(command, client, &namespace).await
+            registry::run(command, client, &namespace, &kube).await
         }
         Command::Simple(command) => {
             let (client, namespace) = cluster::client(&kube).await?;
-            simple::run(command, client, &namespace).await
+            simple::run(command, client, &namespace, &kube).await
         }
         Command::Completion { shell } => {
             clap_complete::generate(

@@ -1,8 +1,11 @@
-//! `reposure operator install|uninstall|logs`.
+//! `reposure operator install|uninstall|logs|shell`.
 //!
-//! Install applies the CRD and the namespace's operator objects with server-side apply, so
-//! it is idempotent and upgrades in place. Uninstall removes the namespace's operator and
-//! never the CRD (deleting it deletes every namespace's Registries) unless `--crd` is given.
+//! Install creates the namespace if it is missing, then applies the CRD and the namespace's
+//! operator objects with server-side apply, so it is idempotent and upgrades in place.
+//! Uninstall removes the namespace's operator and never the CRD (deleting it deletes every
+//! namespace's Registries) unless `--crd` is given: a deliberate difference from the
+//! original Reposure, whose uninstall deleted the CRD. One operator serves one namespace
+//! (the original's `--cluster` mode is not offered: least privilege); install it in each.
 
 use std::time::Duration;
 
@@ -14,9 +17,11 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ObjectMeta;
 use kube::{Api, Client};
+use reposure_client::kubernetes::KubeOptions;
 use reposure_operator::manifests::{self, OPERATOR, USER_ROLE};
 
-use crate::kubernetes::{self, Scope};
+use crate::kubernetes::{self, LogOptions, Scope};
+use crate::shell::ShellOptions;
 
 /// The RoleBinding that gives the operator an extra ClusterRole (`--role`).
 const EXTRA_BINDING: &str = "reposure-operator-extra";
@@ -29,9 +34,18 @@ pub enum OperatorCommand {
     )]
     Install {
         /// Also bind this ClusterRole to the operator, in this namespace only.
-        #[arg(long)]
+        #[arg(short = 'e', long)]
         role: Option<String>,
-        #[arg(long)]
+        /// Take the operator's and the surrogate's images from this registry host
+        /// (`internal`: the cluster's own, OpenShift's or Minikube's).
+        #[arg(short = 'g', long = "registry", value_name = "HOST|internal")]
+        source_registry: Option<String>,
+        /// Not offered: the original's operator for every namespace. This one serves its
+        /// own namespace only (least privilege): install it in each namespace.
+        #[arg(short = 'c', long)]
+        cluster: bool,
+        /// Wait until the operator is available.
+        #[arg(short = 'w', long)]
         wait: bool,
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -40,12 +54,14 @@ pub enum OperatorCommand {
         #[arg(long, env = "REPOSURE_SURROGATE_IMAGE", default_value = manifests::SURROGATE_IMAGE)]
         surrogate_image: String,
     },
-    /// Remove the namespace's operator (the CRD and Registries stay unless --crd).
+    /// Remove the namespace's operator (the CRD and Registries stay unless --crd; the
+    /// original Reposure deleted the CRD).
     #[command(
         after_help = "Examples:\n  reposure operator uninstall --wait\n  reposure operator uninstall --crd   # also every Registry in every namespace"
     )]
     Uninstall {
-        #[arg(long)]
+        /// Wait until the operator is gone.
+        #[arg(short = 'w', long)]
         wait: bool,
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -55,24 +71,58 @@ pub enum OperatorCommand {
     },
     /// Print the operator's log.
     #[command(
-        after_help = "Examples:\n  reposure operator logs\n  reposure -n team operator logs -f"
+        after_help = "Examples:\n  reposure operator logs\n  reposure -n team operator logs -f --tail 20"
     )]
     Logs {
-        #[arg(short = 'f', long)]
-        follow: bool,
+        #[command(flatten)]
+        options: LogOptions,
+    },
+    /// Open a shell beside the operator: its image has none, so an ephemeral debug
+    /// container joins the pod (`kubectl debug`).
+    #[command(
+        after_help = "Examples:\n  reposure operator shell\n  reposure operator shell --image docker.io/library/alpine:3.20"
+    )]
+    Shell {
+        #[command(flatten)]
+        shell: ShellOptions,
     },
 }
 
-pub async fn run(command: OperatorCommand, client: Client, namespace: &str) -> Result<()> {
+pub async fn run(
+    command: OperatorCommand,
+    client: Client,
+    namespace: &str,
+    kube: &KubeOptions,
+) -> Result<()> {
     let apis = Apis::new(&client, namespace);
     match command {
         OperatorCommand::Install {
             role,
+            source_registry,
+            cluster,
             wait,
             timeout,
             operator_image,
             surrogate_image,
         } => {
+            if cluster {
+                anyhow::bail!(
+                    "--cluster is not offered: an operator serves its own namespace only \
+                     (least privilege); run `reposure -n NAMESPACE operator install` in each \
+                     namespace that has Registries"
+                );
+            }
+            let (operator_image, surrogate_image) = match source_registry {
+                Some(source) => {
+                    let host = kubernetes::source_registry(&client, &source).await?;
+                    (
+                        kubernetes::image_from(&operator_image, &host),
+                        kubernetes::image_from(&surrogate_image, &host),
+                    )
+                }
+                None => (operator_image, surrogate_image),
+            };
+            kubernetes::ensure_namespace(&client, namespace).await?;
             install(&apis, role, &operator_image, &surrogate_image).await?;
             if wait {
                 kubernetes::wait_available(
@@ -105,16 +155,16 @@ pub async fn run(command: OperatorCommand, client: Client, namespace: &str) -> R
             eprintln!("operator removed from namespace {namespace}");
             Ok(())
         }
-        OperatorCommand::Logs { follow } => {
+        OperatorCommand::Logs { options } => {
             let pods: Api<Pod> = Api::namespaced(client, namespace);
-            let scope = apis.scope();
-            let pod = kubernetes::pod_with_labels(
-                &pods,
-                &format!("app.kubernetes.io/name={OPERATOR}"),
-                &scope,
-            )
-            .await?;
-            kubernetes::print_pod_log(&pods, &pod, follow, &scope).await
+            let selector = format!("app.kubernetes.io/name={OPERATOR}");
+            kubernetes::print_logs(&pods, &selector, options, &apis.scope()).await
+        }
+        OperatorCommand::Shell { shell } => {
+            let pods: Api<Pod> = Api::namespaced(client, namespace);
+            let selector = format!("app.kubernetes.io/name={OPERATOR}");
+            let pod = kubernetes::running_pod(&pods, &selector, &apis.scope()).await?;
+            shell.open(kube, namespace, &pod, "operator")
         }
     }
 }
@@ -189,9 +239,74 @@ async fn install(
         };
         kubernetes::apply(&apis.bindings, &extra, &scope).await?;
     }
+    replace_original(apis, &deployment).await?;
     kubernetes::apply(&apis.deployments, &deployment, &scope).await?;
     eprintln!(
         "operator applied in namespace {namespace}; bind people to the Role {USER_ROLE} to let them mount"
+    );
+    Ok(())
+}
+
+/// The name the original Reposure gave its operator's ServiceAccount, Role and bindings.
+const ORIGINAL_NAME: &str = "reposure";
+/// The component label of the original's operator objects.
+const ORIGINAL_COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "operator");
+
+/// Takes over from the original Reposure's operator, if it runs here: its Deployment (same
+/// name, another and immutable selector) is deleted before this one is applied, and its
+/// ServiceAccount, Role and bindings (`reposure`, labelled as its operator's) go too. Its
+/// Registries stay: the new operator adopts them and replaces their bare surrogate pods
+/// once its own are ready.
+async fn replace_original(apis: &Apis<'_>, ours: &Deployment) -> Result<()> {
+    let scope = apis.scope();
+    let Some(existing) = apis.deployments.get_opt(OPERATOR).await? else {
+        return Ok(());
+    };
+    let selector = |d: &Deployment| d.spec.as_ref().map(|s| s.selector.clone());
+    if selector(&existing) == selector(ours) {
+        return Ok(());
+    }
+    kubernetes::delete(&apis.deployments, OPERATOR, &scope).await?;
+    kubernetes::wait_for(
+        Duration::from_secs(120),
+        "the original Reposure operator's Deployment going away",
+        || async {
+            Ok(match apis.deployments.get_opt(OPERATOR).await? {
+                None => Ok(()),
+                Some(_) => Err("it still exists".to_owned()),
+            })
+        },
+    )
+    .await?;
+    let original = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+        labels
+            .and_then(|l| l.get(ORIGINAL_COMPONENT.0))
+            .map(String::as_str)
+            == Some(ORIGINAL_COMPONENT.1)
+    };
+    let mut removed = vec![format!("Deployment {OPERATOR}")];
+    if let Some(account) = apis.accounts.get_opt(ORIGINAL_NAME).await?
+        && original(account.metadata.labels.as_ref())
+    {
+        kubernetes::delete(&apis.accounts, ORIGINAL_NAME, &scope).await?;
+        removed.push(format!("ServiceAccount {ORIGINAL_NAME}"));
+    }
+    if let Some(role) = apis.roles.get_opt(ORIGINAL_NAME).await?
+        && original(role.metadata.labels.as_ref())
+    {
+        kubernetes::delete(&apis.roles, ORIGINAL_NAME, &scope).await?;
+        removed.push(format!("Role {ORIGINAL_NAME}"));
+    }
+    if let Some(binding) = apis.bindings.get_opt(ORIGINAL_NAME).await?
+        && original(binding.metadata.labels.as_ref())
+    {
+        kubernetes::delete(&apis.bindings, ORIGINAL_NAME, &scope).await?;
+        removed.push(format!("RoleBinding {ORIGINAL_NAME}"));
+    }
+    eprintln!(
+        "replaced the original Reposure operator in namespace {}: removed {}; its Registries are adopted, and their surrogate pods replaced once the new ones are ready (a ClusterRoleBinding {ORIGINAL_NAME} it may have made is cluster-wide: remove it with kubectl delete clusterrolebinding {ORIGINAL_NAME})",
+        apis.namespace,
+        removed.join(", ")
     );
     Ok(())
 }

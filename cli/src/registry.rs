@@ -1,15 +1,15 @@
-//! `reposure registry create|delete|list|describe|info|logs`: the Registry resources.
+//! `reposure registry create|delete|list|describe|info|logs|shell`: the Registry resources.
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{ListParams, ObjectMeta};
 use kube::{Api, Client, ResourceExt};
-use reposure_client::kubernetes::explain;
+use reposure_client::kubernetes::{KubeOptions, SURROGATE_CONTAINER, explain, surrogate_selector};
 use reposure_client::resource::{
-    DEFAULT_CA_KEY, Registry, RegistryDirect, RegistryIndirect, RegistrySpec, RegistryType,
+    Registry, RegistryDirect, RegistryIndirect, RegistrySpec, RegistryType, ca_key,
 };
 use reposure_operator::endpoint::registry_url;
 use reposure_registry::RegistryError;
@@ -17,8 +17,10 @@ use reposure_registry::credentials::Credentials;
 use reposure_registry::credentials::docker_config::{DockerConfig, Lookup};
 
 use crate::exit::Usage;
-use crate::kubernetes::{self, Scope};
-use crate::output::{Format, print_data};
+use crate::kubernetes::{self, LogOptions, Scope};
+use crate::openshift;
+use crate::output::{Format, print_data, table};
+use crate::shell::ShellOptions;
 use crate::simple;
 
 const RESOURCE: &str = "registries.reposure.puccini.cloud";
@@ -36,14 +38,16 @@ pub enum RegistryCommand {
         /// Secret with the CA certificate that verifies the registry's TLS.
         #[arg(long)]
         authentication_secret: Option<String>,
-        /// Key of the CA certificate in that Secret (default ca.crt).
+        /// Key of the CA certificate in that Secret (default: ca.crt, else tls.crt as in a
+        /// `kubectl create secret tls` Secret).
         #[arg(long, requires = "authentication_secret")]
         authentication_secret_data_key: Option<String>,
-        /// Secret with the credentials (kubernetes.io/dockerconfigjson, or a token).
+        /// Secret with the credentials (kubernetes.io/dockerconfigjson or dockercfg, or a
+        /// `token` key).
         #[arg(long)]
         authorization_secret: Option<String>,
         /// Wait until the Registry is ready; fail with its reason otherwise.
-        #[arg(long)]
+        #[arg(short = 'w', long)]
         wait: bool,
         /// How long --wait waits, in seconds.
         #[arg(long, default_value_t = 300)]
@@ -56,15 +60,18 @@ pub enum RegistryCommand {
     Delete {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
-        #[arg(long)]
+        #[arg(short = 'a', long)]
         all: bool,
     },
     /// List the namespace's Registries.
+    ///
+    /// Columns: name, host (the image-name prefix, as `info host`), the Service's namespace,
+    /// Service and port, surrogate pod, and readiness.
     #[command(
-        after_help = "Examples:\n  reposure registry list\n  reposure -n team registry list -o yaml"
+        after_help = "Examples:\n  reposure registry list\n  reposure registry list -o names\n  reposure -n team registry list -o yaml"
     )]
     List {
-        #[arg(short = 'o', long = "output", default_value = "names")]
+        #[arg(short = 'o', long = "output", default_value = "table")]
         format: Format,
     },
     /// Show a Registry: its spec and status.
@@ -76,28 +83,42 @@ pub enum RegistryCommand {
         #[arg(short = 'o', long = "output", default_value = "yaml")]
         format: Format,
     },
-    /// Print one fact about a Registry: the URL its surrogate uses, its CA certificate, or
-    /// the user name of its credentials.
+    /// Print one fact about a Registry.
+    ///
+    /// `host` is HOST:PORT, the prefix of the names pods pull its images by (`podman tag
+    /// IMAGE $(reposure registry info default host)/myrepo/x`): a Service's cluster IP, as
+    /// nodes reach it. `url` is what its surrogate connects to. `cert`, `username`,
+    /// `password` and `token` come from its Secrets.
     #[command(
-        after_help = "Examples:\n  reposure registry info default host\n  reposure registry info default cert > ca.crt\n  reposure registry info default username"
+        after_help = "Examples:\n  reposure registry info default host\n  reposure registry info default cert > ca.crt\n  reposure registry info default password"
     )]
     Info { name: String, what: InfoItem },
-    /// Print the log of a Registry's surrogate.
+    /// Print the log of a Registry's surrogate (every pod of it).
     #[command(
-        after_help = "Examples:\n  reposure registry logs default\n  reposure registry logs default -f"
+        after_help = "Examples:\n  reposure registry logs default\n  reposure registry logs default -f --tail 50"
     )]
     Logs {
         name: String,
-        #[arg(short = 'f', long)]
-        follow: bool,
+        #[command(flatten)]
+        options: LogOptions,
+    },
+    /// Open a shell beside a Registry's surrogate (an ephemeral debug container).
+    #[command(after_help = "Examples:\n  reposure registry shell default")]
+    Shell {
+        name: String,
+        #[command(flatten)]
+        shell: ShellOptions,
     },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum InfoItem {
     Host,
+    Url,
     Cert,
     Username,
+    Password,
+    Token,
 }
 
 /// Where the registry is: exactly one of --provider, --host, --service.
@@ -110,10 +131,11 @@ pub struct Location {
     /// HOST[:PORT], or http://HOST[:PORT] / https://HOST[:PORT] to choose the scheme.
     #[arg(long, conflicts_with = "service")]
     host: Option<String>,
-    /// A Service of the cluster (with --port).
-    #[arg(long, requires = "port")]
+    /// A Service of the cluster.
+    #[arg(long)]
     service: Option<String>,
-    #[arg(long, requires = "service")]
+    /// The Service's port (default 5000).
+    #[arg(long)]
     port: Option<u16>,
     /// The Service's namespace (default: the Registry's).
     #[arg(long, requires = "service")]
@@ -127,12 +149,16 @@ pub enum Provider {
     Openshift,
 }
 
+/// The port of a `--service` given without `--port` (the original's default too).
+const DEFAULT_SERVICE_PORT: u16 = 5000;
+
 /// The spec a `create` makes.
 async fn spec_for(
     command_location: &Location,
     namespace: &str,
-    secrets: &Api<Secret>,
+    client: &Client,
 ) -> Result<RegistrySpec> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut spec = RegistrySpec {
         type_: RegistryType::Oci,
         direct: None,
@@ -141,16 +167,29 @@ async fn spec_for(
         authentication_secret_data_key: None,
         authorization_secret: None,
     };
+    let port = command_location.port;
+    // A provider's registry listens where it does; a --port that says otherwise is a mistake.
+    let fixed_port = |provider: &str, fixed: u16| match port {
+        Some(port) if port != fixed => Err(Usage(format!(
+            "the {provider} registry listens on port {fixed}; drop --port {port}, or use --service with --port"
+        ))),
+        _ => Ok(fixed),
+    };
     match (
         &command_location.provider,
         &command_location.host,
         &command_location.service,
     ) {
+        (None, Some(_), _) if port.is_some() => {
+            bail!(Usage(
+                "give the port in --host HOST:PORT, not with --port".into()
+            ))
+        }
         (Some(Provider::Simple), _, _) => {
             spec.indirect = Some(RegistryIndirect {
                 namespace: Some(namespace.to_owned()),
                 service: simple::NAME.into(),
-                port: simple::PORT,
+                port: fixed_port("simple", simple::PORT)?,
             });
             // The secrets `simple install --authentication/--authorization` made, if any.
             if secrets
@@ -177,23 +216,28 @@ async fn spec_for(
             spec.indirect = Some(RegistryIndirect {
                 namespace: Some("kube-system".into()),
                 service: "registry".into(),
-                port: 80,
+                port: fixed_port("minikube", 80)?,
             })
         }
-        // OpenShift's internal registry, served with the cluster's service CA.
+        // OpenShift's internal registry: HTTPS with the cluster's service CA, and the
+        // namespace's `builder` service account's credentials (as the original did).
         (Some(Provider::Openshift), _, _) => {
             spec.indirect = Some(RegistryIndirect {
-                namespace: Some("openshift-image-registry".into()),
-                service: "image-registry".into(),
-                port: 5000,
-            })
+                namespace: Some(openshift::REGISTRY_NAMESPACE.into()),
+                service: openshift::REGISTRY_SERVICE.into(),
+                port: fixed_port("openshift", openshift::REGISTRY_PORT)?,
+            });
+            let builder = openshift::builder_credentials(client, namespace).await?;
+            spec.authentication_secret = Some(builder.ca_secret);
+            spec.authentication_secret_data_key = Some(builder.ca_key);
+            spec.authorization_secret = Some(builder.credentials_secret);
         }
         (None, Some(host), _) => spec.direct = Some(RegistryDirect { host: host.clone() }),
         (None, None, Some(service)) => {
             spec.indirect = Some(RegistryIndirect {
                 namespace: command_location.service_namespace.clone(),
                 service: service.clone(),
-                port: command_location.port.context("--service needs --port")?,
+                port: port.unwrap_or(DEFAULT_SERVICE_PORT),
             })
         }
         (None, None, None) => bail!(Usage("give --provider, --host or --service".into())),
@@ -209,7 +253,12 @@ fn ready_of(registry: &Registry) -> Result<(), String> {
     }
 }
 
-pub async fn run(command: RegistryCommand, client: Client, namespace: &str) -> Result<()> {
+pub async fn run(
+    command: RegistryCommand,
+    client: Client,
+    namespace: &str,
+    kube: &KubeOptions,
+) -> Result<()> {
     let registries = Registries {
         api: Api::namespaced(client.clone(), namespace),
         client,
@@ -225,8 +274,7 @@ pub async fn run(command: RegistryCommand, client: Client, namespace: &str) -> R
             wait,
             timeout,
         } => {
-            let secrets: Api<Secret> = Api::namespaced(registries.client.clone(), namespace);
-            let mut spec = spec_for(&location, namespace, &secrets).await?;
+            let mut spec = spec_for(&location, namespace, &registries.client).await?;
             if authentication_secret.is_some() {
                 spec.authentication_secret = authentication_secret;
                 spec.authentication_secret_data_key = authentication_secret_data_key;
@@ -253,7 +301,23 @@ pub async fn run(command: RegistryCommand, client: Client, namespace: &str) -> R
             })
         }
         RegistryCommand::Info { name, what } => registries.info(&name, what).await,
-        RegistryCommand::Logs { name, follow } => registries.logs(&name, follow).await,
+        RegistryCommand::Logs { name, options } => {
+            let pods: Api<Pod> = Api::namespaced(registries.client.clone(), namespace);
+            let selector = surrogate_selector(&name);
+            kubernetes::print_logs(&pods, &selector, options, &registries.scope()).await
+        }
+        RegistryCommand::Shell { name, shell } => {
+            let registry = registries.get(&name).await?;
+            let pods: Api<Pod> = Api::namespaced(registries.client.clone(), namespace);
+            let pod = match registry.status.and_then(|s| s.surrogate_pod) {
+                Some(pod) => pod,
+                None => {
+                    kubernetes::running_pod(&pods, &surrogate_selector(&name), &registries.scope())
+                        .await?
+                }
+            };
+            shell.open(kube, namespace, &pod, SURROGATE_CONTAINER)
+        }
     }
 }
 
@@ -333,21 +397,76 @@ impl Registries<'_> {
 
     async fn list(&self, format: Format) -> Result<()> {
         let items = self.all().await?;
-        print_data(&items, format, |items| {
-            items
-                .iter()
-                .map(|r| {
-                    let ready = match ready_of(r) {
-                        Ok(()) => "Ready".to_owned(),
-                        Err(reason) => format!(
-                            "NotReady ({})",
-                            reason.split(':').next().unwrap_or_default()
-                        ),
-                    };
-                    format!("{}\t{}\n", r.name_any(), ready)
-                })
-                .collect()
-        })
+        if format != Format::Table {
+            return print_data(&items, format, |items| {
+                items
+                    .iter()
+                    .map(|r| format!("{}\n", r.name_any()))
+                    .collect()
+            });
+        }
+        let mut rows = Vec::new();
+        for registry in &items {
+            let (service_namespace, service, port) = match &registry.spec.indirect {
+                Some(indirect) => (
+                    indirect
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| self.namespace.to_owned()),
+                    indirect.service.clone(),
+                    indirect.port.to_string(),
+                ),
+                None => Default::default(),
+            };
+            let ready = match ready_of(registry) {
+                Ok(()) => "True".to_owned(),
+                Err(reason) => format!("False ({})", reason.split(':').next().unwrap_or_default()),
+            };
+            rows.push(vec![
+                registry.name_any(),
+                self.host(registry)
+                    .await
+                    .unwrap_or_else(|e| format!("({e})")),
+                service_namespace,
+                service,
+                port,
+                registry
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.surrogate_pod.clone())
+                    .unwrap_or_default(),
+                ready,
+            ]);
+        }
+        let header = [
+            "NAME",
+            "HOST",
+            "NAMESPACE",
+            "SERVICE",
+            "PORT",
+            "SURROGATE",
+            "READY",
+        ];
+        print!("{}", table(&header, &rows));
+        Ok(())
+    }
+
+    /// `HOST[:PORT]`, the prefix of the image names pods pull by: a direct host as written
+    /// (without its scheme), an indirect Service's cluster IP and port (what nodes reach,
+    /// as the original Reposure printed), else the Service's DNS name.
+    async fn host(&self, registry: &Registry) -> Result<String> {
+        let url = registry_url(&registry.spec, self.namespace).map_err(|e| Usage(e.0))?;
+        let dns_host = url.split("://").nth(1).unwrap_or(&url).to_owned();
+        let Some(indirect) = &registry.spec.indirect else {
+            return Ok(dns_host);
+        };
+        let service_namespace = indirect.namespace.as_deref().unwrap_or(self.namespace);
+        let services: Api<Service> = Api::namespaced(self.client.clone(), service_namespace);
+        match services.get_opt(&indirect.service).await {
+            Ok(Some(service)) => Ok(kubernetes::cluster_ip(&service)
+                .map_or(dns_host, |ip| format!("{ip}:{}", indirect.port))),
+            _ => Ok(dns_host),
+        }
     }
 
     async fn info(&self, name: &str, what: InfoItem) -> Result<()> {
@@ -356,73 +475,100 @@ impl Registries<'_> {
         let url = registry_url(&registry.spec, namespace).map_err(|e| Usage(e.0))?;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         match what {
-            InfoItem::Host => println!("{url}"),
+            InfoItem::Host => println!("{}", self.host(&registry).await?),
+            InfoItem::Url => println!("{url}"),
             InfoItem::Cert => {
                 let secret_name = registry.spec.authentication_secret.clone().ok_or_else(|| {
                     RegistryError::NotFound(format!("Registry {name} has no authenticationSecret (no CA: plain HTTP or the system roots)"))
                 })?;
-                let key = registry
-                    .spec
-                    .authentication_secret_data_key
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_CA_KEY.into());
-                let data = secret_value(&secrets, &secret_name, &key, namespace).await?;
-                print!("{}", String::from_utf8_lossy(&data));
-            }
-            InfoItem::Username => {
-                let secret_name = registry.spec.authorization_secret.clone().ok_or_else(|| {
-                    RegistryError::NotFound(format!("Registry {name} has no authorizationSecret"))
+                let data = secret_data(&secrets, &secret_name, namespace).await?;
+                let explicit = registry.spec.authentication_secret_data_key.as_deref();
+                let key = ca_key(explicit, |key| data.contains_key(key)).map_err(|wanted| {
+                    RegistryError::NotFound(format!("Secret {secret_name} has no {wanted}"))
                 })?;
-                let config =
-                    secret_value(&secrets, &secret_name, ".dockerconfigjson", namespace).await?;
-                let host = url.split("://").nth(1).unwrap_or(&url);
-                match DockerConfig::parse(&config)?.lookup(host)? {
-                    Some(Lookup::Entry(Credentials::Basic { username, .. })) => {
-                        println!("{username}")
+                print!("{}", String::from_utf8_lossy(&data[key]));
+            }
+            InfoItem::Username | InfoItem::Password | InfoItem::Token => {
+                let hosts = [
+                    url.split("://").nth(1).unwrap_or(&url).to_owned(),
+                    self.host(&registry).await?,
+                ];
+                let credentials = self.credentials(&registry, &hosts).await?;
+                let shown = match (what, credentials) {
+                    (InfoItem::Username, Credentials::Basic { username, .. }) => username,
+                    (InfoItem::Password, Credentials::Basic { password, .. }) => password,
+                    (
+                        InfoItem::Token,
+                        Credentials::Bearer(token) | Credentials::IdentityToken(token),
+                    ) => token,
+                    (InfoItem::Token, Credentials::Basic { .. }) => {
+                        bail!(RegistryError::NotFound(format!(
+                            "Registry {name}'s credentials are a user name and password, not a token"
+                        )))
                     }
-                    Some(_) => {
-                        bail!("the credentials for {host} are a token, with no user name")
-                    }
-                    None => bail!(RegistryError::NotFound(format!(
-                        "Secret {secret_name} has no entry for {host}"
+                    (_, _) => bail!(RegistryError::NotFound(format!(
+                        "Registry {name}'s credentials are a token, with no user name or password"
                     ))),
-                }
+                };
+                println!("{shown}");
             }
         }
         Ok(())
     }
 
-    async fn logs(&self, name: &str, follow: bool) -> Result<()> {
-        let registry = self.get(name).await?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), self.namespace);
-        let pod = match registry.status.and_then(|s| s.surrogate_pod) {
-            Some(pod) => pod,
-            None => {
-                kubernetes::pod_with_labels(
-                    &pods,
-                    &reposure_operator::workload::selector(name),
-                    &self.scope(),
-                )
-                .await?
+    /// The credentials of a Registry's authorizationSecret: a Docker config entry for one of
+    /// `hosts`, or a service-account token.
+    async fn credentials(&self, registry: &Registry, hosts: &[String]) -> Result<Credentials> {
+        let name = registry.name_any();
+        let secret_name = registry.spec.authorization_secret.clone().ok_or_else(|| {
+            RegistryError::NotFound(format!("Registry {name} has no authorizationSecret"))
+        })?;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
+        let data = secret_data(&secrets, &secret_name, self.namespace).await?;
+        if let Some(config) = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+        {
+            let config = DockerConfig::parse(config)?;
+            for host in hosts {
+                match config.lookup(host)? {
+                    Some(Lookup::Entry(credentials)) => return Ok(credentials),
+                    Some(Lookup::Helper { .. }) => bail!(
+                        "Secret {secret_name} sends {host} to a credential helper, which a Secret cannot use"
+                    ),
+                    None => {}
+                }
             }
-        };
-        kubernetes::print_pod_log(&pods, &pod, follow, &self.scope()).await
+            bail!(RegistryError::NotFound(format!(
+                "Secret {secret_name} has no entry for {}",
+                hosts.join(" or ")
+            )));
+        }
+        match data.get("token") {
+            Some(token) => Ok(Credentials::Bearer(
+                String::from_utf8_lossy(token).trim().to_owned(),
+            )),
+            None => bail!(RegistryError::NotFound(format!(
+                "Secret {secret_name} holds neither a Docker config nor a token"
+            ))),
+        }
     }
 }
 
-async fn secret_value(
+/// A Secret's data.
+async fn secret_data(
     secrets: &Api<Secret>,
     name: &str,
-    key: &str,
     namespace: &str,
-) -> Result<Vec<u8>> {
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
     let secret = secrets
         .get(name)
         .await
         .map_err(|e| explain(e, "get", "secrets", name, namespace))?;
-    secret
+    Ok(secret
         .data
-        .and_then(|mut d| d.remove(key))
-        .map(|v| v.0)
-        .ok_or_else(|| RegistryError::NotFound(format!("Secret {name} has no key {key}")).into())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
 }

@@ -1,4 +1,5 @@
-//! `reposure simple install|uninstall|host`: the reference registry for test clusters.
+//! `reposure simple install|uninstall|host|logs|shell`: the reference registry for test
+//! clusters.
 //!
 //! One Deployment of `registry:2` (deletion enabled) with its storage on a
 //! PersistentVolumeClaim, and a Service, all named `reposure-simple`. `--authentication`
@@ -6,7 +7,9 @@
 //! Secret that also holds `ca.crt`; `--authorization` makes htpasswd credentials with a
 //! random password, and a `kubernetes.io/dockerconfigjson` Secret for Registries to use.
 //! Secrets that exist are kept, so installing again never changes a certificate or password
-//! clients already hold. Uninstall keeps the data volume unless `--delete-data`.
+//! clients already hold; an htpasswd Secret the user made (`reposure-simple-htpasswd`, as the
+//! original Reposure required) is used as it is. Uninstall deletes only the Secrets it made
+//! (they carry its label), and keeps the data volume unless `--delete-data`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,17 +20,19 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSpec, Probe, Secret, SecretVolumeSource, Service,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Probe, Secret, SecretVolumeSource, Service,
     ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 use kube::{Api, Client};
+use reposure_client::kubernetes::KubeOptions;
 use reposure_client::kubernetes::explain;
 use reposure_operator::objects::single_pod_deployment;
 
-use crate::kubernetes::{self, Scope};
+use crate::kubernetes::{self, LogOptions, Scope};
+use crate::shell::ShellOptions;
 
 /// The name of every object of the simple registry.
 pub const NAME: &str = "reposure-simple";
@@ -51,17 +56,23 @@ pub enum SimpleCommand {
     )]
     Install {
         /// Serve HTTPS with a generated CA and certificate.
-        #[arg(long)]
+        #[arg(short = 'a', long)]
         authentication: bool,
-        /// Require a user name and a generated password.
+        /// Require a user name and password: a generated one, or the users of a
+        /// reposure-simple-htpasswd Secret you made.
         #[arg(long)]
         authorization: bool,
-        #[arg(long)]
+        /// Wait until the registry is available.
+        #[arg(short = 'w', long)]
         wait: bool,
         #[arg(long, default_value_t = 300)]
         timeout: u64,
         #[arg(long, default_value = IMAGE)]
         image: String,
+        /// Take the image from this registry host (`internal`: the cluster's own,
+        /// OpenShift's or Minikube's).
+        #[arg(short = 'g', long = "registry", value_name = "HOST|internal")]
+        source_registry: Option<String>,
     },
     /// Remove the simple registry (its data volume stays unless --delete-data).
     #[command(
@@ -70,15 +81,44 @@ pub enum SimpleCommand {
     Uninstall {
         #[arg(long)]
         delete_data: bool,
+        /// Wait until the registry is gone.
+        #[arg(short = 'w', long)]
+        wait: bool,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
     },
     /// Print the registry's in-cluster address.
     #[command(after_help = "Examples:\n  reposure simple host")]
     Host,
+    /// Print the registry's log.
+    #[command(
+        after_help = "Examples:\n  reposure simple logs\n  reposure simple logs -f --tail 20"
+    )]
+    Logs {
+        #[command(flatten)]
+        options: LogOptions,
+    },
+    /// Open a shell beside the registry (an ephemeral debug container).
+    #[command(after_help = "Examples:\n  reposure simple shell")]
+    Shell {
+        #[command(flatten)]
+        shell: ShellOptions,
+    },
 }
 
 /// `reposure-simple.NAMESPACE.svc:5000`.
 pub fn host(namespace: &str) -> String {
     format!("{NAME}.{namespace}.svc:{PORT}")
+}
+
+/// `HOST:PORT` as nodes pull by it: the Service's cluster IP (as the original printed), or
+/// its DNS name where there is none or it cannot be read.
+async fn reachable_host(apis: &Apis<'_>) -> String {
+    let ip = match apis.services.get_opt(NAME).await {
+        Ok(found) => found.as_ref().and_then(kubernetes::cluster_ip),
+        Err(_) => None,
+    };
+    ip.map_or_else(|| host(apis.namespace), |ip| format!("{ip}:{PORT}"))
 }
 
 fn meta(name: &str, namespace: &str) -> ObjectMeta {
@@ -91,6 +131,16 @@ fn meta(name: &str, namespace: &str) -> ObjectMeta {
         )])),
         ..Default::default()
     }
+}
+
+/// Whether an object carries the label [`meta`] gives what `install` makes.
+fn made_here(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get("app.kubernetes.io/name"))
+        .is_some_and(|name| name == NAME)
 }
 
 fn secret(name: &str, namespace: &str, type_: &str, data: &[(&str, Vec<u8>)]) -> Secret {
@@ -106,8 +156,8 @@ fn secret(name: &str, namespace: &str, type_: &str, data: &[(&str, Vec<u8>)]) ->
     }
 }
 
-/// A CA and a certificate for the Service's names, as PEM: (ca, cert, key).
-fn certificates(namespace: &str) -> Result<(String, String, String)> {
+/// A CA and a certificate for the Service's names and cluster IP, as PEM: (ca, cert, key).
+fn certificates(namespace: &str, cluster_ip: Option<String>) -> Result<(String, String, String)> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
@@ -117,12 +167,16 @@ fn certificates(namespace: &str) -> Result<(String, String, String)> {
     let ca_key = KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let ca_pem = ca.pem();
-    let names = vec![
+    // rcgen makes an IP address SAN of a name that parses as one.
+    let names = [
         NAME.to_owned(),
         format!("{NAME}.{namespace}"),
         format!("{NAME}.{namespace}.svc"),
         format!("{NAME}.{namespace}.svc.cluster.local"),
-    ];
+    ]
+    .into_iter()
+    .chain(cluster_ip)
+    .collect::<Vec<_>>();
     let mut params = CertificateParams::new(names)?;
     params.distinguished_name.push(DnType::CommonName, NAME);
     let key = KeyPair::generate()?;
@@ -136,10 +190,15 @@ fn random_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 24)
 }
 
-fn docker_config(host: &str, user: &str, password: &str) -> Vec<u8> {
+fn docker_config(hosts: &[String], user: &str, password: &str) -> Vec<u8> {
     use base64::Engine;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    serde_json::json!({"auths": {host: {"username": user, "password": password, "auth": auth}}})
+    let entry = serde_json::json!({"username": user, "password": password, "auth": auth});
+    let auths: serde_json::Map<String, serde_json::Value> = hosts
+        .iter()
+        .map(|host| (host.clone(), entry.clone()))
+        .collect();
+    serde_json::json!({ "auths": auths })
         .to_string()
         .into_bytes()
 }
@@ -223,14 +282,21 @@ fn deployment(namespace: &str, image: &str, tls: bool, htpasswd: bool) -> Deploy
     single_pod_deployment(meta(NAME, namespace), labels, None, pod)
 }
 
-pub async fn run(command: SimpleCommand, client: Client, namespace: &str) -> Result<()> {
+pub async fn run(
+    command: SimpleCommand,
+    client: Client,
+    namespace: &str,
+    kube: &KubeOptions,
+) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let apis = Apis {
         namespace,
         secrets: Api::namespaced(client.clone(), namespace),
         claims: Api::namespaced(client.clone(), namespace),
         services: Api::namespaced(client.clone(), namespace),
-        deployments: Api::namespaced(client, namespace),
+        deployments: Api::namespaced(client.clone(), namespace),
     };
+    let selector = format!("app.kubernetes.io/name={NAME}");
     match command {
         SimpleCommand::Install {
             authentication,
@@ -238,7 +304,15 @@ pub async fn run(command: SimpleCommand, client: Client, namespace: &str) -> Res
             wait,
             timeout,
             image,
+            source_registry,
         } => {
+            let image = match source_registry {
+                Some(source) => kubernetes::image_from(
+                    &image,
+                    &kubernetes::source_registry(&client, &source).await?,
+                ),
+                None => image,
+            };
             install(&apis, authentication, authorization, &image).await?;
             if wait {
                 kubernetes::wait_available(
@@ -251,10 +325,38 @@ pub async fn run(command: SimpleCommand, client: Client, namespace: &str) -> Res
             }
             Ok(())
         }
-        SimpleCommand::Uninstall { delete_data } => uninstall(&apis, delete_data).await,
-        SimpleCommand::Host => {
-            println!("{}", host(namespace));
+        SimpleCommand::Uninstall {
+            delete_data,
+            wait,
+            timeout,
+        } => {
+            uninstall(&apis, delete_data).await?;
+            if wait {
+                let deployments = &apis.deployments;
+                kubernetes::wait_for(
+                    Duration::from_secs(timeout),
+                    "the simple registry going away",
+                    || async {
+                        Ok(match deployments.get_opt(NAME).await? {
+                            None => Ok(()),
+                            Some(_) => Err("its Deployment still exists".to_owned()),
+                        })
+                    },
+                )
+                .await?;
+            }
             Ok(())
+        }
+        SimpleCommand::Host => {
+            println!("{}", reachable_host(&apis).await);
+            Ok(())
+        }
+        SimpleCommand::Logs { options } => {
+            kubernetes::print_logs(&pods, &selector, options, &apis.scope()).await
+        }
+        SimpleCommand::Shell { shell } => {
+            let pod = kubernetes::running_pod(&pods, &selector, &apis.scope()).await?;
+            shell.open(kube, namespace, &pod, "registry")
         }
     }
 }
@@ -276,11 +378,14 @@ impl Apis<'_> {
     }
 
     async fn secret_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.secret(name).await?.is_some())
+    }
+
+    async fn secret(&self, name: &str) -> Result<Option<Secret>> {
         Ok(self
             .secrets
             .get_opt(name)
             .await
-            .map(|s| s.is_some())
             .map_err(|e| explain(e, "get", "secrets", name, self.namespace))?)
     }
 }
@@ -294,14 +399,29 @@ async fn install(
     image: &str,
 ) -> Result<()> {
     let (namespace, scope) = (apis.namespace, apis.scope());
+    let tls = authentication || apis.secret_exists(AUTHENTICATION_SECRET).await?;
+    // The Service first: its cluster IP goes into the certificate, as nodes pull by it.
+    let service = kubernetes::apply(&apis.services, &service(namespace, tls), &scope).await?;
+    let cluster_ip = kubernetes::cluster_ip(&service);
     if authentication && !apis.secret_exists(AUTHENTICATION_SECRET).await? {
-        make_tls_secret(apis).await?;
+        make_tls_secret(apis, cluster_ip.clone()).await?;
     }
     if authorization && !apis.secret_exists(AUTHORIZATION_SECRET).await? {
-        make_credentials(apis).await?;
+        match apis.secret(HTPASSWD_SECRET).await? {
+            Some(users) if !made_here(&users) => eprintln!(
+                "using your Secret {HTPASSWD_SECRET} as it is; for Registries to log in, make a docker-registry Secret {AUTHORIZATION_SECRET} with one of its users:\n  kubectl create secret docker-registry {AUTHORIZATION_SECRET} -n {namespace} --docker-server={} --docker-username=USER --docker-password=PASSWORD",
+                host(namespace)
+            ),
+            _ => {
+                let hosts = [host(namespace)]
+                    .into_iter()
+                    .chain(cluster_ip.map(|ip| format!("{ip}:{PORT}")))
+                    .collect::<Vec<_>>();
+                make_credentials(apis, &hosts).await?
+            }
+        }
     }
     kubernetes::apply(&apis.claims, &data_volume(namespace), &scope).await?;
-    let tls = authentication || apis.secret_exists(AUTHENTICATION_SECRET).await?;
     let htpasswd = authorization || apis.secret_exists(HTPASSWD_SECRET).await?;
     kubernetes::apply(
         &apis.deployments,
@@ -309,15 +429,16 @@ async fn install(
         &scope,
     )
     .await?;
-    kubernetes::apply(&apis.services, &service(namespace, tls), &scope).await?;
-    eprintln!("simple registry applied: {}", host(namespace));
+    eprintln!("simple registry applied: {}", reachable_host(apis).await);
     Ok(())
 }
 
-/// A CA and a certificate for the registry's Service name, in a `kubernetes.io/tls` Secret.
-async fn make_tls_secret(apis: &Apis<'_>) -> Result<()> {
+/// A CA and a certificate for the registry's Service names and cluster IP, in a
+/// `kubernetes.io/tls` Secret.
+async fn make_tls_secret(apis: &Apis<'_>, cluster_ip: Option<String>) -> Result<()> {
     let namespace = apis.namespace;
-    let (ca, cert, key) = certificates(namespace).context("cannot make the certificates")?;
+    let (ca, cert, key) =
+        certificates(namespace, cluster_ip).context("cannot make the certificates")?;
     let tls = secret(
         AUTHENTICATION_SECRET,
         namespace,
@@ -332,9 +453,10 @@ async fn make_tls_secret(apis: &Apis<'_>) -> Result<()> {
     Ok(())
 }
 
-/// A user with a random password: its htpasswd for the registry, its Docker config for
-/// the surrogate.
-async fn make_credentials(apis: &Apis<'_>) -> Result<()> {
+/// A user with a random password: its htpasswd for the registry, its Docker config (for
+/// `hosts`: the Service's name, for the surrogate, and its cluster IP, for pulls) for the
+/// surrogate and as an image pull Secret.
+async fn make_credentials(apis: &Apis<'_>, hosts: &[String]) -> Result<()> {
     let namespace = apis.namespace;
     let password = random_password();
     let hash = bcrypt::hash(&password, bcrypt::DEFAULT_COST).context("cannot hash the password")?;
@@ -349,10 +471,7 @@ async fn make_credentials(apis: &Apis<'_>) -> Result<()> {
         AUTHORIZATION_SECRET,
         namespace,
         "kubernetes.io/dockerconfigjson",
-        &[(
-            ".dockerconfigjson",
-            docker_config(&host(namespace), USER, &password),
-        )],
+        &[(".dockerconfigjson", docker_config(hosts, USER, &password))],
     );
     kubernetes::apply(&apis.secrets, &config, &apis.scope()).await?;
     eprintln!(
@@ -366,7 +485,13 @@ async fn uninstall(apis: &Apis<'_>, delete_data: bool) -> Result<()> {
     kubernetes::delete(&apis.deployments, NAME, &scope).await?;
     kubernetes::delete(&apis.services, NAME, &scope).await?;
     for name in [AUTHENTICATION_SECRET, AUTHORIZATION_SECRET, HTPASSWD_SECRET] {
-        kubernetes::delete(&apis.secrets, name, &scope).await?;
+        match apis.secret(name).await? {
+            Some(secret) if made_here(&secret) => {
+                kubernetes::delete(&apis.secrets, name, &scope).await?;
+            }
+            Some(_) => eprintln!("kept Secret {name}: it was not made by reposure simple install"),
+            None => {}
+        }
     }
     if delete_data {
         kubernetes::delete(&apis.claims, NAME, &scope).await?;
