@@ -5,22 +5,29 @@
 //!   `/api/v1/namespaces/NS/pods/NAME`, ...) and of a collection (with equality label
 //!   selectors); server-side apply (`PATCH`, the object stored as applied, `uid` and
 //!   `generation` kept by the server, status left alone; and `PATCH .../status`);
-//!   `DELETE`; and `GET .../pods/NAME/log` — the generic store the CLI's commands use.
+//!   `DELETE`; `POST` to a collection (create, 409 if the name is taken); equality
+//!   field selectors (events by `involvedObject.name`); and `GET .../pods/NAME/log` (with
+//!   `tailLines`) — the generic store the CLI's commands use.
 //! * `GET /api/v1/namespaces/NS/pods/NAME/exec?command=..&container=..&stdin=true&...`,
 //!   upgraded to a WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io`.
 //!   Frames carry a channel byte (0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize, 255
 //!   close-stream in v5). The command runs as a local child process with the "pod's"
 //!   environment, as the kubelet would run it in the container; when it exits, a `Status`
 //!   (Success, or Failure with reason NonZeroExitCode) goes on channel 3 and the socket
-//!   closes.
+//!   closes. Only the programs of the surrogate image run: `reposure-surrogate`, and `tar`
+//!   and `test` (links to it, as in the image, for `kubectl cp`); besides them only `cat`
+//!   and `sh`, for the benchmark's raw-exec baseline. Any other is "not found".
 //!
-//! Requests must carry the kubeconfig's bearer token (else 401). Every request is
+//! It listens twice, on plain HTTP ([`ApiServer::kubeconfig`]) and on TLS with a
+//! self-signed certificate ([`ApiServer::kubeconfig_tls`], for kubectl, which sends no
+//! bearer token over plain HTTP). Requests must carry the kubeconfig's bearer token (else
+//! 401). Every request is
 //! recorded, so tests assert which endpoints were used; anything else gets 404.
 //!
 //! What this does not emulate: authentication other than a bearer token, admission,
 //! RBAC evaluation (a 403 is injected, not computed), watches, field managers and the
 //! merging of applied configurations (an apply replaces the object), garbage collection,
-//! controllers (nothing becomes ready unless a test says so), TLS to the API server,
+//! controllers (nothing becomes ready unless a test says so), client certificates,
 //! the kubelet's own buffering and timeouts, and a container runtime (the "pod" is a
 //! process on this machine sharing its filesystem).
 //!
@@ -44,7 +51,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::binary;
 
@@ -74,6 +83,9 @@ struct State {
     requests: Mutex<Vec<String>>,
     /// Processes started through exec, for tests that kill them.
     exec_pids: Mutex<Vec<u32>>,
+    /// The surrogate container's image: the only programs exec can run, as in the real
+    /// image (`reposure-surrogate`, and `tar` and `test` linked to it).
+    image: PathBuf,
 }
 
 /// The server, on 127.0.0.1, with its kubeconfig; stopped on drop.
@@ -110,6 +122,20 @@ impl ApiServer {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::Builder::new()
+            .prefix("reposure-kube-")
+            .tempdir()
+            .unwrap();
+        let image = dir.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        for name in ["reposure-surrogate", "tar", "test"] {
+            std::os::unix::fs::symlink(binary("reposure-surrogate"), image.join(name)).unwrap();
+        }
+        // Not in the real image: what the benchmark's raw-exec baseline runs (on a real
+        // cluster it would run them in a debug container beside the surrogate).
+        for (name, program) in [("cat", "/bin/cat"), ("sh", "/bin/sh")] {
+            std::os::unix::fs::symlink(program, image.join(name)).unwrap();
+        }
         let state = Arc::new(State {
             objects: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
@@ -117,27 +143,40 @@ impl ApiServer {
             pod_env: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
             exec_pids: Mutex::new(Vec::new()),
+            image,
         });
         let accept_state = state.clone();
         runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let state = accept_state.clone();
+                tokio::spawn(serve(accept_state.clone(), stream));
+            }
+        });
+        // The same API over TLS, for kubectl, which sends no bearer token over plain HTTP.
+        let tls_listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let tls_port = tls_listener.local_addr().unwrap().port();
+        let (ca_pem, acceptor) = tls_acceptor();
+        let tls_state = state.clone();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = tls_listener.accept().await {
+                let (state, acceptor) = (tls_state.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve(state, stream).await;
+                    }
                 });
             }
         });
-        let dir = tempfile::Builder::new()
-            .prefix("reposure-kube-")
-            .tempdir()
-            .unwrap();
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&ca_pem);
+        std::fs::write(
+            dir.path().join("kubeconfig-tls"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: emulated\n  cluster:\n    server: https://127.0.0.1:{tls_port}\n    certificate-authority-data: {ca}\nusers:\n- name: tester\n  user:\n    token: {TOKEN}\ncontexts:\n- name: emulated\n  context:\n    cluster: emulated\n    user: tester\n    namespace: {namespace}\ncurrent-context: emulated\n"
+            ),
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("kubeconfig"),
             format!(
@@ -157,6 +196,12 @@ impl ApiServer {
     /// The kubeconfig file.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
+    }
+
+    /// A kubeconfig for the same server over TLS (its CA inline), as kubectl needs: it
+    /// sends no bearer token over plain HTTP.
+    pub fn kubeconfig_tls(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig-tls")
     }
 
     pub fn url(&self) -> String {
@@ -268,7 +313,10 @@ impl ApiServer {
         self.put(
             pod_path(namespace, &pod),
             json!({"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": pod, "namespace": namespace},
+                   "metadata": {"name": pod, "namespace": namespace,
+                                "labels": reposure_client::kubernetes::surrogate_labels(name)},
+                   "spec": {"containers": [{"name": reposure_client::kubernetes::SURROGATE_CONTAINER,
+                                            "image": "ghcr.io/reposure/reposure-surrogate"}]},
                    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
         );
         pod
@@ -326,6 +374,42 @@ impl Drop for ApiServer {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Serves one connection (plain or TLS) with upgrades (exec).
+async fn serve<S>(state: Arc<State>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+}
+
+/// A self-signed certificate for 127.0.0.1 (PEM) and an acceptor that serves it.
+fn tls_acceptor() -> (String, tokio_rustls::TlsAcceptor) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (
+        cert.pem(),
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    )
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
@@ -387,10 +471,20 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
                 .unwrap()
                 .get(path.trim_end_matches("/log"))
             {
-                Some(log) => Response::builder()
-                    .header("content-type", "text/plain")
-                    .body(Full::new(Bytes::from(log.clone())))
-                    .unwrap(),
+                Some(log) => {
+                    let tail = url_pairs(&query)
+                        .into_iter()
+                        .find(|(k, _)| k == "tailLines")
+                        .and_then(|(_, v)| v.parse::<usize>().ok());
+                    let lines: Vec<&str> = log.lines().collect();
+                    let shown =
+                        &lines[lines.len() - tail.unwrap_or(lines.len()).min(lines.len())..];
+                    let text: String = shown.iter().map(|l| format!("{l}\n")).collect();
+                    Response::builder()
+                        .header("content-type", "text/plain")
+                        .body(Full::new(Bytes::from(text)))
+                        .unwrap()
+                }
                 None => json_response(
                     StatusCode::NOT_FOUND,
                     &status(404, "NotFound", "no such pod"),
@@ -402,11 +496,14 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
                 return json_response(StatusCode::OK, object);
             }
             if is_collection(&path) {
-                let selector = url_pairs(&query)
-                    .into_iter()
-                    .find(|(k, _)| k == "labelSelector")
-                    .map(|(_, v)| v)
-                    .unwrap_or_default();
+                let parameter = |name: &str| {
+                    url_pairs(&query)
+                        .into_iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v)
+                        .unwrap_or_default()
+                };
+                let (selector, fields) = (parameter("labelSelector"), parameter("fieldSelector"));
                 let prefix = format!("{path}/");
                 let mut items: Vec<(&String, &Value)> = objects
                     .iter()
@@ -414,6 +511,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
                         key.strip_prefix(&prefix)
                             .is_some_and(|name| !name.contains('/'))
                             && matches_labels(object, &selector)
+                            && matches_fields(object, &fields)
                     })
                     .collect();
                 items.sort_by_key(|(key, _)| key.as_str());
@@ -464,8 +562,36 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
             if let Some(status) = previous.as_ref().and_then(|p| p.get("status")) {
                 object["status"] = status.clone();
             }
+            allocate_cluster_ip(&path, &mut object, previous.as_ref(), objects.len());
             objects.insert(path.clone(), object.clone());
             json_response(StatusCode::OK, &object)
+        }
+        // Create: the object at COLLECTION/NAME, unless one is there.
+        hyper::Method::POST if is_collection(&path) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &status(400, "BadRequest", "the object is not JSON"),
+                );
+            };
+            let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+                return json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &status(422, "Invalid", "metadata.name: Required value"),
+                );
+            };
+            let object_path = format!("{path}/{name}");
+            if objects.contains_key(&object_path) {
+                return json_response(
+                    StatusCode::CONFLICT,
+                    &status(409, "AlreadyExists", &format!("{name} already exists")),
+                );
+            }
+            object["metadata"]["uid"] = json!(format!("uid-{}", objects.len() + 1));
+            object["metadata"]["creationTimestamp"] = json!("2026-12-06T00:00:00Z");
+            allocate_cluster_ip(&object_path, &mut object, None, objects.len());
+            objects.insert(object_path, object.clone());
+            json_response(StatusCode::CREATED, &object)
         }
         hyper::Method::DELETE => match objects.remove(&path) {
             Some(_) => json_response(
@@ -484,6 +610,20 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
     }
 }
 
+/// The Service IP allocator: a Service gets a cluster IP when it is made (unless it
+/// asks for one, or for none with `None`), and keeps it when applied again.
+fn allocate_cluster_ip(path: &str, object: &mut Value, previous: Option<&Value>, serial: usize) {
+    if !path.contains("/services/") || !object["spec"].is_object() {
+        return;
+    }
+    if object["spec"].get("clusterIP").is_none() {
+        object["spec"]["clusterIP"] = previous
+            .map(|p| p["spec"]["clusterIP"].clone())
+            .filter(|ip| !ip.is_null())
+            .unwrap_or_else(|| json!(format!("10.96.{}.{}", serial / 250, 1 + serial % 250)));
+    }
+}
+
 /// `/api/v1/[namespaces/NS/]RESOURCE` or `/apis/GROUP/VERSION/[namespaces/NS/]RESOURCE`.
 fn is_collection(path: &str) -> bool {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -493,6 +633,16 @@ fn is_collection(path: &str) -> bool {
         _ => return false,
     };
     matches!(rest, [_] | ["namespaces", _, _])
+}
+
+/// Whether an object's fields satisfy `a.b=v,c=w` (equality selectors only, as the
+/// API server offers them for events' `involvedObject.*` and `reason`).
+fn matches_fields(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (key, value) = term.split_once('=').unwrap_or((term, ""));
+        let pointer = format!("/{}", key.replace('.', "/"));
+        object.pointer(&pointer).and_then(Value::as_str) == Some(value)
+    })
 }
 
 /// Whether an object's labels satisfy `k=v,k=v` (equality selectors only).
@@ -643,9 +793,9 @@ async fn run_exec(
     command: Vec<String>,
     v5: bool,
 ) {
-    let program: PathBuf = match command.first().map(String::as_str) {
-        Some("reposure-surrogate") => binary("reposure-surrogate"),
-        Some(other) => Path::new(other).to_path_buf(),
+    // A program of the image, by name or by its path in the image.
+    let program: PathBuf = match command.first().and_then(|c| Path::new(c).file_name()) {
+        Some(name) => state.image.join(name),
         None => return,
     };
     let env = state.pod_env.lock().unwrap().clone();
@@ -669,7 +819,7 @@ async fn run_exec(
             let mut frame = vec![3u8];
             frame.extend_from_slice(failure.to_string().as_bytes());
             let _ = sink.send(Message::binary(frame)).await;
-            let _ = sink.close().await;
+            close_normally(&mut sink).await;
             return;
         }
     };
@@ -770,6 +920,21 @@ async fn run_exec(
         let mut frame = vec![3u8];
         frame.extend_from_slice(status.to_string().as_bytes());
         let _ = sink.send(Message::binary(frame)).await;
-        let _ = sink.close().await;
+        close_normally(&mut sink).await;
     }
+}
+
+/// Closes as the API server does once the status is sent: with code 1000, which clients
+/// (kubectl's gorilla reader) take as the end of the streams; a close with no code is an
+/// error to them.
+async fn close_normally<S>(sink: &mut S)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let normal = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(normal))).await;
+    let _ = sink.close().await;
 }

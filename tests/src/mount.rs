@@ -33,6 +33,8 @@ pub fn exec_source(url: &str, extra: &[&str]) -> String {
 pub struct Mount {
     pub dir: tempfile::TempDir,
     log: PathBuf,
+    /// The daemon's $TMPDIR, held until the mount is dropped.
+    _scratch: tempfile::TempDir,
     mounted: bool,
     /// The emulated cluster a `kubernetes` mount goes through.
     cluster: Option<ApiServer>,
@@ -87,6 +89,12 @@ impl Mount {
             .tempdir()
             .expect("mountpoint");
         let log = dir.path().with_extension("log");
+        // The daemon's $TMPDIR (its default spool_dir=, where local files never renamed
+        // are kept at unmount) is the mount's own, removed with it.
+        let scratch = tempfile::Builder::new()
+            .prefix("reposure-scratch-")
+            .tempdir()
+            .expect("scratch directory");
         let mut all_options: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         all_options.push(format!("log={}", log.display()));
         let output = Command::new(binary("reposure-mount"))
@@ -95,6 +103,7 @@ impl Mount {
             .arg("-o")
             .arg(all_options.join(","))
             .env("REPOSURE_LOG", "debug")
+            .env("TMPDIR", scratch.path())
             .envs(env.iter().copied())
             .output()
             .expect("run reposure-mount");
@@ -107,6 +116,7 @@ impl Mount {
         Ok(Self {
             dir,
             log,
+            _scratch: scratch,
             mounted: true,
             cluster: None,
         })

@@ -291,13 +291,99 @@ fn registry_commands_apply_and_delete_registries() {
         .map(|r| r["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["hub", "shared"]);
+    // `host` is the image-name prefix (no scheme); `url` what the surrogate connects to.
     assert_eq!(
         ok(&run(&["registry", "info", "hub", "host"])),
+        "registry.example.com:5000\n"
+    );
+    assert_eq!(
+        ok(&run(&["registry", "info", "hub", "url"])),
         "https://registry.example.com:5000\n"
     );
     assert_eq!(
         ok(&run(&["registry", "info", "shared", "host"])),
+        "registry.kube-system.svc:80\n",
+        "without the Service readable, its DNS name"
+    );
+    // With the Service, its cluster IP: what nodes pull from, as the original printed.
+    api.put(
+        "/api/v1/namespaces/kube-system/services/registry".into(),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "registry", "namespace": "kube-system"},
+               "spec": {"clusterIP": "10.96.0.12", "ports": [{"port": 80}]}}),
+    );
+    assert_eq!(
+        ok(&run(&["registry", "info", "shared", "host"])),
+        "10.96.0.12:80\n"
+    );
+    assert_eq!(
+        ok(&run(&["registry", "info", "shared", "url"])),
         "http://registry.kube-system.svc:80\n"
+    );
+    let table = ok(&run(&["registry", "list"]));
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "HOST",
+            "NAMESPACE",
+            "SERVICE",
+            "PORT",
+            "SURROGATE",
+            "READY"
+        ]
+    );
+    assert_eq!(rows[1][..2], ["hub", "registry.example.com:5000"]);
+    assert_eq!(
+        rows[2][..5],
+        ["shared", "10.96.0.12:80", "kube-system", "registry", "80"]
+    );
+    assert_eq!(
+        ok(&run(&["registry", "list", "-o", "names"])),
+        "hub\nshared\n"
+    );
+    // --service defaults to port 5000, as the original's did; a provider's port is fixed.
+    ok(&run(&[
+        "registry",
+        "create",
+        "plain",
+        "--service",
+        "registry",
+    ]));
+    assert_eq!(
+        api.get(&registry_path("plain")).unwrap()["spec"]["indirect"]["port"],
+        5000
+    );
+    ok(&run(&["registry", "delete", "plain"]));
+    failed(
+        &run(&[
+            "registry",
+            "create",
+            "mk",
+            "--provider",
+            "minikube",
+            "--port",
+            "5000",
+        ]),
+        2,
+        "listens on port 80",
+    );
+    failed(
+        &run(&[
+            "registry",
+            "create",
+            "h",
+            "--host",
+            "h.example",
+            "--port",
+            "5000",
+        ]),
+        2,
+        "--host HOST:PORT",
     );
     let described: Value =
         serde_yaml::from_str(&ok(&run(&["registry", "describe", "hub"]))).unwrap();
@@ -357,10 +443,25 @@ fn registry_commands_apply_and_delete_registries() {
     });
     ok(&waiting);
 
-    api.set_log(NS, "p", "spooler running\n");
+    // Logs: every pod of the surrogate (each line after its pod's name when there are
+    // several), the last N lines with --tail.
+    for pod in ["p", "q"] {
+        api.put(
+            format!("/api/v1/namespaces/{NS}/pods/{pod}"),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": pod, "namespace": NS,
+                                "labels": reposure_client::kubernetes::surrogate_labels("shared")}}),
+        );
+    }
+    api.set_log(NS, "p", "spooler running\npublished a\n");
+    api.set_log(NS, "q", "spooler running\n");
     assert_eq!(
         ok(&run(&["registry", "logs", "shared"])),
-        "spooler running\n"
+        "[p] spooler running\n[p] published a\n[q] spooler running\n"
+    );
+    assert_eq!(
+        ok(&run(&["registry", "logs", "shared", "--tail", "1"])),
+        "[p] published a\n[q] spooler running\n"
     );
 
     ok(&run(&["registry", "delete", "hub"]));
@@ -370,7 +471,7 @@ fn registry_commands_apply_and_delete_registries() {
         3,
         "no Registry \"hub\"",
     );
-    ok(&run(&["registry", "delete", "--all"]));
+    ok(&run(&["registry", "delete", "-a"]));
     assert!(api.get(&registry_path("shared")).is_none());
 }
 
@@ -381,7 +482,7 @@ fn operator_install_is_idempotent_and_uninstall_keeps_the_crd() {
     let install = [
         "operator",
         "install",
-        "--role",
+        "-e",
         "view",
         "--surrogate-image",
         "example.test/surrogate:1",
@@ -399,8 +500,10 @@ fn operator_install_is_idempotent_and_uninstall_keeps_the_crd() {
         "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles/reposure-operator",
         "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles/reposure-user",
     ];
+    // The namespace is created when missing, as the original's install did.
+    let namespace = "/api/v1/namespaces/team";
     let mut expected: Vec<&str> = namespaced.to_vec();
-    expected.push(crd);
+    expected.extend([crd, namespace]);
     expected.sort();
     assert_eq!(api.paths(), expected);
     let deployment = api.get(namespaced[1]).unwrap();
@@ -427,7 +530,7 @@ fn operator_install_is_idempotent_and_uninstall_keeps_the_crd() {
     let mut available = api.get(namespaced[1]).unwrap();
     available["status"] = json!({"availableReplicas": 1});
     api.put(namespaced[1].into(), available);
-    ok(&run(&["operator", "install", "--wait", "--timeout", "5"]));
+    ok(&run(&["operator", "install", "-w", "--timeout", "5"]));
 
     api.set_log(NS, "reposure-operator-abc", "reconciled\n");
     api.put(
@@ -438,10 +541,14 @@ fn operator_install_is_idempotent_and_uninstall_keeps_the_crd() {
     assert_eq!(ok(&run(&["operator", "logs"])), "reconciled\n");
     api.state_remove("/api/v1/namespaces/team/pods/reposure-operator-abc");
 
-    ok(&run(&["operator", "uninstall"]));
-    assert_eq!(api.paths(), [crd], "only the CRD stays");
+    ok(&run(&["operator", "uninstall", "-w"]));
+    assert_eq!(
+        api.paths(),
+        [namespace, crd],
+        "only the CRD (and the namespace) stay"
+    );
     ok(&run(&["operator", "uninstall", "--crd"]));
-    assert!(api.paths().is_empty());
+    assert_eq!(api.paths(), [namespace]);
 }
 
 #[test]
@@ -464,7 +571,14 @@ fn simple_install_makes_working_credentials_and_keeps_them() {
             .decode(secret(name)["data"][key].as_str().unwrap())
             .unwrap()
     };
-    // The certificate is signed by the CA, for the Service's names.
+    // The certificate is signed by the CA, for the Service's names and the cluster IP the
+    // API server gave it (what nodes pull by, as `simple host` prints).
+    let cluster_ip = api
+        .get("/api/v1/namespaces/team/services/reposure-simple")
+        .unwrap()["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let work = tempfile::tempdir().unwrap();
     fs::write(
         work.path().join("ca.crt"),
@@ -476,28 +590,29 @@ fn simple_install_makes_working_credentials_and_keeps_them() {
         data("reposure-simple-authentication", "tls.crt"),
     )
     .unwrap();
-    let verified = Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            "ca.crt",
-            "-verify_hostname",
-            "reposure-simple.team.svc",
-            "tls.crt",
-        ])
-        .current_dir(work.path())
-        .output()
-        .unwrap();
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stdout)
-    );
+    for check in [
+        ["-verify_hostname", "reposure-simple.team.svc"],
+        ["-verify_ip", cluster_ip.as_str()],
+    ] {
+        let verified = Command::new("openssl")
+            .args(["verify", "-CAfile", "ca.crt"])
+            .args(check)
+            .arg("tls.crt")
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert!(
+            verified.status.success(),
+            "{check:?}: {}",
+            String::from_utf8_lossy(&verified.stdout)
+        );
+    }
     // The htpasswd entry accepts the password in the Registry's Docker config.
     let config: Value =
         serde_json::from_slice(&data("reposure-simple-authorization", ".dockerconfigjson"))
             .unwrap();
     let entry = &config["auths"]["reposure-simple.team.svc:5000"];
+    assert_eq!(config["auths"][format!("{cluster_ip}:5000")], *entry);
     let password = entry["password"].as_str().unwrap();
     let htpasswd = String::from_utf8(data("reposure-simple-htpasswd", "htpasswd")).unwrap();
     let (user, hash) = htpasswd.trim().split_once(':').unwrap();
@@ -542,9 +657,12 @@ fn simple_install_makes_working_credentials_and_keeps_them() {
         )
     );
 
+    let service = api
+        .get("/api/v1/namespaces/team/services/reposure-simple")
+        .unwrap();
     assert_eq!(
         ok(&run(&["simple", "host"])),
-        "reposure-simple.team.svc:5000\n"
+        format!("{}:5000\n", service["spec"]["clusterIP"].as_str().unwrap())
     );
     let path = "/apis/apps/v1/namespaces/team/deployments/reposure-simple";
     failed(
