@@ -1,13 +1,16 @@
-//! An emulated Kubernetes API server: exactly the endpoints Reposure's client uses, and
-//! nothing else.
+//! An emulated Kubernetes API server: exactly the endpoints Reposure's client, CLI and
+//! operator use, and nothing else; with [`ApiServer::start_cluster`], also the cluster
+//! behind it: controllers ([`controllers`]: Deployments, ReplicaSets, garbage collection)
+//! and a kubelet ([`kubelet`]) that runs pods as local processes.
 //!
 //! * `GET` of an object (`/apis/reposure.puccini.cloud/v1alpha1/namespaces/NS/registries/NAME`,
-//!   `/api/v1/namespaces/NS/pods/NAME`, ...) and of a collection (with equality label
-//!   selectors); server-side apply (`PATCH`, the object stored as applied, `uid` and
-//!   `generation` kept by the server, status left alone; and `PATCH .../status`);
-//!   `DELETE`; `POST` to a collection (create, 409 if the name is taken); equality
-//!   field selectors (events by `involvedObject.name`); and `GET .../pods/NAME/log` (with
-//!   `tailLines`) — the generic store the CLI's commands use.
+//!   `/api/v1/namespaces/NS/pods/NAME`, ...) and of a collection (with equality label and
+//!   field selectors); watches (`?watch=true&resourceVersion=N`: every change after N, one
+//!   JSON event per line, as they happen; see [`store`]); server-side apply (`PATCH`, the
+//!   object stored as applied, `uid`, `generation` and `resourceVersion` kept by the
+//!   server, status left alone; and `PATCH .../status`); `DELETE` (of a pod in a cluster:
+//!   marked, and removed by the kubelet once stopped); `POST` to a collection (create, 409
+//!   if the name is taken); and `GET .../pods/NAME/log` (with `tailLines`).
 //! * `GET /api/v1/namespaces/NS/pods/NAME/exec?command=..&container=..&stdin=true&...`,
 //!   upgraded to a WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io`.
 //!   Frames carry a channel byte (0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize, 255
@@ -24,12 +27,14 @@
 //! 401). Every request is
 //! recorded, so tests assert which endpoints were used; anything else gets 404.
 //!
-//! What this does not emulate: authentication other than a bearer token, admission,
-//! RBAC evaluation (a 403 is injected, not computed), watches, field managers and the
-//! merging of applied configurations (an apply replaces the object), garbage collection,
-//! controllers (nothing becomes ready unless a test says so), client certificates,
-//! the kubelet's own buffering and timeouts, and a container runtime (the "pod" is a
-//! process on this machine sharing its filesystem).
+//! What this does not emulate: authentication other than a bearer token, admission
+//! (schema and CEL validation), RBAC evaluation (a 403 is injected, not computed), field
+//! managers and the merging of applied configurations (an apply replaces the object),
+//! optimistic concurrency (a stale `resourceVersion` is not refused), watch bookmarks and
+//! objects leaving a watch's selector, client certificates, the kubelet's own buffering
+//! and timeouts, and a container runtime (a pod is a process on this machine sharing its
+//! filesystem). Without [`ApiServer::start_cluster`] nothing acts on what is stored:
+//! nothing becomes ready unless a test says so.
 //!
 //! Faults, switchable at any time through [`Faults`]: 403 on exec or on the Registry GET,
 //! a server that speaks only v4, the connection dropped after N more stdout bytes, and
@@ -43,8 +48,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -56,6 +62,12 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::binary;
+
+mod controllers;
+mod kubelet;
+mod store;
+
+use store::Store;
 
 /// The bearer token the kubeconfig carries.
 pub const TOKEN: &str = "reposure-test-token-6f1d93c2a7";
@@ -74,18 +86,22 @@ pub struct Faults {
 }
 
 struct State {
-    objects: Mutex<HashMap<String, Value>>,
+    objects: Mutex<Store>,
     /// Pod logs by pod path.
     logs: Mutex<HashMap<String, String>>,
     faults: Faults,
-    /// The "container" environment of exec'd commands.
-    pod_env: Mutex<Vec<(String, String)>>,
+    /// The "container" environment of exec'd commands, by pod path.
+    pod_env: Mutex<HashMap<String, Vec<(String, String)>>>,
     requests: Mutex<Vec<String>>,
     /// Processes started through exec, for tests that kill them.
     exec_pids: Mutex<Vec<u32>>,
+    /// The running container process of each pod the kubelet runs, by pod path.
+    container_pids: Mutex<HashMap<String, u32>>,
     /// The surrogate container's image: the only programs exec can run, as in the real
     /// image (`reposure-surrogate`, and `tar` and `test` linked to it).
     image: PathBuf,
+    /// Controllers and a kubelet act on the store.
+    cluster: bool,
 }
 
 /// The server, on 127.0.0.1, with its kubeconfig; stopped on drop.
@@ -113,6 +129,17 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 impl ApiServer {
     /// Starts the server; its kubeconfig's context uses `namespace` by default.
     pub fn start(namespace: &str) -> Self {
+        Self::launch(namespace, false)
+    }
+
+    /// Starts the server with a cluster behind it: the Deployment and ReplicaSet
+    /// controllers, the garbage collector, and a kubelet that runs the images of this
+    /// project (`reposure-operator`, `reposure-surrogate`) as local processes.
+    pub fn start_cluster(namespace: &str) -> Self {
+        Self::launch(namespace, true)
+    }
+
+    fn launch(namespace: &str, cluster: bool) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -137,13 +164,15 @@ impl ApiServer {
             std::os::unix::fs::symlink(program, image.join(name)).unwrap();
         }
         let state = Arc::new(State {
-            objects: Mutex::new(HashMap::new()),
+            objects: Mutex::new(Store::default()),
             logs: Mutex::new(HashMap::new()),
             faults: Faults::default(),
-            pod_env: Mutex::new(Vec::new()),
+            pod_env: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             exec_pids: Mutex::new(Vec::new()),
-            image,
+            container_pids: Mutex::new(HashMap::new()),
+            image: image.clone(),
+            cluster,
         });
         let accept_state = state.clone();
         runtime.spawn(async move {
@@ -184,6 +213,25 @@ impl ApiServer {
             ),
         )
         .unwrap();
+        if cluster {
+            let operator = dir.path().join("image-operator");
+            std::fs::create_dir(&operator).unwrap();
+            std::os::unix::fs::symlink(
+                binary("reposure-operator"),
+                operator.join("reposure-operator"),
+            )
+            .unwrap();
+            let node = Arc::new(kubelet::Node {
+                images: kubelet::Images(HashMap::from([
+                    ("reposure-surrogate".to_owned(), image),
+                    ("reposure-operator".to_owned(), operator),
+                ])),
+                root: dir.path().join("node"),
+                kubeconfig: dir.path().join("kubeconfig"),
+            });
+            runtime.spawn(controllers::run(state.clone()));
+            runtime.spawn(kubelet::run(state.clone(), node));
+        }
         Self {
             state,
             runtime: Some(runtime),
@@ -222,6 +270,16 @@ impl ApiServer {
         self.state.exec_pids.lock().unwrap().clone()
     }
 
+    /// The process of a pod's running container (in a cluster).
+    pub fn container_pid(&self, pod_path: &str) -> Option<u32> {
+        self.state
+            .container_pids
+            .lock()
+            .unwrap()
+            .get(pod_path)
+            .copied()
+    }
+
     /// An object at its API path, as stored.
     pub fn get(&self, path: &str) -> Option<Value> {
         self.state.objects.lock().unwrap().get(path).cloned()
@@ -229,7 +287,14 @@ impl ApiServer {
 
     /// The API paths of every stored object.
     pub fn paths(&self) -> Vec<String> {
-        let mut paths: Vec<String> = self.state.objects.lock().unwrap().keys().cloned().collect();
+        let mut paths: Vec<String> = self
+            .state
+            .objects
+            .lock()
+            .unwrap()
+            .paths()
+            .cloned()
+            .collect();
         paths.sort();
         paths
     }
@@ -237,6 +302,13 @@ impl ApiServer {
     /// Removes an object.
     pub fn state_remove(&self, path: &str) {
         self.state.objects.lock().unwrap().remove(path);
+    }
+
+    /// Deletes an object as `DELETE` does (a pod in a cluster: gracefully); false if there
+    /// is none.
+    pub fn delete(&self, path: &str) -> bool {
+        let mut objects = self.state.objects.lock().unwrap();
+        delete(&self.state, &mut objects, path).is_some()
     }
 
     /// Sets the log a pod serves.
@@ -250,7 +322,7 @@ impl ApiServer {
 
     /// Stores an object at its API path.
     pub fn put(&self, path: String, object: Value) {
-        self.state.objects.lock().unwrap().insert(path, object);
+        self.state.objects.lock().unwrap().write(&path, object);
     }
 
     /// A Registry with a surrogate as the operator leaves it: the Registry Ready and
@@ -287,7 +359,11 @@ impl ApiServer {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        *self.state.pod_env.lock().unwrap() = env.clone();
+        self.state
+            .pod_env
+            .lock()
+            .unwrap()
+            .insert(pod_path(namespace, &pod), env.clone());
         let spooler = std::process::Command::new(binary("reposure-surrogate"))
             .arg("spooler")
             .envs(env)
@@ -328,6 +404,19 @@ impl ApiServer {
             registry_path(namespace, name),
             registry_object(namespace, name, None, "False", reason, message),
         );
+    }
+
+    /// Another pod like `from` (a second replica of the same container): its object under
+    /// the name `to`, and the same environment for what is exec'd in it.
+    pub fn copy_pod(&self, namespace: &str, from: &str, to: &str) {
+        let (from, to_path) = (pod_path(namespace, from), pod_path(namespace, to));
+        let mut pod = self.get(&from).expect("the pod to copy");
+        pod["metadata"]["name"] = json!(to);
+        pod["metadata"]["uid"] = Value::Null;
+        self.put(to_path.clone(), pod);
+        let mut envs = self.state.pod_env.lock().unwrap();
+        let env = envs.get(&from).cloned().unwrap_or_default();
+        envs.insert(to_path, env);
     }
 
     /// The spool directory of a Registry added with [`Self::add_ready_registry`].
@@ -412,15 +501,22 @@ fn tls_acceptor() -> (String, tokio_rustls::TlsAcceptor) {
     )
 }
 
-fn json_response(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+/// A response body: whole, or streamed (a watch).
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(full(body.to_string()))
         .unwrap()
 }
 
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     state
         .requests
@@ -462,63 +558,52 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
             );
         }
     };
+    if method == hyper::Method::GET && path.ends_with("/log") {
+        return pod_log(&state, &path, &query);
+    }
+    let parameters = url_pairs(&query);
+    let parameter = |name: &str| {
+        parameters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    if method == hyper::Method::GET
+        && is_collection(&path)
+        && matches!(parameter("watch").as_str(), "true" | "1")
+    {
+        let selector = Selector {
+            labels: parameter("labelSelector"),
+            fields: parameter("fieldSelector"),
+        };
+        let since = parameter("resourceVersion").parse().unwrap_or(0);
+        let timeout = parameter("timeoutSeconds")
+            .parse()
+            .unwrap_or(WATCH_TIMEOUT_SECONDS);
+        return watch(state, path, selector, since, timeout);
+    }
     let mut objects = state.objects.lock().unwrap();
     match method {
-        hyper::Method::GET if path.ends_with("/log") => {
-            match state
-                .logs
-                .lock()
-                .unwrap()
-                .get(path.trim_end_matches("/log"))
-            {
-                Some(log) => {
-                    let tail = url_pairs(&query)
-                        .into_iter()
-                        .find(|(k, _)| k == "tailLines")
-                        .and_then(|(_, v)| v.parse::<usize>().ok());
-                    let lines: Vec<&str> = log.lines().collect();
-                    let shown =
-                        &lines[lines.len() - tail.unwrap_or(lines.len()).min(lines.len())..];
-                    let text: String = shown.iter().map(|l| format!("{l}\n")).collect();
-                    Response::builder()
-                        .header("content-type", "text/plain")
-                        .body(Full::new(Bytes::from(text)))
-                        .unwrap()
-                }
-                None => json_response(
-                    StatusCode::NOT_FOUND,
-                    &status(404, "NotFound", "no such pod"),
-                ),
-            }
-        }
         hyper::Method::GET => {
             if let Some(object) = objects.get(&path) {
                 return json_response(StatusCode::OK, object);
             }
             if is_collection(&path) {
-                let parameter = |name: &str| {
-                    url_pairs(&query)
-                        .into_iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v)
-                        .unwrap_or_default()
+                let selector = Selector {
+                    labels: parameter("labelSelector"),
+                    fields: parameter("fieldSelector"),
                 };
-                let (selector, fields) = (parameter("labelSelector"), parameter("fieldSelector"));
-                let prefix = format!("{path}/");
-                let mut items: Vec<(&String, &Value)> = objects
-                    .iter()
-                    .filter(|(key, object)| {
-                        key.strip_prefix(&prefix)
-                            .is_some_and(|name| !name.contains('/'))
-                            && matches_labels(object, &selector)
-                            && matches_fields(object, &fields)
-                    })
+                let items: Vec<Value> = objects
+                    .list(&path)
+                    .filter(|object| selector.matches(object))
+                    .cloned()
                     .collect();
-                items.sort_by_key(|(key, _)| key.as_str());
-                let items: Vec<Value> = items.into_iter().map(|(_, o)| o.clone()).collect();
                 return json_response(
                     StatusCode::OK,
-                    &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                    &json!({"apiVersion": "v1", "kind": "List",
+                            "metadata": {"resourceVersion": objects.revision().to_string()},
+                            "items": items}),
                 );
             }
             json_response(
@@ -534,17 +619,19 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
                 );
             };
             if let Some(object_path) = path.strip_suffix("/status") {
-                let Some(object) = objects.get_mut(object_path) else {
+                let Some(mut object) = objects.get(object_path).cloned() else {
                     return json_response(
                         StatusCode::NOT_FOUND,
                         &status(404, "NotFound", "no such object"),
                     );
                 };
                 object["status"] = applied["status"].clone();
-                return json_response(StatusCode::OK, object);
+                let written = objects.write(object_path, object);
+                return json_response(StatusCode::OK, &written);
             }
             // Server-side apply of the main resource: the object as applied, with what
-            // the server owns (uid, generation) kept, and the status left alone.
+            // the server owns (uid, generation, creation time, deletion) kept, and the
+            // status left alone.
             let previous = objects.get(&path).cloned();
             let mut object = applied;
             let generation = match &previous {
@@ -555,16 +642,18 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
                 None => 1,
             };
             object["metadata"]["generation"] = json!(generation);
-            object["metadata"]["uid"] = previous
-                .as_ref()
-                .map(|p| p["metadata"]["uid"].clone())
-                .unwrap_or_else(|| json!(format!("uid-{}", objects.len() + 1)));
-            if let Some(status) = previous.as_ref().and_then(|p| p.get("status")) {
-                object["status"] = status.clone();
+            if let Some(previous) = &previous {
+                if !previous["metadata"]["deletionTimestamp"].is_null() {
+                    object["metadata"]["deletionTimestamp"] =
+                        previous["metadata"]["deletionTimestamp"].clone();
+                }
+                if let Some(status) = previous.get("status") {
+                    object["status"] = status.clone();
+                }
             }
-            allocate_cluster_ip(&path, &mut object, previous.as_ref(), objects.len());
-            objects.insert(path.clone(), object.clone());
-            json_response(StatusCode::OK, &object)
+            allocate_cluster_ip(&path, &mut object, previous.as_ref(), objects.revision());
+            let written = objects.write(&path, object);
+            json_response(StatusCode::OK, &written)
         }
         // Create: the object at COLLECTION/NAME, unless one is there.
         hyper::Method::POST if is_collection(&path) => {
@@ -581,19 +670,17 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
                 );
             };
             let object_path = format!("{path}/{name}");
-            if objects.contains_key(&object_path) {
+            if objects.get(&object_path).is_some() {
                 return json_response(
                     StatusCode::CONFLICT,
                     &status(409, "AlreadyExists", &format!("{name} already exists")),
                 );
             }
-            object["metadata"]["uid"] = json!(format!("uid-{}", objects.len() + 1));
-            object["metadata"]["creationTimestamp"] = json!("2026-12-06T00:00:00Z");
-            allocate_cluster_ip(&object_path, &mut object, None, objects.len());
-            objects.insert(object_path, object.clone());
-            json_response(StatusCode::CREATED, &object)
+            allocate_cluster_ip(&object_path, &mut object, None, objects.revision());
+            let written = objects.write(&object_path, object);
+            json_response(StatusCode::CREATED, &written)
         }
-        hyper::Method::DELETE => match objects.remove(&path) {
+        hyper::Method::DELETE => match delete(&state, &mut objects, &path) {
             Some(_) => json_response(
                 StatusCode::OK,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
@@ -610,9 +697,128 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Full<
     }
 }
 
+/// Deletes the object at `path`: in a cluster a pod is marked, and the kubelet removes it
+/// once its containers stopped; anything else goes at once (the garbage collector then
+/// takes what it owned).
+fn delete(state: &State, objects: &mut Store, path: &str) -> Option<Value> {
+    if state.cluster && path.contains("/pods/") {
+        objects.mark_deleted(path)
+    } else {
+        objects.remove(path)
+    }
+}
+
+/// `GET .../pods/NAME/log`, with `tailLines`.
+fn pod_log(state: &State, path: &str, query: &str) -> Response<Body> {
+    let logs = state.logs.lock().unwrap();
+    let Some(log) = logs.get(path.trim_end_matches("/log")) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", "no such pod"),
+        );
+    };
+    let tail = url_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == "tailLines")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let lines: Vec<&str> = log.lines().collect();
+    let shown = &lines[lines.len() - tail.unwrap_or(lines.len()).min(lines.len())..];
+    let text: String = shown.iter().map(|l| format!("{l}\n")).collect();
+    Response::builder()
+        .header("content-type", "text/plain")
+        .body(full(text))
+        .unwrap()
+}
+
+/// How long a watch stays open when the client names no `timeoutSeconds` (the API
+/// server's default is a random 30-60 minutes; kube asks for 290 s).
+const WATCH_TIMEOUT_SECONDS: u64 = 290;
+
+/// A watch: every change to the collection's objects after resource version `since`, one
+/// JSON event per line, as they happen, until `timeout` seconds pass. Version 0 starts with
+/// an `ADDED` for each object there is, as the API server does.
+fn watch(
+    state: Arc<State>,
+    collection: String,
+    selector: Selector,
+    since: u64,
+    timeout: u64,
+) -> Response<Body> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    let (revisions, seen, initial) = {
+        let objects = state.objects.lock().unwrap();
+        let initial: Vec<Value> = if since == 0 {
+            objects
+                .list(&collection)
+                .filter(|o| selector.matches(o))
+                .map(|o| json!({"type": "ADDED", "object": o}))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let seen = if since == 0 {
+            objects.revision()
+        } else {
+            since
+        };
+        (objects.subscribe(), seen, initial)
+    };
+    let events = futures::stream::unfold(
+        (seen, initial, revisions),
+        move |(mut seen, mut pending, mut revisions)| {
+            let (state, collection, selector) =
+                (state.clone(), collection.clone(), selector.clone());
+            async move {
+                loop {
+                    if !pending.is_empty() {
+                        let lines: String = pending.drain(..).map(|e| format!("{e}\n")).collect();
+                        let frame = Frame::data(Bytes::from(lines));
+                        return Some((Ok(frame), (seen, pending, revisions)));
+                    }
+                    // Marked seen before reading: a change made after it wakes the wait.
+                    revisions.borrow_and_update();
+                    {
+                        let objects = state.objects.lock().unwrap();
+                        pending = objects
+                            .changes_since(seen, &collection)
+                            .filter(|change| selector.matches(&change.object))
+                            .map(|change| json!({"type": change.kind, "object": change.object}))
+                            .collect();
+                        seen = objects.revision();
+                    }
+                    if pending.is_empty() {
+                        tokio::select! {
+                            changed = revisions.changed() => if changed.is_err() { return None },
+                            () = tokio::time::sleep_until(deadline) => return None,
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(StreamBody::new(events)))
+        .unwrap()
+}
+
+/// A label and a field selector (equality terms only, `k=v,k=v`), as lists and watches
+/// take them.
+#[derive(Clone, Default)]
+struct Selector {
+    labels: String,
+    fields: String,
+}
+
+impl Selector {
+    fn matches(&self, object: &Value) -> bool {
+        matches_labels(object, &self.labels) && matches_fields(object, &self.fields)
+    }
+}
+
 /// The Service IP allocator: a Service gets a cluster IP when it is made (unless it
 /// asks for one, or for none with `None`), and keeps it when applied again.
-fn allocate_cluster_ip(path: &str, object: &mut Value, previous: Option<&Value>, serial: usize) {
+fn allocate_cluster_ip(path: &str, object: &mut Value, previous: Option<&Value>, serial: u64) {
     if !path.contains("/services/") || !object["spec"].is_object() {
         return;
     }
@@ -620,7 +826,13 @@ fn allocate_cluster_ip(path: &str, object: &mut Value, previous: Option<&Value>,
         object["spec"]["clusterIP"] = previous
             .map(|p| p["spec"]["clusterIP"].clone())
             .filter(|ip| !ip.is_null())
-            .unwrap_or_else(|| json!(format!("10.96.{}.{}", serial / 250, 1 + serial % 250)));
+            .unwrap_or_else(|| {
+                json!(format!(
+                    "10.96.{}.{}",
+                    (serial / 250) % 256,
+                    1 + serial % 250
+                ))
+            });
     }
 }
 
@@ -659,8 +871,8 @@ async fn exec(
     state: Arc<State>,
     mut request: Request<Incoming>,
     pod_path: String,
-) -> Response<Full<Bytes>> {
-    if !state.objects.lock().unwrap().contains_key(&pod_path) {
+) -> Response<Body> {
+    if state.objects.lock().unwrap().get(&pod_path).is_none() {
         return json_response(
             StatusCode::NOT_FOUND,
             &status(404, "NotFound", "pod not found"),
@@ -720,7 +932,14 @@ async fn exec(
         if let Ok(upgraded) = upgrade.await {
             let socket =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            run_exec(state, socket, command, protocol == "v5.channel.k8s.io").await;
+            run_exec(
+                state,
+                socket,
+                &pod_path,
+                command,
+                protocol == "v5.channel.k8s.io",
+            )
+            .await;
         }
     });
     Response::builder()
@@ -732,7 +951,7 @@ async fn exec(
             tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
         )
         .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol)
-        .body(Full::new(Bytes::new()))
+        .body(full(Bytes::new()))
         .unwrap()
 }
 
@@ -790,6 +1009,7 @@ fn countdown(armed: &AtomicU64, bytes: u64) -> bool {
 async fn run_exec(
     state: Arc<State>,
     socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    pod_path: &str,
     command: Vec<String>,
     v5: bool,
 ) {
@@ -798,7 +1018,13 @@ async fn run_exec(
         Some(name) => state.image.join(name),
         None => return,
     };
-    let env = state.pod_env.lock().unwrap().clone();
+    let env = state
+        .pod_env
+        .lock()
+        .unwrap()
+        .get(pod_path)
+        .cloned()
+        .unwrap_or_default();
     let spawned = tokio::process::Command::new(program)
         .args(&command[1..])
         .envs(env)
