@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages Reposure uses, if any are missing (Debian/Ubuntu; root or
 # sudo). With --tests, also what the test suite and the benchmark run: the reference
-# registry, skopeo, umoci, openssl, curl, attr, bc, procps, rsync, zip, unzip, Python's
-# venv, and oras-py in the venv target/oras-venv.
+# registry, skopeo, umoci, podman, openssl, curl, attr, bc, procps, rsync, zip, unzip,
+# Python's venv, and oras-py in the venv target/oras-venv. kubectl is taken as the machine
+# has it (Debian's kubernetes-client is 1.20, which speaks SPDY, not WebSocket, to exec).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ if [[ "${1:-}" == "--tests" ]]; then
     need docker-registry docker-registry
     need skopeo skopeo
     need umoci umoci
+    need podman podman
     need openssl openssl
     need curl curl
     need attr getfattr

@@ -1,4 +1,4 @@
-//! The peers: skopeo, umoci and curl, run as commands, and what they extract.
+//! The peers: skopeo, umoci, podman and curl, run as commands, and what they extract.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,6 +30,43 @@ pub fn skopeo_copy(from: &str, to: &str) {
             to,
         ],
     );
+}
+
+/// podman with storage of its own (vfs, in a temporary directory), so that a test neither
+/// sees nor touches the machine's images.
+pub struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    /// `None` where podman is not installed.
+    pub fn installed() -> Option<Self> {
+        let found = Command::new("podman")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        found.then(|| Self {
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// `podman ARGS` on this storage; returns stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let root = self.dir.path().join("root").display().to_string();
+        let runroot = self.dir.path().join("run").display().to_string();
+        let mut all = vec![
+            "--root",
+            &root,
+            "--runroot",
+            &runroot,
+            "--storage-driver",
+            "vfs",
+            "--events-backend",
+            "file",
+        ];
+        all.extend_from_slice(args);
+        run("podman", &all)
+    }
 }
 
 /// The raw manifest of `docker://HOST/REPO:TAG`.

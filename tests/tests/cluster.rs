@@ -5,11 +5,12 @@
 //! the CLI, kubectl, and writes of Secrets.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 use std::time::Duration;
 
 use reposure_tests::apiserver::ApiServer;
-use reposure_tests::cli::{failed, ok, reposure};
+use reposure_tests::cli::{failed, ok, reposure, reposure_with};
 use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::{random_bytes, sha256_hex, wait_until};
 use serde_json::{Value, json};
@@ -235,6 +236,49 @@ fn the_operator_runs_a_registry_through_its_life() {
     push("myrepo/hello:v3");
     assert_eq!(pulled("myrepo/hello:v3"), sha256_hex(&content));
 
+    // `shell`: kubectl debug joins an ephemeral container to the serving pod (kubectl here
+    // is a stand-in that records its arguments: ephemeral containers and attach are not
+    // emulated).
+    let shim = tempfile::tempdir().unwrap();
+    let recorded = shim.path().join("args");
+    let kubectl = shim.path().join("kubectl");
+    fs::write(
+        &kubectl,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\n",
+            recorded.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&kubectl, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        shim.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let kubeconfig = api.kubeconfig().display().to_string();
+    ok(&reposure_with(
+        &["-k", &kubeconfig, "registry", "shell", "default"],
+        &[("PATH", &path)],
+    ));
+    let args = fs::read_to_string(&recorded).unwrap();
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "--namespace",
+            NS,
+            "debug",
+            "-it",
+            &surrogate_pod(&api, "default"),
+            "--image=docker.io/library/busybox:1.36",
+            "--target=surrogate",
+            "--",
+            "sh"
+        ]
+    );
+
     // The Registry deleted: its Deployment, ReplicaSets and pods are collected (events
     // stay, as they do until their TTL).
     ok(&run(&["registry", "delete", "default"]));
@@ -249,6 +293,16 @@ fn the_operator_runs_a_registry_through_its_life() {
         "left: {:?}",
         owned()
     );
+
+    // A deletion is no warning: the operator's log has none from the whole life.
+    let log = || ok(&run(&["operator", "logs"]));
+    assert!(
+        wait_until(Duration::from_secs(10), || log()
+            .contains("registry deleted")),
+        "{}",
+        log()
+    );
+    assert!(!log().contains("WARN"), "{}", log());
 
     ok(&run(&[
         "operator",

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reposure_tests::apiserver::ApiServer;
 use reposure_tests::cli::{failed, ok, reposure};
 use reposure_tests::registry::Registry;
-use reposure_tests::tools::{registry_tags, skopeo_copy, tag_digest};
+use reposure_tests::tools::{Podman, registry_tags, skopeo_copy, tag_digest};
 use reposure_tests::{random_bytes, sha256_hex, wait_until};
 use serde_json::{Value, json};
 
@@ -192,6 +192,7 @@ fn the_original_readme_workflow() {
             "10.96.0.12:5000",
         ),
     ];
+    let podman = Podman::installed();
     for (provider, objects, expected_host) in providers {
         let mut api = ApiServer::start(NS);
         for (path, object) in objects {
@@ -242,12 +243,30 @@ fn the_original_readme_workflow() {
         );
 
         // podman tag localhost/myrepo/myimage $HOST/myrepo/myimage; podman save; image push
+        // (where podman is not installed, skopeo writes the same docker archive).
         let archive = work.path().join("myimage.tar");
         let image = format!("{provider}/myimage");
-        skopeo_copy(
-            &format!("docker://{}/{repository}", registry.host()),
-            &format!("docker-archive:{}:{host}/{image}:latest", archive.display()),
-        );
+        let local = format!("{}/{repository}", registry.host());
+        let named = format!("{host}/{image}:latest");
+        match &podman {
+            Some(podman) => {
+                podman.run(&["pull", "--quiet", "--tls-verify=false", &local]);
+                podman.run(&["tag", &local, &named]);
+                podman.run(&[
+                    "save",
+                    "--quiet",
+                    "--format",
+                    "docker-archive",
+                    "-o",
+                    archive.to_str().unwrap(),
+                    &named,
+                ]);
+            }
+            None => skopeo_copy(
+                &format!("docker://{local}"),
+                &format!("docker-archive:{}:{named}", archive.display()),
+            ),
+        }
         ok(&run(&[
             "image",
             "push",
