@@ -14,9 +14,11 @@
 //!
 //! * [`docker_config`]: Docker config documents (also the containers' `auth.json`).
 //! * [`helper`]: credential helpers (`docker-credential-NAME get`).
+//! * [`login`]: logins added to those files for a while (the endpoint's), and taken back.
 
 pub mod docker_config;
 pub mod helper;
+pub mod login;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -80,6 +80,10 @@ impl Store for FaultyStore {
         self.inner.get_manifest(repository, reference).await
     }
 
+    async fn blob_size(&self, repository: &str, digest: &Digest) -> Result<u64> {
+        self.inner.blob_size(repository, digest).await
+    }
+
     async fn get_blob(
         &self,
         repository: &str,

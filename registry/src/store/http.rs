@@ -576,6 +576,24 @@ impl Store for HttpStore {
         })
     }
 
+    async fn blob_size(&self, repository: &str, digest: &Digest) -> Result<u64> {
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
+        let response = self
+            .send(Call::new(
+                Method::HEAD,
+                url.clone(),
+                Access::Pull(repository),
+            ))
+            .await?;
+        let response = self.check_status(response, &url).await?;
+        response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| RegistryError::Corrupt(format!("no length for blob {digest}")))
+    }
+
     async fn get_blob(
         &self,
         repository: &str,

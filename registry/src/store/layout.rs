@@ -221,6 +221,16 @@ impl Store for LayoutStore {
         })
     }
 
+    async fn blob_size(&self, _repository: &str, digest: &Digest) -> Result<u64> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(metadata) => Ok(metadata.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(RegistryError::NotFound(format!("blob {digest}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn get_blob(
         &self,
         _repository: &str,

@@ -136,6 +136,15 @@ impl Store for MemoryStore {
         repo.manifests.get(digest).cloned().ok_or_else(not_found)
     }
 
+    async fn blob_size(&self, _repository: &str, digest: &Digest) -> Result<u64> {
+        self.blobs
+            .lock()
+            .expect("lock")
+            .get(digest)
+            .map(|blob| blob.len() as u64)
+            .ok_or_else(|| RegistryError::NotFound(format!("blob {digest}")))
+    }
+
     async fn get_blob(
         &self,
         _repository: &str,

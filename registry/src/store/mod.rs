@@ -41,6 +41,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_manifest(&self, repository: &str, reference: &Reference)
     -> Result<StoredManifest>;
 
+    /// The size of a blob, or [`crate::RegistryError::NotFound`].
+    async fn blob_size(&self, repository: &str, digest: &Digest) -> Result<u64>;
+
     /// At most `length` bytes of a blob starting at `offset` (never more, whatever the
     /// store sends).
     async fn get_blob(
