@@ -17,8 +17,10 @@ use std::sync::Arc;
 use reposure_registry::credentials::{OptionNames, UserOptions};
 use reposure_registry::direct::{self, DirectSource};
 use reposure_registry::error::{RegistryError, Result};
-use reposure_registry::operations::Registry;
+use reposure_registry::operations::{Registry, StoreRegistry};
+use reposure_registry::store::Store;
 use reposure_surrogate::session::client::SessionClient;
+use reposure_surrogate::session::store::SessionStore;
 use reposure_surrogate::session::transport::ChildProcess;
 
 use crate::kubernetes::{self, KubeExec, KubeOptions};
@@ -74,9 +76,31 @@ impl std::str::FromStr for Source {
     }
 }
 
+/// A source opened: the store itself, or a surrogate session.
+enum Opened {
+    Direct(Arc<dyn Store>),
+    Session(Arc<SessionClient>),
+}
+
 impl Source {
     /// Opens the registry behind this source.
     pub async fn open(&self, options: &OpenOptions) -> Result<Arc<dyn Registry>> {
+        Ok(match self.connect(options).await? {
+            Opened::Direct(store) => Arc::new(StoreRegistry::new(store)),
+            Opened::Session(client) => client,
+        })
+    }
+
+    /// Opens the store behind this source: for a surrogate, the store it serves, through
+    /// its session (what `reposure registry serve` serves the distribution API over).
+    pub async fn open_store(&self, options: &OpenOptions) -> Result<Arc<dyn Store>> {
+        Ok(match self.connect(options).await? {
+            Opened::Direct(store) => store,
+            Opened::Session(client) => Arc::new(SessionStore::new(client)),
+        })
+    }
+
+    async fn connect(&self, options: &OpenOptions) -> Result<Opened> {
         let refuse = |belongs: &str| match options.http.first_given(&options.names) {
             Some(option) => Err(RegistryError::Usage(format!(
                 "{option} does not apply to {self}: {belongs}"
@@ -84,13 +108,17 @@ impl Source {
             None => Ok(()),
         };
         match self {
-            Self::Direct(direct) => direct.open(&options.http, &options.names),
+            Self::Direct(direct) => Ok(Opened::Direct(
+                direct.open_store(&options.http, &options.names)?,
+            )),
             Self::Exec(command) => {
                 refuse(
                     "the surrogate's own options (--ca, --username, --timeout, ...) reach its registry",
                 )?;
                 let connector = ChildProcess::from_command_line(command)?;
-                Ok(Arc::new(SessionClient::new(Box::new(connector))))
+                Ok(Opened::Session(Arc::new(SessionClient::new(Box::new(
+                    connector,
+                )))))
             }
             Self::Kubernetes { namespace, name } => {
                 refuse(
@@ -102,7 +130,9 @@ impl Source {
                 }
                 let (client, namespace) = kubernetes::client(&kube).await?;
                 let connector = KubeExec::new(client, namespace, name.clone());
-                Ok(Arc::new(SessionClient::new(Box::new(connector))))
+                Ok(Opened::Session(Arc::new(SessionClient::new(Box::new(
+                    connector,
+                )))))
             }
         }
     }

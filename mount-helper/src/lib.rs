@@ -220,14 +220,14 @@ fn open_registry(
         },
         names: OptionNames::MOUNT,
     };
-    let registry = runtime.block_on(source.open(&open))?;
     if options.in_process_session {
         // The whole session protocol, served by a task of this process over a pipe in
         // memory: measures what a surrogate costs apart from the process boundary.
-        let connector = InProcess::new(registry);
+        let store = runtime.block_on(source.open_store(&open))?;
+        let connector = InProcess::new(store);
         return Ok(Arc::new(SessionClient::new(Box::new(connector))));
     }
-    Ok(registry)
+    Ok(runtime.block_on(source.open(&open))?)
 }
 
 /// Everything after the fork: connect, mount, serve until unmounted.

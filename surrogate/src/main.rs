@@ -27,9 +27,11 @@ use reposure_registry::formats::single_file::PushFormat;
 use reposure_registry::logging;
 use reposure_registry::names::{self, Reference};
 use reposure_registry::operations::FileAttributes;
+use reposure_registry::operations::StoreRegistry;
 use reposure_registry::pull::{list_images, pull};
 use reposure_registry::push::{Content, LocalFile, push_path};
 use reposure_registry::scratch::Scratch;
+use reposure_registry::store::Store;
 use reposure_registry::{Registry, RegistryError};
 use reposure_surrogate::session::server::SessionServer;
 use reposure_surrogate::session::transport;
@@ -170,8 +172,8 @@ enum Command {
 }
 
 impl Connection {
-    /// The registry these options name.
-    fn open(&self) -> Result<std::sync::Arc<dyn Registry>> {
+    /// The store these options name.
+    fn open(&self) -> Result<std::sync::Arc<dyn Store>> {
         let registry = self
             .registry
             .as_deref()
@@ -187,7 +189,7 @@ impl Connection {
         };
         Ok(registry
             .parse::<DirectSource>()?
-            .open(&options, &OptionNames::FLAGS)?)
+            .open_store(&options, &OptionNames::FLAGS)?)
     }
 }
 
@@ -223,7 +225,9 @@ fn stdio() -> Result<Pin<Box<dyn transport::Stream>>> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let registry = cli.connection.open()?;
+    let store = cli.connection.open()?;
+    let registry: std::sync::Arc<dyn Registry> =
+        std::sync::Arc::new(StoreRegistry::new(store.clone()));
     match cli.command {
         Command::Serve {
             stdio: use_stdio,
@@ -237,7 +241,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(dir) => Some(Spool::open(dir, Duration::from_secs(verdict_timeout))?),
                 None => None,
             };
-            SessionServer::new(registry, spool)
+            SessionServer::new(store, spool)
                 .serve(stdio()?)
                 .await
                 .context("session failed")?;

@@ -151,7 +151,7 @@ impl SessionClient {
         }
     }
 
-    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>> {
+    pub(super) async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>> {
         let (mut sender, id) = self.sender().await?;
         match sender.send_request(request).await {
             Ok(response) => Ok(response),
@@ -165,7 +165,23 @@ impl SessionClient {
         }
     }
 
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    /// A request whose answer is a stream confirmed by trailers ([`body_stream`]).
+    pub(super) async fn stream<Req: Serialize>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<ByteStream> {
+        let bytes = serde_json::to_vec(body).expect("requests serialise");
+        let response = self.send(request(Method::POST, path, full(bytes))).await?;
+        if response.status() != StatusCode::OK {
+            return Err(json_body::<()>(response).await.err().unwrap_or_else(|| {
+                RegistryError::Rejected(format!("the surrogate refused {path}"))
+            }));
+        }
+        Ok(body_stream(response.into_body()))
+    }
+
+    pub(super) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
         body: &Req,
@@ -175,7 +191,7 @@ impl SessionClient {
     }
 }
 
-fn request(method: Method, path: &str, body: Body) -> Request<Body> {
+pub(super) fn request(method: Method, path: &str, body: Body) -> Request<Body> {
     Request::builder()
         .method(method)
         .uri(format!("http://surrogate{path}"))
@@ -183,7 +199,7 @@ fn request(method: Method, path: &str, body: Body) -> Request<Body> {
         .expect("valid request")
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
@@ -194,7 +210,7 @@ fn empty() -> Body {
 }
 
 /// Reads a JSON answer, or the error the server sent instead.
-async fn json_body<T: DeserializeOwned>(response: Response<Incoming>) -> Result<T> {
+pub(super) async fn json_body<T: DeserializeOwned>(response: Response<Incoming>) -> Result<T> {
     let status = response.status();
     let bytes = response
         .into_body()
@@ -215,7 +231,7 @@ async fn json_body<T: DeserializeOwned>(response: Response<Incoming>) -> Result<
 }
 
 /// A streamed answer: data until trailers that confirm the end (or carry the error).
-fn body_stream(body: Incoming) -> ByteStream {
+pub(super) fn body_stream(body: Incoming) -> ByteStream {
     futures::stream::unfold(Some(body), |state| async move {
         let mut body = state?;
         loop {
@@ -265,7 +281,7 @@ fn body_stream(body: Incoming) -> ByteStream {
 }
 
 /// The request body of a push: the content, then its sha256 as a trailer.
-fn push_body(content: ByteStream) -> Body {
+pub(super) fn push_body(content: ByteStream) -> Body {
     let frames = futures::stream::unfold(Some((content, Sha256::new())), |state| async move {
         let (mut content, mut hasher) = state?;
         match content.next().await {
@@ -341,16 +357,7 @@ impl Registry for SessionClient {
             offset,
             length,
         };
-        let bytes = serde_json::to_vec(&body).expect("requests serialise");
-        let response = self
-            .send(request(Method::POST, route::READ, full(bytes)))
-            .await?;
-        if response.status() != StatusCode::OK {
-            return json_body::<()>(response)
-                .await
-                .map(|()| futures::stream::empty().boxed());
-        }
-        Ok(body_stream(response.into_body()))
+        self.stream(route::READ, &body).await
     }
 
     async fn push_file(&self, repository: &str, tag: &str, upload: FileUpload) -> Result<Digest> {

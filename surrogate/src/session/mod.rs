@@ -9,10 +9,13 @@
 //! * [`server`]: serves a registry (and optionally a spool) over one stream.
 //! * [`client`]: [`client::SessionClient`], a `Registry` that talks to a server, and
 //!   reconnects through a [`transport::Connector`] when the session is lost.
+//! * [`store`]: [`store::SessionStore`], the server's store reached through a client, for
+//!   a distribution API served over the session.
 //! * [`transport`]: ways to reach a server: a child process, or in-process.
 
 pub mod client;
 pub mod server;
+pub mod store;
 pub mod transport;
 pub mod wire;
 

@@ -1,5 +1,6 @@
 //! The server end of a session: one HTTP/2 connection over any byte stream, serving a
-//! [`Registry`] (and, with a spool, durable pushes).
+//! [`Store`] as a [`Registry`] (and, with a spool, durable pushes), and the store itself for
+//! a distribution API served over the session (the `/v1/store/*` routes).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ use reposure_registry::ByteStream;
 use reposure_registry::digest::Digest;
 use reposure_registry::error::{RegistryError, Result};
 use reposure_registry::formats::manifest::{MAX_MANIFEST_SIZE, StoredManifest};
-use reposure_registry::operations::{FileUpload, Registry};
+use reposure_registry::operations::{FileUpload, Registry, StoreRegistry};
+use reposure_registry::store::Store;
 
 /// A response body: bytes, possibly followed by trailers.
 pub type Body = UnsyncBoxBody<Bytes, RegistryError>;
@@ -34,14 +36,20 @@ const MAX_REQUEST_JSON: usize = 1024 * 1024;
 
 /// Serves one session.
 pub struct SessionServer {
+    store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
     spool: Option<Arc<Spool>>,
 }
 
 impl SessionServer {
-    /// A server for `registry`; pushes go through `spool` when one is given.
-    pub fn new(registry: Arc<dyn Registry>, spool: Option<Arc<Spool>>) -> Arc<Self> {
-        Arc::new(Self { registry, spool })
+    /// A server for `store`; pushes go through `spool` when one is given.
+    pub fn new(store: Arc<dyn Store>, spool: Option<Arc<Spool>>) -> Arc<Self> {
+        let registry = Arc::new(StoreRegistry::new(store.clone()));
+        Arc::new(Self {
+            store,
+            registry,
+            spool,
+        })
     }
 
     /// Serves HTTP/2 on `io` until the client goes away.
@@ -137,7 +145,7 @@ impl SessionServer {
                 }
                 (Method::POST, route::BLOB_PUT) => {
                     let r: BlobPutRequest = header_json(&request, HEADER_BLOB)?;
-                    let body = verified_content(request.into_body(), r.descriptor.size);
+                    let body = verified_content(request.into_body(), Some(r.descriptor.size));
                     self.registry
                         .put_blob(&r.repository, &r.descriptor, body)
                         .await?;
@@ -161,6 +169,43 @@ impl SessionServer {
                     self.registry.delete_tag(&r.repository, &r.tag).await?;
                     json(&())
                 }
+                (Method::POST, route::STORE_TAGS) => {
+                    let repository: String = read_json(request).await?;
+                    json(&self.store.list_tags(&repository).await?)
+                }
+                (Method::POST, route::STORE_BLOB_SIZE) => {
+                    let r: BlobRequest = read_json(request).await?;
+                    json(&self.store.blob_size(&r.repository, &r.digest).await?)
+                }
+                (Method::POST, route::STORE_BLOB_GET) => {
+                    let r: BlobGetRequest = read_json(request).await?;
+                    let stream = self
+                        .store
+                        .get_blob(&r.repository, &r.digest, r.offset, r.length)
+                        .await?;
+                    Ok(stream_response(stream))
+                }
+                (Method::POST, route::STORE_BLOB_UPLOAD) => {
+                    let repository: String = header_json(&request, HEADER_UPLOAD)?;
+                    reposure_registry::names::check_repository(&repository)?;
+                    let body = verified_content(request.into_body(), None);
+                    let (digest, size) = self.store.put_blob(&repository, body).await?;
+                    json(&UploadResponse { digest, size })
+                }
+                (Method::POST, route::STORE_BLOB_MOUNT) => {
+                    let r: MountRequest = read_json(request).await?;
+                    json(
+                        &self
+                            .store
+                            .mount_blob(&r.repository, &r.from, &r.digest)
+                            .await?,
+                    )
+                }
+                (Method::POST, route::STORE_MANIFEST_DELETE) => {
+                    let r: BlobRequest = read_json(request).await?;
+                    self.store.delete_manifest(&r.repository, &r.digest).await?;
+                    json(&())
+                }
                 _ => Err(RegistryError::Rejected(format!(
                     "the surrogate does not know {path}; it may be older than this client"
                 ))),
@@ -182,7 +227,7 @@ impl SessionServer {
         let push: PushRequest = header_json(&request, HEADER_PUSH)?;
         reposure_registry::names::check_repository(&push.repository)?;
         reposure_registry::names::check_tag(&push.tag)?;
-        let body = verified_content(request.into_body(), push.size);
+        let body = verified_content(request.into_body(), Some(push.size));
         let digest = match &self.spool {
             Some(spool) => spool.push(&push, body).await?,
             None => {
@@ -316,10 +361,10 @@ fn error_trailers(error: &RegistryError) -> HeaderMap {
     trailers
 }
 
-/// The content of a push, checked against the length the client declared and the digest
-/// it sends in a trailer: the last chunk is held back until both match, so a cut session
-/// or corrupted transfer fails the push instead of publishing what arrived.
-fn verified_content(body: Incoming, size: u64) -> ByteStream {
+/// The content of a push, checked against the length the client declared (if it did) and
+/// the digest it sends in a trailer: the last chunk is held back until both match, so a cut
+/// session or corrupted transfer fails the push instead of publishing what arrived.
+fn verified_content(body: Incoming, size: Option<u64>) -> ByteStream {
     struct State {
         body: Incoming,
         hasher: Sha256,
@@ -367,7 +412,7 @@ fn verified_content(body: Incoming, size: u64) -> ByteStream {
                 None => {
                     st.done = true;
                     let actual = Digest::from_hasher(std::mem::take(&mut st.hasher));
-                    let failure = if st.received != size {
+                    let failure = if let Some(size) = size.filter(|s| *s != st.received) {
                         Some(RegistryError::SizeMismatch {
                             declared: size,
                             received: st.received,

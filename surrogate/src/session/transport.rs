@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::server::SessionServer;
 use reposure_registry::error::{RegistryError, Result};
-use reposure_registry::operations::Registry;
+use reposure_registry::store::Store;
 
 /// A byte stream to a server.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -98,27 +98,27 @@ impl Connector for ChildProcess {
 /// Buffer of the in-process pipe in each direction.
 const IN_PROCESS_BUFFER: usize = 4 * 1024 * 1024;
 
-/// Serves a registry on a task of this process, over an in-memory pipe: the whole session
+/// Serves a store on a task of this process, over an in-memory pipe: the whole session
 /// protocol without spawning anything.
 pub struct InProcess {
-    registry: Arc<dyn Registry>,
+    store: Arc<dyn Store>,
 }
 
 impl InProcess {
-    pub fn new(registry: Arc<dyn Registry>) -> Self {
-        Self { registry }
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
     }
 }
 
 #[async_trait]
 impl Connector for InProcess {
     fn describe(&self) -> String {
-        format!("session:{}", self.registry.describe())
+        format!("session:{}", self.store.describe())
     }
 
     async fn connect(&self) -> Result<Connection> {
         let (client, server) = tokio::io::duplex(IN_PROCESS_BUFFER);
-        let session = SessionServer::new(self.registry.clone(), None);
+        let session = SessionServer::new(self.store.clone(), None);
         tokio::spawn(async move {
             let _ = session.serve(server).await;
         });

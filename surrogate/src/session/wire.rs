@@ -19,6 +19,8 @@ pub const TRAILER_CONTENT_DIGEST: &str = "reposure-content-digest";
 pub const HEADER_PUSH: &str = "reposure-push";
 /// Request header of a blob upload: the [`BlobPutRequest`] as JSON.
 pub const HEADER_BLOB: &str = "reposure-blob";
+/// Request header of a store blob upload: the repository, as a JSON string.
+pub const HEADER_UPLOAD: &str = "reposure-upload";
 /// Request header of a manifest upload: the [`ManifestPutRequest`] as JSON.
 pub const HEADER_MANIFEST: &str = "reposure-manifest";
 /// Answer header of a manifest download: its media type.
@@ -39,6 +41,14 @@ pub mod route {
     pub const BLOB_PUT: &str = "/v1/blob/put";
     pub const TAG: &str = "/v1/tag";
     pub const DELETE: &str = "/v1/delete";
+    /// The store itself, for a distribution API served over the session
+    /// (`reposure registry serve`).
+    pub const STORE_TAGS: &str = "/v1/store/tags";
+    pub const STORE_BLOB_SIZE: &str = "/v1/store/blob/size";
+    pub const STORE_BLOB_GET: &str = "/v1/store/blob/get";
+    pub const STORE_BLOB_UPLOAD: &str = "/v1/store/blob/upload";
+    pub const STORE_BLOB_MOUNT: &str = "/v1/store/blob/mount";
+    pub const STORE_MANIFEST_DELETE: &str = "/v1/store/manifest/delete";
 }
 
 /// The answer to `GET /hello`.
@@ -134,6 +144,37 @@ pub struct ManifestPutRequest {
 pub struct BlobPutRequest {
     pub repository: String,
     pub descriptor: reposure_registry::formats::manifest::Descriptor,
+}
+
+/// A blob of a repository: `POST /v1/store/blob/size`, `/v1/store/manifest/delete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobRequest {
+    pub repository: String,
+    pub digest: reposure_registry::digest::Digest,
+}
+
+/// `POST /v1/store/blob/get`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobGetRequest {
+    pub repository: String,
+    pub digest: reposure_registry::digest::Digest,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// The answer to `POST /v1/store/blob/upload`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadResponse {
+    pub digest: reposure_registry::digest::Digest,
+    pub size: u64,
+}
+
+/// `POST /v1/store/blob/mount`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountRequest {
+    pub repository: String,
+    pub from: String,
+    pub digest: reposure_registry::digest::Digest,
 }
 
 /// `POST /v1/tag`.
