@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Reposure uses, if any are missing (Debian/Ubuntu; root or
 # sudo). With --tests, also what the test suite and the benchmark run: the reference
-# registry, skopeo, umoci, podman, openssl, curl, attr, bc, procps, rsync, zip, unzip,
+# registry, skopeo, umoci, podman, buildah, openssl, curl, attr, bc, procps, rsync, zip, unzip,
 # Python's venv, and oras-py in the venv target/oras-venv. kubectl is taken as the machine
 # has it (Debian's kubernetes-client is 1.20, which speaks SPDY, not WebSocket, to exec).
 set -euo pipefail
@@ -15,6 +15,7 @@ if [[ "${1:-}" == "--tests" ]]; then
     need skopeo skopeo
     need umoci umoci
     need podman podman
+    need buildah buildah
     need openssl openssl
     need curl curl
     need attr getfattr

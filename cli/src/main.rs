@@ -16,6 +16,7 @@ mod operator;
 mod output;
 mod progress;
 mod registry;
+mod serve;
 mod shell;
 mod simple;
 mod target;
@@ -182,6 +183,7 @@ async fn run(
             let (client, namespace) = cluster::client(&kube).await?;
             operator::run(command, client, &namespace, &kube).await
         }
+        Command::Registry(RegistryCommand::Serve(args)) => serve::run(args, &direct, &kube).await,
         Command::Registry(command) => {
             let (client, namespace) = cluster::client(&kube).await?;
             registry::run(command, client, &namespace, &kube).await

@@ -109,6 +109,12 @@ pub enum RegistryCommand {
         #[command(flatten)]
         shell: ShellOptions,
     },
+    /// Serve a registry on localhost to buildah, podman, docker, skopeo and oras: a
+    /// Registry of the cluster through its surrogate, or a direct source.
+    #[command(
+        after_help = "Examples:\n  reposure registry serve default\n  podman push localhost/myimage 127.0.0.1:5000/myrepo/myimage   # logs in by itself\n  reposure registry serve oci:/var/lib/images --listen 127.0.0.1:0 -o json"
+    )]
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -253,6 +259,18 @@ fn ready_of(registry: &Registry) -> Result<(), String> {
     }
 }
 
+/// `HOST[:PORT]` of Registry `name`, as pods pull images from it (see
+/// [`Registries::host`]).
+pub async fn in_cluster_host(client: Client, namespace: &str, name: &str) -> Result<String> {
+    let registries = Registries {
+        api: Api::namespaced(client.clone(), namespace),
+        client,
+        namespace,
+    };
+    let registry = registries.get(name).await?;
+    registries.host(&registry).await
+}
+
 pub async fn run(
     command: RegistryCommand,
     client: Client,
@@ -305,6 +323,9 @@ pub async fn run(
             let pods: Api<Pod> = Api::namespaced(registries.client.clone(), namespace);
             let selector = surrogate_selector(&name);
             kubernetes::print_logs(&pods, &selector, options, &registries.scope()).await
+        }
+        RegistryCommand::Serve(_) => {
+            unreachable!("registry serve needs no cluster client and is run by main")
         }
         RegistryCommand::Shell { name, shell } => {
             let registry = registries.get(&name).await?;

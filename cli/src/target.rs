@@ -10,6 +10,7 @@ use reposure_client::kubernetes::KubeOptions;
 use reposure_client::source::{OpenOptions, Source};
 use reposure_registry::Registry;
 use reposure_registry::credentials::{OptionNames, UserOptions};
+use reposure_registry::store::Store;
 
 /// Options of a direct `http(s)://` registry.
 #[derive(Args, Debug, Clone, Default)]
@@ -32,7 +33,20 @@ pub async fn open(
     kube: &KubeOptions,
 ) -> Result<Arc<dyn Registry>> {
     let source: Source = registry.parse()?;
-    let options = OpenOptions {
+    Ok(source.open(&options(direct, kube)).await?)
+}
+
+/// Opens the store behind REGISTRY (for `registry serve`).
+pub async fn open_store(
+    source: &Source,
+    direct: &DirectOptions,
+    kube: &KubeOptions,
+) -> Result<Arc<dyn Store>> {
+    Ok(source.open_store(&options(direct, kube)).await?)
+}
+
+fn options(direct: &DirectOptions, kube: &KubeOptions) -> OpenOptions {
+    OpenOptions {
         http: UserOptions {
             ca: direct.ca.clone(),
             username: direct.username.clone(),
@@ -41,6 +55,5 @@ pub async fn open(
         },
         kube: kube.clone(),
         names: OptionNames::FLAGS,
-    };
-    Ok(source.open(&options).await?)
+    }
 }

@@ -22,6 +22,7 @@ pub mod apiserver;
 pub mod archives;
 pub mod cli;
 pub mod contract;
+pub mod endpoint;
 pub mod hostile;
 pub mod mount;
 pub mod posix;

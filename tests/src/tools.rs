@@ -32,26 +32,49 @@ pub fn skopeo_copy(from: &str, to: &str) {
     );
 }
 
-/// podman with storage of its own (vfs, in a temporary directory), so that a test neither
-/// sees nor touches the machine's images.
-pub struct Podman {
+/// podman or buildah with storage of its own (vfs, in a temporary directory), so that a
+/// test neither sees nor touches the machine's images, run with the environment given
+/// (the user's `HOME`, where their logins are).
+pub struct Containers {
+    program: &'static str,
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
-impl Podman {
-    /// `None` where podman is not installed.
-    pub fn installed() -> Option<Self> {
-        let found = Command::new("podman")
+impl Containers {
+    /// `None` where `program` (podman, buildah) is not installed.
+    pub fn installed(program: &'static str) -> Option<Self> {
+        let found = Command::new(program)
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success());
         found.then(|| Self {
+            program,
             dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
         })
     }
 
-    /// `podman ARGS` on this storage; returns stdout.
+    /// Runs with this environment too.
+    pub fn with_env(mut self, env: &[(String, String)]) -> Self {
+        self.env = env.to_vec();
+        self
+    }
+
+    /// `PROGRAM ARGS` on this storage; returns stdout.
     pub fn run(&self, args: &[&str]) -> String {
+        let output = self.output(args);
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed: {}",
+            self.program,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `PROGRAM ARGS`, whatever its outcome.
+    pub fn output(&self, args: &[&str]) -> std::process::Output {
         let root = self.dir.path().join("root").display().to_string();
         let runroot = self.dir.path().join("run").display().to_string();
         let mut all = vec![
@@ -61,12 +84,48 @@ impl Podman {
             &runroot,
             "--storage-driver",
             "vfs",
-            "--events-backend",
-            "file",
         ];
+        if self.program == "podman" {
+            all.extend(["--events-backend", "file"]);
+        }
         all.extend_from_slice(args);
-        run("podman", &all)
+        Command::new(self.program)
+            .args(&all)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.program))
     }
+}
+
+/// Runs a Python script with the oras-py of the venv the test command prepares
+/// (`REPOSURE_ORAS_PYTHON` names another), in `cwd`, with `env` too.
+pub fn oras(script: &str, cwd: &Path, env: &[(String, String)]) {
+    let python = std::env::var("REPOSURE_ORAS_PYTHON")
+        .unwrap_or_else(|_| "target/oras-venv/bin/python".to_owned());
+    let python = if Path::new(&python).is_relative() {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(python)
+    } else {
+        python.into()
+    };
+    let output = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the test command creates the oras-py venv)",
+                python.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "oras-py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The raw manifest of `docker://HOST/REPO:TAG`.

@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use reposure_tests::contract;
 use reposure_tests::mount::Mount;
@@ -183,37 +182,8 @@ fn multi_layer_image_reads_as_an_archive() {
     contract::exercises(&["read.archive"]);
 }
 
-/// The oras-py client in the venv the test command prepares.
-fn oras_python() -> String {
-    std::env::var("REPOSURE_ORAS_PYTHON")
-        .unwrap_or_else(|_| "target/oras-venv/bin/python".to_owned())
-}
-
 fn oras(script: &str, cwd: &Path) {
-    let python = oras_python();
-    let python = if Path::new(&python).is_relative() {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(python)
-    } else {
-        python.into()
-    };
-    let output = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .current_dir(cwd)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (the test command creates the oras-py venv)",
-                python.display()
-            )
-        });
-    assert!(
-        output.status.success(),
-        "oras-py: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    reposure_tests::tools::oras(script, cwd, &[]);
 }
 
 /// An artifact pushed by oras-py reads through the mount, and oras-py pulls an artifact the

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reposure_tests::apiserver::ApiServer;
 use reposure_tests::cli::{failed, ok, reposure};
 use reposure_tests::registry::Registry;
-use reposure_tests::tools::{Podman, registry_tags, skopeo_copy, tag_digest};
+use reposure_tests::tools::{Containers, registry_tags, skopeo_copy, tag_digest};
 use reposure_tests::{random_bytes, sha256_hex, wait_until};
 use serde_json::{Value, json};
 
@@ -192,7 +192,7 @@ fn the_original_readme_workflow() {
             "10.96.0.12:5000",
         ),
     ];
-    let podman = Podman::installed();
+    let podman = Containers::installed("podman");
     for (provider, objects, expected_host) in providers {
         let mut api = ApiServer::start(NS);
         for (path, object) in objects {

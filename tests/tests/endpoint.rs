@@ -1,0 +1,533 @@
+//! `reposure registry serve`: a registry on localhost that the tools people use push to and
+//! pull from — skopeo, podman, buildah and oras-py, with no flag (the endpoint logs them in
+//! and allows them plain HTTP while it runs) — through a direct source and through a
+//! cluster's Registry reached by the emulated API server's exec. What goes through the
+//! endpoint is checked at the registry itself, by skopeo, digest for digest.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use reposure_tests::apiserver::ApiServer;
+use reposure_tests::archives::{image_config, image_manifest, layout_archive, tar_of};
+use reposure_tests::cli::{failed, reposure};
+use reposure_tests::endpoint::Serve;
+use reposure_tests::registry::Registry;
+use reposure_tests::reliability::{Category, Row, Tally};
+use reposure_tests::tools::{Containers, oras, registry_tags, tag_digest};
+use reposure_tests::{random_bytes, sha256_hex};
+
+/// A multi-layer OCI image in an `oci-archive:` file; returns its manifest digest.
+fn image_archive(path: &Path, layer_sizes: &[usize]) -> String {
+    let layers: Vec<Vec<u8>> = layer_sizes
+        .iter()
+        .enumerate()
+        .map(|(i, size)| tar_of(&[(&format!("layer{i}.bin"), &random_bytes(*size))]))
+        .collect();
+    let refs: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
+    let config = image_config(&refs);
+    let manifest = image_manifest(&config, &refs, 0);
+    let mut blobs = vec![config.as_slice()];
+    blobs.extend(refs);
+    fs::write(path, layout_archive(&manifest, &blobs)).unwrap();
+    format!("sha256:{}", sha256_hex(&manifest))
+}
+
+/// skopeo as the user who started the endpoint, with no TLS or credential flag for it.
+fn skopeo(serve: &Serve, args: &[&str]) -> std::process::Output {
+    Command::new("skopeo")
+        .args(args)
+        .envs(serve.env())
+        .output()
+        .expect("skopeo")
+}
+
+fn ok(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Every blob the reference registry stores has the digest it is stored under.
+fn no_corrupt_blob(registry: &Registry) {
+    let blobs = registry.dir.path().join("docker/registry/v2/blobs/sha256");
+    for prefix in fs::read_dir(&blobs).into_iter().flatten().flatten() {
+        for blob in fs::read_dir(prefix.path()).unwrap().flatten() {
+            let data = blob.path().join("data");
+            if let Ok(bytes) = fs::read(&data) {
+                assert_eq!(
+                    sha256_hex(&bytes),
+                    blob.file_name().to_string_lossy(),
+                    "a blob whose content is not its digest"
+                );
+            }
+        }
+    }
+}
+
+/// The peers through a direct source: skopeo copies a three-layer image in and out
+/// (digest unchanged at the registry), podman pushes and pulls one, buildah pushes what it
+/// built, oras-py pushes and pulls a single-file artifact. None of them is given a flag.
+#[test]
+fn peers_push_and_pull_through_a_direct_source() {
+    let registry = Registry::start();
+    let mut serve = Serve::start(&registry.url(), &[]);
+    assert_eq!(
+        serve.cluster_host.as_deref(),
+        Some(registry.host().as_str())
+    );
+    let endpoint = &serve.address;
+    let work = tempfile::tempdir().unwrap();
+
+    // skopeo, in and out.
+    let archive = work.path().join("app.tar");
+    let digest = image_archive(&archive, &[300_000, 1_000_000, 50_000]);
+    ok(&skopeo(
+        &serve,
+        &[
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            &format!("oci-archive:{}", archive.display()),
+            &format!("docker://{endpoint}/skopeo/app:v1"),
+        ],
+    ));
+    assert_eq!(
+        tag_digest(&registry.url(), "skopeo/app", "v1"),
+        Some(digest.clone())
+    );
+    let out = work.path().join("out");
+    ok(&skopeo(
+        &serve,
+        &[
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            &format!("docker://{endpoint}/skopeo/app:v1"),
+            &format!("oci:{}:app", out.display()),
+        ],
+    ));
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+    let inspected = ok(&skopeo(
+        &serve,
+        &[
+            "inspect",
+            "--raw",
+            &format!("docker://{endpoint}/skopeo/app@{digest}"),
+        ],
+    ));
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(inspected.as_bytes())),
+        digest
+    );
+    let tags: serde_json::Value = serde_json::from_str(&ok(&skopeo(
+        &serve,
+        &["list-tags", &format!("docker://{endpoint}/skopeo/app")],
+    )))
+    .unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
+
+    // podman: an image from the archive, pushed and pulled back.
+    let podman = Containers::installed("podman")
+        .expect("podman (scripts/install-deps.sh --tests installs it)")
+        .with_env(&serve.env());
+    podman.run(&[
+        "pull",
+        "--quiet",
+        &format!("oci-archive:{}", archive.display()),
+    ]);
+    let images = podman.run(&["images", "--quiet"]);
+    let image = images.lines().next().unwrap().to_owned();
+    let digest_file = work.path().join("podman.digest");
+    podman.run(&[
+        "push",
+        "--quiet",
+        "--digestfile",
+        digest_file.to_str().unwrap(),
+        &image,
+        &format!("{endpoint}/podman/app:v1"),
+    ]);
+    let pushed = fs::read_to_string(&digest_file).unwrap();
+    assert_eq!(
+        tag_digest(&registry.url(), "podman/app", "v1"),
+        Some(pushed.trim().to_owned())
+    );
+    podman.run(&["rmi", "--all", "--force"]);
+    podman.run(&["pull", "--quiet", &format!("{endpoint}/podman/app:v1")]);
+    assert!(podman.run(&["images"]).contains("podman/app"));
+
+    // buildah: an image built from scratch.
+    let buildah = Containers::installed("buildah")
+        .expect("buildah (scripts/install-deps.sh --tests installs it)")
+        .with_env(&serve.env());
+    let file = work.path().join("hello.txt");
+    fs::write(&file, b"built by buildah\n").unwrap();
+    let container = buildah.run(&["from", "scratch"]).trim().to_owned();
+    buildah.run(&["copy", &container, file.to_str().unwrap(), "/hello.txt"]);
+    buildah.run(&["commit", "--quiet", &container, "built"]);
+    buildah.run(&[
+        "push",
+        "--quiet",
+        "built",
+        &format!("docker://{endpoint}/buildah/app:v1"),
+    ]);
+    assert_eq!(registry_tags(&registry.url(), "buildah/app"), ["v1"]);
+    let config = reposure_tests::tools::manifest(&registry.host(), "buildah/app:v1");
+    assert_eq!(config["layers"].as_array().unwrap().len(), 1);
+
+    // oras-py (its basic-auth backend reads the Docker config the endpoint wrote): a
+    // single-file artifact, pushed through the endpoint, pulled from the registry directly
+    // and through the endpoint.
+    let notes = random_bytes(40_000);
+    fs::write(work.path().join("notes.bin"), &notes).unwrap();
+    let client =
+        "import oras.client\nc = oras.client.OrasClient(insecure=True, auth_backend='basic')\n";
+    oras(
+        &format!("{client}c.push(files=['notes.bin'], target='{endpoint}/oras/notes:v1')"),
+        work.path(),
+        &serve.env(),
+    );
+    for (host, pulled) in [(registry.host(), "direct"), (endpoint.clone(), "through")] {
+        let dir = work.path().join(pulled);
+        fs::create_dir(&dir).unwrap();
+        oras(
+            &format!(
+                "{client}c.pull(target='{host}/oras/notes:v1', outdir='{}')",
+                dir.display()
+            ),
+            work.path(),
+            &serve.env(),
+        );
+        assert_eq!(
+            sha256_hex(&fs::read(dir.join("notes.bin")).unwrap()),
+            sha256_hex(&notes)
+        );
+    }
+    no_corrupt_blob(&registry);
+
+    // Stopped: the logins and the drop-in are taken back.
+    let (status, said) = serve.stop();
+    let home = serve.home();
+    assert!(status.success(), "{said}");
+    let auth: serde_json::Value =
+        serde_json::from_slice(&fs::read(home.join("run/containers/auth.json")).unwrap()).unwrap();
+    assert_eq!(auth["auths"], serde_json::json!({}));
+    let drop_ins = fs::read_dir(home.join(".config/containers/registries.conf.d"))
+        .unwrap()
+        .count();
+    assert_eq!(drop_ins, 0);
+}
+
+/// The password the endpoint wrote to its user's Docker config.
+fn serve_password(serve: &Serve) -> String {
+    use base64::Engine;
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(serve.home().join(".docker/config.json")).unwrap())
+            .unwrap();
+    let auth = config["auths"][&serve.address]["auth"].as_str().unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .unwrap();
+    String::from_utf8(decoded)
+        .unwrap()
+        .split_once(':')
+        .unwrap()
+        .1
+        .to_owned()
+}
+
+/// Through a cluster's Registry, by the emulated API server's exec: skopeo pushes a
+/// multi-layer image in (digest unchanged at the registry) and podman pulls it out; the
+/// endpoint says the name pods pull it by.
+#[test]
+fn peers_push_and_pull_through_a_kubernetes_registry() {
+    let registry = Registry::start();
+    let mut api = ApiServer::start("team");
+    api.add_ready_registry("team", "default", &registry.url());
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let serve = Serve::start("default", &["--kubeconfig", &kubeconfig]);
+    assert!(serve.cluster_host.is_some());
+    let endpoint = &serve.address;
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("app.tar");
+    let digest = image_archive(&archive, &[2_000_000, 700_000]);
+    ok(&skopeo(
+        &serve,
+        &[
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            &format!("oci-archive:{}", archive.display()),
+            &format!("docker://{endpoint}/team/app:v1"),
+        ],
+    ));
+    assert_eq!(
+        tag_digest(&registry.url(), "team/app", "v1"),
+        Some(digest.clone())
+    );
+    assert!(
+        api.requests().iter().any(|r| r.starts_with("EXEC")),
+        "the endpoint went through the pod"
+    );
+    let podman = Containers::installed("podman")
+        .unwrap()
+        .with_env(&serve.env());
+    podman.run(&["pull", "--quiet", &format!("{endpoint}/team/app@{digest}")]);
+    let out = work.path().join("out");
+    ok(&skopeo(
+        &serve,
+        &[
+            "copy",
+            "--quiet",
+            &format!("docker://{endpoint}/team/app:v1"),
+            &format!("oci:{}:app", out.display()),
+        ],
+    ));
+    no_corrupt_blob(&registry);
+}
+
+/// The session to the cluster is cut in the middle of an upload: that push fails (and makes
+/// no blob), the endpoint keeps listening, and the retry, on a new session, succeeds. Then
+/// 16 pushes at once, all through the one session.
+#[test]
+fn a_lost_session_fails_only_the_upload_in_flight() {
+    let tally = Tally::default();
+    let registry = Registry::start();
+    let mut api = ApiServer::start("team");
+    api.add_ready_registry("team", "default", &registry.url());
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let serve = Serve::start("default", &["--kubeconfig", &kubeconfig]);
+    let endpoint = serve.address.clone();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("big.tar");
+    let digest = image_archive(&archive, &[8_000_000]);
+    let copy = || {
+        tally.operation(|| {
+            skopeo(
+                &serve,
+                &[
+                    "copy",
+                    "--quiet",
+                    "--retry-times",
+                    "0",
+                    "--preserve-digests",
+                    &format!("oci-archive:{}", archive.display()),
+                    &format!("docker://{endpoint}/cut/app:v1"),
+                ],
+            )
+        })
+    };
+    tally.fault(|| {
+        api.faults()
+            .drop_after_stdin_bytes
+            .store(3_000_000, std::sync::atomic::Ordering::SeqCst)
+    });
+    let cut = copy();
+    assert!(
+        !cut.status.success(),
+        "the push across the lost session failed"
+    );
+    assert!(tag_digest(&registry.url(), "cut/app", "v1").is_none());
+    no_corrupt_blob(&registry);
+    ok(&copy());
+    assert_eq!(tag_digest(&registry.url(), "cut/app", "v1"), Some(digest));
+    no_corrupt_blob(&registry);
+
+    // 16 at once, bounded by a timeout each.
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let archive = work.path().join(format!("small-{i}.tar"));
+            let digest = image_archive(&archive, &[100_000 + i * 1000, 20_000]);
+            let (env, endpoint) = (serve.env(), endpoint.clone());
+            std::thread::spawn(move || {
+                let output = Command::new("timeout")
+                    .args(["120", "skopeo", "copy", "--quiet", "--preserve-digests"])
+                    .arg(format!("oci-archive:{}", archive.display()))
+                    .arg(format!("docker://{endpoint}/many/app{i}:v1"))
+                    .envs(env)
+                    .output()
+                    .unwrap();
+                (i, digest, output)
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (i, digest, output) = tally.operation(|| thread.join().unwrap());
+        ok(&output);
+        assert_eq!(
+            tag_digest(&registry.url(), &format!("many/app{i}"), "v1"),
+            Some(digest)
+        );
+    }
+    no_corrupt_blob(&registry);
+    Row::new(
+        "fault.endpoint-session-lost",
+        Category::Fault,
+        "`registry serve` for a cluster Registry: the exec connection cut 3 MB into an 8 MB layer upload by skopeo; then 16 skopeo pushes at once",
+        "the cut push fails and tags nothing, no partial blob is stored, the endpoint keeps serving; the retry and all 16 pushes land with their digests",
+        "endpoint::a_lost_session_fails_only_the_upload_in_flight",
+    )
+    .tally(&tally)
+    .record();
+}
+
+/// Only the user who started it gets in: no credentials or wrong ones get 401 with a Basic
+/// challenge; the credential files are the user's alone; a non-loopback address is refused.
+#[test]
+fn only_its_user_gets_in() {
+    let tally = Tally::default();
+    let registry = Registry::start();
+    let serve = Serve::start(&registry.url(), &[]);
+    let url = format!("http://{}/v2/", serve.address);
+    for args in [
+        vec![],
+        vec!["-u", "reposure:wrong"],
+        vec!["-u", "someone:else"],
+    ] {
+        let output = tally.input(|| {
+            Command::new("curl")
+                .args(["-s", "-i", &url])
+                .args(&args)
+                .output()
+                .unwrap()
+        });
+        let said = String::from_utf8_lossy(&output.stdout).to_lowercase();
+        assert!(said.starts_with("http/1.1 401"), "{said}");
+        assert!(
+            said.contains("www-authenticate: basic realm=\"reposure\""),
+            "{said}"
+        );
+    }
+    let good = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-u"])
+        .arg(format!("reposure:{}", serve_password(&serve)))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&good.stdout), "200");
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["run/containers/auth.json", ".docker/config.json"] {
+        let mode = fs::metadata(serve.home().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file} is readable by others");
+    }
+    let exposed = tally.input(|| {
+        reposure(&[
+            "registry",
+            "serve",
+            &registry.url(),
+            "--listen",
+            "0.0.0.0:0",
+        ])
+    });
+    failed(&exposed, 2, "not a loopback address");
+    Row::new(
+        "security.endpoint-other-users",
+        Category::Security,
+        "`registry serve`: requests with no, wrong and another user's credentials; its credential files; a listen address that is not loopback",
+        "401 with a Basic challenge for each, 200 only with its own credentials; the files are 0600; a non-loopback address is refused",
+        "endpoint::only_its_user_gets_in",
+    )
+    .tally(&tally)
+    .record();
+}
+
+/// A 2 GiB layer passes through the endpoint to the registry without being held anywhere:
+/// the endpoint's peak memory stays bounded.
+#[test]
+fn a_two_gib_layer_streams_through() {
+    let registry = Registry::start();
+    let serve = Serve::start(&registry.url(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    // The layer is written to the archive in pieces; its digest is computed as it goes.
+    let layer_size: u64 = 2 << 30;
+    let (layer_digest, layout) = big_layer_layout(work.path(), layer_size);
+    ok(&skopeo(
+        &serve,
+        &[
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            &format!("oci:{}", layout.display()),
+            &format!("docker://{}/big/layer:v1", serve.address),
+        ],
+    ));
+    let manifest = reposure_tests::tools::manifest(&registry.host(), "big/layer:v1");
+    assert_eq!(manifest["layers"][0]["digest"], layer_digest.as_str());
+    assert_eq!(manifest["layers"][0]["size"], layer_size);
+    let peak_mib = reposure_tests::process::peak_rss_kib(serve.pid() as i32) / 1024;
+    assert!(
+        peak_mib < 200,
+        "the endpoint peaked at {peak_mib} MiB for a 2 GiB layer"
+    );
+}
+
+/// An OCI layout with one image of one layer of `size` bytes, written without holding the
+/// layer in memory.
+fn big_layer_layout(dir: &Path, size: u64) -> (String, std::path::PathBuf) {
+    use sha2::Digest as _;
+    let layer = dir.join("layer");
+    let mut hasher = sha2::Sha256::new();
+    {
+        let mut file = std::io::BufWriter::new(fs::File::create(&layer).unwrap());
+        let block: Vec<u8> = (0..1 << 20)
+            .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let mut written = 0;
+        let mut round = 0u8;
+        while written < size {
+            let mut piece = block.clone();
+            piece[0] = round;
+            round = round.wrapping_add(1);
+            hasher.update(&piece);
+            file.write_all(&piece).unwrap();
+            written += piece.len() as u64;
+        }
+    }
+    let layer_digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+    );
+    let config_digest = format!("sha256:{}", sha256_hex(config.as_bytes()));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{size}}}]}}"#,
+        config.len()
+    );
+    let manifest_digest = sha256_hex(manifest.as_bytes());
+    let root = dir.join("layout");
+    let blobs = root.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    fs::write(
+        root.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    fs::write(
+        root.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_digest}","size":{}}}]}}"#,
+            manifest.len()
+        ),
+    )
+    .unwrap();
+    fs::write(blobs.join(&manifest_digest), &manifest).unwrap();
+    fs::write(
+        blobs.join(config_digest.trim_start_matches("sha256:")),
+        &config,
+    )
+    .unwrap();
+    fs::rename(
+        &layer,
+        blobs.join(layer_digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    (layer_digest, root)
+}
