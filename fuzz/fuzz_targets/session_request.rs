@@ -4,7 +4,8 @@
 //!
 //! The input is the request as text: `METHOD PATH` on the first line, then `Name: value`
 //! header lines (a name starting with `~` is sent as a trailer), a blank line, and the
-//! body. The server serves an in-memory registry holding one image.
+//! body. The server serves an in-memory registry holding one image, its `Registry` routes
+//! and its `/v1/store/*` routes alike.
 //!
 //! Property: every request is answered within seconds and the session survives it; the
 //! server never panics; every error answer is an error document whose HTTP status is the
@@ -39,7 +40,7 @@ fn session() -> &'static Mutex<SendRequest<Body>> {
     static SESSION: OnceLock<Mutex<SendRequest<Body>>> = OnceLock::new();
     SESSION.get_or_init(|| {
         runtime().block_on(async {
-            let (_, registry) = memory_registry();
+            let (store, registry) = memory_registry();
             let content = Bytes::from_static(b"the file's content\n");
             let upload = FileUpload {
                 file_name: "file".into(),
@@ -54,7 +55,7 @@ fn session() -> &'static Mutex<SendRequest<Body>> {
                 .await
                 .expect("push the fixture");
             let (client, server) = tokio::io::duplex(1 << 20);
-            tokio::spawn(SessionServer::new(registry, None).serve(server));
+            tokio::spawn(SessionServer::new(store, None).serve(server));
             let (sender, connection) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
                     .await
