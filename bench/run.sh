@@ -61,6 +61,7 @@ cleanup() {
     fusermount3 -u "$work/mnt" 2>/dev/null || true
     [[ -n ${registry_pid:-} ]] && kill "$registry_pid" 2>/dev/null || true
     [[ -n ${cluster_PID:-} ]] && kill "$cluster_PID" 2>/dev/null || true
+    [[ -n ${serve_pid:-} ]] && kill "$serve_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -212,6 +213,41 @@ row "cat (kubernetes) vs raw exec" "${cat_seconds[kubernetes]}" "$(best "${raw_r
 row "cp (kubernetes) vs raw exec" "${cp_seconds[kubernetes]}" "$(best "${raw_writes[@]}")" ">= 0.8x raw exec"
 awk -v e="${cat_seconds[exec]}" -v s="${cat_seconds[session]}" \
     'BEGIN { printf "%-34s %29.2fx %s\n", "cat: exec vs in-process session", s / e, ">= 0.75x" }'
+
+# Pushing an image of the same bytes into the cluster's registry, three ways, against the
+# raw exec write: skopeo copy through `reposure registry serve` (the localhost endpoint), cp
+# of its image archive into the Kubernetes mount, and `reposure image push`. Each run pushes
+# a layer made for it (see the skopeo baseline above) to a new repository.
+serve_home=$work/serve-home
+mkdir -p "$serve_home/run"
+HOME=$serve_home XDG_RUNTIME_DIR=$serve_home/run "$bin/reposure" registry serve bench \
+    --kubeconfig "$kubeconfig" --listen 127.0.0.1:0 -o json >"$work/serve.json" 2>"$work/serve.log" &
+serve_pid=$!
+for _ in $(seq 300); do [[ -s $work/serve.json ]] && break; sleep 0.1; done
+endpoint=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["listen"])' "$work/serve.json")
+endpoint_pushes=() archive_cps=() image_pushes=()
+for i in $(seq "$reps"); do
+    "$bin/reposure-mount" "oci:$work/layout" "$work/layout-mnt" -o "log=$work/layout.log"
+    mkdir -p "$work/layout-mnt/bench"
+    cp "$work/data.bin" "$work/layout-mnt/bench/file$i"
+    fusermount3 -u "$work/layout-mnt"
+    endpoint_pushes+=("$(HOME=$serve_home XDG_RUNTIME_DIR=$serve_home/run elapsed skopeo copy --quiet \
+        --preserve-digests "oci:$work/layout:bench/file$i:latest" "docker://$endpoint/endpoint/big$i:latest")")
+    skopeo copy --quiet --preserve-digests "oci:$work/layout:bench/file$i:latest" "oci-archive:$work/image.tar:archive/big$i:latest"
+    rm -rf "$work/layout"
+    mount_as kubernetes
+    archive_cps+=("$(elapsed cp "$work/image.tar" "$mountpoint/bench/archive$i")")
+    unmount
+    image_pushes+=("$(elapsed "$bin/reposure" --kubeconfig "$kubeconfig" image push bench "pushed/big$i" "$work/image.tar")")
+    rm -f "$work/image.tar"
+done
+kill "$serve_pid" 2>/dev/null || true
+wait "$serve_pid" 2>/dev/null || true
+t_raw_write=$(best "${raw_writes[@]}")
+row "skopeo copy via endpoint vs raw exec" "$(best "${endpoint_pushes[@]}")" "$t_raw_write" ">= 0.8x raw exec"
+row "cp archive into mount vs raw exec" "$(best "${archive_cps[@]}")" "$t_raw_write" "(the Kubernetes mount)"
+row "reposure image push vs raw exec" "$(best "${image_pushes[@]}")" "$t_raw_write" "(the same session)"
+row "skopeo via endpoint vs skopeo direct" "$(best "${endpoint_pushes[@]}")" "$t_skopeo_put" "(what the cluster path costs skopeo)"
 
 # Bytes the registry sent for blob GETs, from its access log.
 blob_bytes() {
