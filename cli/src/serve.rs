@@ -67,15 +67,15 @@ pub async fn run(args: ServeArgs, direct: &DirectOptions, kube: &KubeOptions) ->
     let address = listener.local_addr()?.to_string();
     let cluster_host = cluster_host(&source, kube).await?;
     let credentials = Credentials::generate();
-    let _setup = ToolSetup::add(&address, &credentials)?;
+    let setup = ToolSetup::add(&address, &credentials)?;
     announce(
         &source,
         &address,
         cluster_host.as_deref(),
-        &_setup,
+        &setup,
         args.output,
     )?;
-    reposure_endpoint::serve(store, &credentials, listener, stopped()).await;
+    reposure_endpoint::serve(store, &credentials, listener, stop_signals()?).await;
     eprintln!("stopped; the logins for {address} are taken back");
     Ok(())
 }
@@ -103,7 +103,7 @@ fn announce(
     setup: &ToolSetup,
     output: Option<ServeOutput>,
 ) -> Result<()> {
-    eprintln!("serving {source} on {address} (Ctrl-C stops it)");
+    eprintln!("serving {source} on {address} (Ctrl-C stops it; again, at once)");
     eprintln!(
         "docker, podman, buildah and skopeo log in by themselves: the login is in {}",
         setup
@@ -133,19 +133,21 @@ fn announce(
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-async fn stopped() {
+/// Each SIGINT or SIGTERM: the first stops the endpoint, the next cuts the drain short.
+fn stop_signals() -> Result<impl futures::Stream<Item = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
+    let interrupt = signal(SignalKind::interrupt())?;
+    let terminate = signal(SignalKind::terminate())?;
+    Ok(futures::stream::unfold(
+        (interrupt, terminate),
+        |(mut interrupt, mut terminate)| async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            Some(((), (interrupt, terminate)))
+        },
+    ))
 }
 
 /// The user's tools set up for the endpoint; taken back on drop.

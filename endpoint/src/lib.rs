@@ -20,12 +20,12 @@ pub mod route;
 pub mod server;
 pub mod uploads;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use futures::{Stream, StreamExt};
 use http::HeaderValue;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -87,18 +87,18 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
         .map_err(|e| RegistryError::Usage(format!("cannot listen on {address}: {e}")))
 }
 
-/// Serves `store` on `listener` until `stop` completes, then lets requests in flight
-/// finish for up to [`DRAIN`].
+/// Serves `store` on `listener` until `stops` yields, then lets requests in flight finish
+/// for up to [`DRAIN`], or until `stops` yields again.
 pub async fn serve(
     store: Arc<dyn Store>,
     credentials: &Credentials,
     listener: TcpListener,
-    stop: impl Future<Output = ()>,
+    stops: impl Stream<Item = ()>,
 ) {
     let endpoint = Endpoint::new(store, credentials);
     let graceful = GracefulShutdown::new();
     let builder = hyper::server::conn::http1::Builder::new();
-    tokio::pin!(stop);
+    tokio::pin!(stops);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -119,15 +119,14 @@ pub async fn serve(
                     }
                 });
             }
-            () = &mut stop => break,
+            _ = stops.next() => break,
         }
     }
     drop(listener);
-    info!("stopping: requests in flight may finish");
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        info!("requests still in flight after {DRAIN:?} were cut off");
+    info!("stopping: requests in flight may finish (stop again to cut them off)");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN) => info!("requests still in flight after {DRAIN:?} were cut off"),
+        _ = stops.next() => info!("requests in flight were cut off"),
     }
 }

@@ -392,35 +392,34 @@ impl Endpoint {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
-        if let (Some(mounted), Some(from)) = (get("mount"), get("from")) {
-            let digest = Digest::parse(&mounted).map_err(|e| {
+        let digest_of = |text: &str| {
+            Digest::parse(text).map_err(|e| {
                 ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
-            })?;
-            let done = reposure_registry::names::check_repository(&from).is_ok()
-                && self
-                    .store
-                    .mount_blob(repository, &from, &digest)
-                    .await
-                    .map_err(|e| ApiError::from_registry(&e, Codes::BLOB))?;
-            if done {
-                return Ok(Response::builder()
-                    .status(StatusCode::CREATED)
-                    .header(LOCATION, format!("/v2/{repository}/blobs/{digest}"))
-                    .header(DIGEST_HEADER, header_value(digest.as_str())?)
-                    .header(CONTENT_LENGTH, 0)
-                    .body(empty())
-                    .expect("valid response"));
+            })
+        };
+        // A mount that cannot be made (no such blob, no access to `from`) is an upload
+        // instead, as the spec says.
+        if let (Some(mounted), Some(from)) = (get("mount"), get("from")) {
+            let digest = digest_of(&mounted)?;
+            let mounted = reposure_registry::names::check_repository(&from).is_ok()
+                && match self.store.mount_blob(repository, &from, &digest).await {
+                    Ok(mounted) => mounted,
+                    Err(e) => {
+                        debug!(error = %e, "mount refused; uploading instead");
+                        false
+                    }
+                };
+            if mounted {
+                return Ok(blob_created(repository, &digest));
             }
         }
-        let (id, upload) = self.uploads.start(repository);
         // A monolithic upload: the whole blob in this request.
-        if let Some(digest) = get("digest") {
-            let digest = Digest::parse(&digest).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
-            })?;
+        let monolithic = get("digest").map(|d| digest_of(&d)).transpose()?;
+        let (id, upload) = self.uploads.start(repository);
+        if let Some(digest) = monolithic {
             let body = body_stream(request.into_body());
             let finished = async {
-                upload.append(&self.store, None, body).await?;
+                upload.append(&self.store, body).await?;
                 upload.finish(&self.store, &digest).await
             }
             .await;
@@ -438,7 +437,7 @@ impl Endpoint {
         request: Request<Incoming>,
     ) -> Result<Response<Body>, ApiError> {
         let upload = self.upload(repository, id)?;
-        let offset = request
+        let offset: Option<u64> = request
             .headers()
             .get(CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
@@ -449,8 +448,18 @@ impl Endpoint {
                     .parse()
                     .ok()
             });
+        // A chunk that does not start where the upload stands: 416, saying where it does.
+        let received = upload.received().await;
+        if offset.is_some_and(|offset| offset != received) {
+            return Ok(upload_status(
+                repository,
+                id,
+                received,
+                StatusCode::RANGE_NOT_SATISFIABLE,
+            ));
+        }
         let body = body_stream(request.into_body());
-        match upload.append(&self.store, offset, body).await {
+        match upload.append(&self.store, body).await {
             Ok(received) => Ok(upload_status(
                 repository,
                 id,
@@ -458,15 +467,8 @@ impl Endpoint {
                 StatusCode::ACCEPTED,
             )),
             Err(e) => {
-                let status = if matches!(e, RegistryError::Rejected(_)) && offset.is_some() {
-                    StatusCode::RANGE_NOT_SATISFIABLE
-                } else {
-                    ApiError::from_registry(&e, Codes::BLOB).status
-                };
-                if status != StatusCode::RANGE_NOT_SATISFIABLE {
-                    self.uploads.remove(id);
-                }
-                Err(ApiError::new(status, "BLOB_UPLOAD_INVALID", e.to_string()))
+                self.uploads.remove(id);
+                Err(ApiError::from_registry(&e, Codes::BLOB))
             }
         }
     }
@@ -494,7 +496,7 @@ impl Endpoint {
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string()))?;
         let body = body_stream(request.into_body());
         let finished = async {
-            upload.append(&self.store, None, body).await?;
+            upload.append(&self.store, body).await?;
             upload.finish(&self.store, &digest).await
         }
         .await;

@@ -44,18 +44,21 @@ pub struct Upload {
     last_used: Mutex<Instant>,
 }
 
+/// Where an upload stands. Dropping it (an upload forgotten, the endpoint stopped) aborts
+/// the store's upload, so nothing unfinished is ever stored.
 #[derive(Default)]
 struct State {
     received: u64,
     hasher: Sha256,
     sender: Option<mpsc::Sender<Result<Bytes>>>,
     task: Option<JoinHandle<Result<(Digest, u64)>>>,
-    /// Set when the upload failed: every later request to it fails the same way.
-    failed: Option<String>,
+    /// Set when the upload ended, finished or failed: every later request to it is refused.
+    ended: Option<String>,
 }
 
 impl Uploads {
-    /// Starts an upload to `repository`; returns its id.
+    /// Starts an upload to `repository`; returns its id. Uploads idle for [`IDLE_LIMIT`]
+    /// (none of their requests under way) are forgotten.
     pub fn start(&self, repository: &str) -> (String, Arc<Upload>) {
         use rand::Rng;
         let id: String = (0..32)
@@ -67,7 +70,7 @@ impl Uploads {
             last_used: Mutex::new(Instant::now()),
         });
         let mut uploads = self.uploads.lock().expect("uploads lock");
-        uploads.retain(|_, u| u.last_used.lock().expect("lock").elapsed() < IDLE_LIMIT);
+        uploads.retain(|_, u| u.in_use() || u.idle() < IDLE_LIMIT);
         uploads.insert(id.clone(), upload.clone());
         (id, upload)
     }
@@ -79,7 +82,7 @@ impl Uploads {
             .get(id)
             .filter(|u| u.repository == repository)?
             .clone();
-        *upload.last_used.lock().expect("lock") = Instant::now();
+        upload.touch();
         Some(upload)
     }
 
@@ -90,31 +93,32 @@ impl Uploads {
 }
 
 impl Upload {
+    fn touch(&self) {
+        *self.last_used.lock().expect("lock") = Instant::now();
+    }
+
+    fn idle(&self) -> Duration {
+        self.last_used.lock().expect("lock").elapsed()
+    }
+
+    /// Whether a request is working on it now.
+    fn in_use(&self) -> bool {
+        self.state.try_lock().is_err()
+    }
+
     /// Bytes received so far.
     pub async fn received(&self) -> u64 {
         self.state.lock().await.received
     }
 
-    /// Appends the chunks of `body` (a request body) at `offset` (the client's
-    /// `Content-Range` start, if it sent one); returns the bytes received in all.
+    /// Appends the chunks of `body` (a request body); returns the bytes received in all.
     pub async fn append(
         &self,
         store: &Arc<dyn Store>,
-        offset: Option<u64>,
         mut body: impl futures::Stream<Item = Result<Bytes>> + Unpin,
     ) -> Result<u64> {
         let mut state = self.state.lock().await;
-        if let Some(failed) = &state.failed {
-            return Err(RegistryError::Rejected(failed.clone()));
-        }
-        if let Some(offset) = offset
-            && offset != state.received
-        {
-            return Err(RegistryError::Rejected(format!(
-                "chunk at {offset}, but {} bytes were received",
-                state.received
-            )));
-        }
+        state.refuse_if_ended()?;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
@@ -127,29 +131,29 @@ impl Upload {
             if chunk.is_empty() {
                 continue;
             }
+            self.touch();
             let sender = state.sender(store, &self.repository);
+            let length = chunk.len() as u64;
             state.hasher.update(&chunk);
-            state.received += chunk.len() as u64;
             if sender.send(Ok(chunk)).await.is_err() {
                 // The store's upload ended early: its error says why.
                 let error =
                     state.outcome().await.err().unwrap_or_else(|| {
                         RegistryError::Unavailable("the upload ended early".into())
                     });
-                state.failed = Some(error.to_string());
+                state.ended = Some(error.to_string());
                 return Err(error);
             }
+            state.received += length;
         }
         Ok(state.received)
     }
 
     /// Ends the upload as the blob `expected`: the store's upload completes only if the
-    /// bytes received have that digest.
+    /// bytes received have that digest. The upload takes no request after this.
     pub async fn finish(&self, store: &Arc<dyn Store>, expected: &Digest) -> Result<u64> {
         let mut state = self.state.lock().await;
-        if let Some(failed) = &state.failed {
-            return Err(RegistryError::Rejected(failed.clone()));
-        }
+        state.refuse_if_ended()?;
         // An empty blob: the store's upload starts only now.
         state.sender(store, &self.repository);
         let actual = Digest::from_hasher(std::mem::take(&mut state.hasher));
@@ -158,8 +162,9 @@ impl Upload {
             state.fail(message.clone()).await;
             return Err(RegistryError::Corrupt(message));
         }
-        state.sender = None;
-        let (digest, size) = state.outcome().await?;
+        let outcome = state.outcome().await;
+        state.ended = Some("this upload has ended".into());
+        let (digest, size) = outcome?;
         if digest != *expected {
             return Err(RegistryError::Corrupt(format!(
                 "the store computed {digest} for an upload of {expected}"
@@ -175,6 +180,13 @@ impl Upload {
 }
 
 impl State {
+    fn refuse_if_ended(&self) -> Result<()> {
+        match &self.ended {
+            Some(why) => Err(RegistryError::Rejected(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// The channel to the store's upload, starting it on first use.
     fn sender(&mut self, store: &Arc<dyn Store>, repository: &str) -> mpsc::Sender<Result<Bytes>> {
         if let Some(sender) = &self.sender {
@@ -201,17 +213,31 @@ impl State {
         }
     }
 
-    /// Ends the store's stream in an error (so no blob is made) and marks the upload failed.
+    /// Stops the store's upload without completing it, and marks the upload ended.
     async fn fail(&mut self, message: String) {
-        if let Some(sender) = self.sender.take() {
-            let _ = sender
-                .send(Err(RegistryError::Rejected(message.clone())))
-                .await;
-        }
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.abort() {
+            // Returns at once: the task was aborted.
             let _ = task.await;
         }
-        self.failed = Some(message);
+        self.sender = None;
+        self.ended = Some(message);
+    }
+
+    /// Ends the store's stream in an error and aborts its task, whose stream then never
+    /// ends cleanly; the sender is dropped only after.
+    fn abort(&mut self) -> Option<JoinHandle<Result<(Digest, u64)>>> {
+        if let Some(sender) = &self.sender {
+            let _ = sender.try_send(Err(RegistryError::Rejected("upload abandoned".into())));
+        }
+        let task = self.task.take()?;
+        task.abort();
+        Some(task)
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 
@@ -241,20 +267,18 @@ mod tests {
         let (id, upload) = uploads.start("a");
         assert_eq!(
             upload
-                .append(&store, None, chunks(&[b"hello ", b"wor"]))
+                .append(&store, chunks(&[b"hello ", b"wor"]))
                 .await
                 .unwrap(),
             9
         );
-        assert_eq!(
-            upload
-                .append(&store, Some(9), chunks(&[b"ld"]))
-                .await
-                .unwrap(),
-            11
-        );
+        assert_eq!(upload.append(&store, chunks(&[b"ld"])).await.unwrap(), 11);
         let digest = Digest::of(b"hello world");
         assert_eq!(upload.finish(&store, &digest).await.unwrap(), 11);
+        assert!(
+            upload.append(&store, chunks(&[b"more"])).await.is_err(),
+            "a finished upload takes nothing more"
+        );
         assert_eq!(store.blob_size("a", &digest).await.unwrap(), 11);
         assert!(uploads.get("a", &id).is_some());
         assert!(
@@ -268,10 +292,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let uploads = Uploads::default();
         let (_, upload) = uploads.start("a");
-        upload
-            .append(&store, None, chunks(&[b"hello"]))
-            .await
-            .unwrap();
+        upload.append(&store, chunks(&[b"hello"])).await.unwrap();
         let wrong = Digest::of(b"other");
         assert!(matches!(
             upload.finish(&store, &wrong).await,
@@ -288,15 +309,19 @@ mod tests {
             Ok(Bytes::from_static(b"part")),
             Err(RegistryError::Unavailable("connection reset".into())),
         ]);
-        assert!(cut.append(&store, None, body).await.is_err());
+        assert!(cut.append(&store, body).await.is_err());
         assert!(store.blob_size("a", &Digest::of(b"part")).await.is_err());
 
-        let (_, misplaced) = uploads.start("a");
-        assert!(
-            misplaced
-                .append(&store, Some(5), chunks(&[b"x"]))
-                .await
-                .is_err()
-        );
+        // An upload forgotten before it finished stores nothing either.
+        let (id, forgotten) = uploads.start("a");
+        forgotten
+            .append(&store, chunks(&[b"never finished"]))
+            .await
+            .unwrap();
+        uploads.remove(&id);
+        drop(forgotten);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let never = Digest::of(b"never finished");
+        assert!(store.blob_size("a", &never).await.is_err());
     }
 }

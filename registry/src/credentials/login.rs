@@ -9,7 +9,7 @@
 //!
 //! Each file is written whole — a new file, mode 0600, renamed over the old one — keeping
 //! every other entry and field. An entry is taken back only while it is still the one that
-//! was added, so a login the user made meanwhile stays.
+//! was added, so a login the user made meanwhile stays; one it replaced is put back.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,8 @@ pub struct Login {
     host: String,
     auth: String,
     files: Vec<PathBuf>,
+    /// The entry each file had for the host before, to put back.
+    replaced: Vec<Option<Value>>,
 }
 
 /// The files a login is added to: the containers tools' first, then Docker's.
@@ -59,16 +61,29 @@ impl Login {
                     .into(),
             ));
         }
-        for file in &files {
-            update(file, |auths| {
-                auths.insert(host.to_owned(), serde_json::json!({ "auth": auth }));
-            })?;
-        }
-        Ok(Self {
+        let mut login = Self {
             host: host.to_owned(),
             auth,
-            files,
-        })
+            files: Vec::new(),
+            replaced: Vec::new(),
+        };
+        for file in files {
+            let mut replaced = None;
+            let added = update(&file, |auths| {
+                replaced = auths.insert(
+                    login.host.clone(),
+                    serde_json::json!({ "auth": login.auth }),
+                );
+            });
+            if let Err(e) = added {
+                // Not half logged in: what was added is taken back.
+                let _ = login.remove();
+                return Err(e);
+            }
+            login.files.push(file);
+            login.replaced.push(replaced);
+        }
+        Ok(login)
     }
 
     /// The files the login was added to.
@@ -76,15 +91,19 @@ impl Login {
         &self.files
     }
 
-    /// Takes the login back from every file that still holds it as it was added.
+    /// Takes the login back from every file that still holds it as it was added, putting
+    /// back what it replaced.
     pub fn remove(&self) -> Result<()> {
         let mut first_error = None;
-        for file in &self.files {
+        for (file, replaced) in self.files.iter().zip(&self.replaced) {
             let removed = update(file, |auths| {
                 if auths.get(&self.host).and_then(|e| e["auth"].as_str())
                     == Some(self.auth.as_str())
                 {
-                    auths.remove(&self.host);
+                    match replaced {
+                        Some(previous) => auths.insert(self.host.clone(), previous.clone()),
+                        None => auths.remove(&self.host),
+                    };
                 }
             });
             if let Err(e) = removed {
@@ -170,6 +189,7 @@ mod tests {
             host: "127.0.0.1:5000".into(),
             auth: "cmVwb3N1cmU6cA==".into(),
             files: vec![file.clone(), dir.path().join("new/auth.json")],
+            replaced: vec![Some(serde_json::json!({"auth": "b2xk"})), None],
         };
         for f in login.files() {
             update(f, |auths| {
@@ -199,7 +219,8 @@ mod tests {
         })
         .unwrap();
         login.remove().unwrap();
-        assert!(read(&file)["auths"].get("127.0.0.1:5000").is_none());
+        // The user's own entry for the host, which the login replaced, is back.
+        assert_eq!(read(&file)["auths"]["127.0.0.1:5000"]["auth"], "b2xk");
         assert_eq!(read(&file)["auths"]["ghcr.io"]["auth"], "eDp5");
         assert_eq!(
             read(&dir.path().join("new/auth.json"))["auths"]["127.0.0.1:5000"]["auth"],

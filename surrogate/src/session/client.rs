@@ -44,6 +44,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 struct Session {
     sender: SendRequest<Body>,
     id: u64,
+    /// The protocol version both ends speak.
+    protocol: u32,
     _guard: Option<Box<dyn Send + Sync>>,
 }
 
@@ -118,6 +120,7 @@ impl SessionClient {
         Ok(Session {
             sender,
             id,
+            protocol: *version,
             _guard: connection.guard,
         })
     }
@@ -142,6 +145,15 @@ impl SessionClient {
         let answer = (session.sender.clone(), session.id);
         *current = Some(session);
         Ok(answer)
+    }
+
+    /// The protocol version of the session (opening one if needed).
+    pub async fn protocol(&self) -> Result<u32> {
+        self.sender().await?;
+        let current = self.session.lock().await;
+        Ok(current
+            .as_ref()
+            .map_or(PROTOCOL_VERSIONS[0], |s| s.protocol))
     }
 
     async fn lost(&self, id: u64) {

@@ -20,8 +20,12 @@ pub mod transport;
 pub mod wire;
 
 /// Protocol versions this build speaks, oldest first. A client picks the newest version
-/// both ends speak from the server's `/hello`.
-pub const PROTOCOL_VERSIONS: &[u32] = &[1];
+/// both ends speak from the server's `/hello`. Version 2 adds the store routes
+/// (`/v1/store/*`, for `registry serve`); version 1's paths are unchanged.
+pub const PROTOCOL_VERSIONS: &[u32] = &[1, 2];
+
+/// The first version with the store routes.
+pub const STORE_PROTOCOL: u32 = 2;
 
 /// HTTP/2 flow-control window per stream. The default 64 KiB would cap a transfer at one
 /// window per round trip; 8 MiB keeps a pipe or exec channel busy while bounding what one

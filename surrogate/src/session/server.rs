@@ -25,6 +25,7 @@ use reposure_registry::ByteStream;
 use reposure_registry::digest::Digest;
 use reposure_registry::error::{RegistryError, Result};
 use reposure_registry::formats::manifest::{MAX_MANIFEST_SIZE, StoredManifest};
+use reposure_registry::names::check_repository;
 use reposure_registry::operations::{FileUpload, Registry, StoreRegistry};
 use reposure_registry::store::Store;
 
@@ -171,14 +172,17 @@ impl SessionServer {
                 }
                 (Method::POST, route::STORE_TAGS) => {
                     let repository: String = read_json(request).await?;
+                    check_repository(&repository)?;
                     json(&self.store.list_tags(&repository).await?)
                 }
                 (Method::POST, route::STORE_BLOB_SIZE) => {
                     let r: BlobRequest = read_json(request).await?;
+                    check_repository(&r.repository)?;
                     json(&self.store.blob_size(&r.repository, &r.digest).await?)
                 }
                 (Method::POST, route::STORE_BLOB_GET) => {
                     let r: BlobGetRequest = read_json(request).await?;
+                    check_repository(&r.repository)?;
                     let stream = self
                         .store
                         .get_blob(&r.repository, &r.digest, r.offset, r.length)
@@ -187,13 +191,15 @@ impl SessionServer {
                 }
                 (Method::POST, route::STORE_BLOB_UPLOAD) => {
                     let repository: String = header_json(&request, HEADER_UPLOAD)?;
-                    reposure_registry::names::check_repository(&repository)?;
+                    check_repository(&repository)?;
                     let body = verified_content(request.into_body(), None);
                     let (digest, size) = self.store.put_blob(&repository, body).await?;
                     json(&UploadResponse { digest, size })
                 }
                 (Method::POST, route::STORE_BLOB_MOUNT) => {
                     let r: MountRequest = read_json(request).await?;
+                    check_repository(&r.repository)?;
+                    check_repository(&r.from)?;
                     json(
                         &self
                             .store
@@ -203,6 +209,7 @@ impl SessionServer {
                 }
                 (Method::POST, route::STORE_MANIFEST_DELETE) => {
                     let r: BlobRequest = read_json(request).await?;
+                    check_repository(&r.repository)?;
                     self.store.delete_manifest(&r.repository, &r.digest).await?;
                     json(&())
                 }

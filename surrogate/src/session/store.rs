@@ -19,6 +19,7 @@ use reposure_registry::names::Reference;
 use reposure_registry::operations::Registry;
 use reposure_registry::store::Store;
 
+use super::STORE_PROTOCOL;
 use super::client::{SessionClient, json_body, push_body, request};
 use super::wire::*;
 
@@ -39,8 +40,17 @@ impl Store for SessionStore {
         self.client.describe()
     }
 
+    /// The registry answers, and the surrogate has the store routes.
     async fn check(&self) -> Result<()> {
-        self.client.check().await
+        self.client.check().await?;
+        let protocol = self.client.protocol().await?;
+        if protocol < STORE_PROTOCOL {
+            return Err(RegistryError::Unsupported(format!(
+                "{} speaks session protocol {protocol}, without the store routes `registry serve` needs (protocol {STORE_PROTOCOL}): update its surrogate (reposure operator install)",
+                self.client.describe()
+            )));
+        }
+        Ok(())
     }
 
     async fn list_repositories(&self) -> Result<Vec<String>> {
