@@ -13,7 +13,7 @@ use reposure_tests::apiserver::ApiServer;
 use reposure_tests::archives::{image_config, image_manifest, layout_archive, tar_of};
 use reposure_tests::cli::{failed, reposure};
 use reposure_tests::endpoint::Serve;
-use reposure_tests::registry::Registry;
+use reposure_tests::registry::{Registry, TokenRegistry};
 use reposure_tests::reliability::{Category, Row, Tally};
 use reposure_tests::tools::{Containers, oras, registry_tags, tag_digest};
 use reposure_tests::{random_bytes, sha256_hex};
@@ -505,4 +505,67 @@ fn big_layer_layout(dir: &Path, size: u64) -> (String, std::path::PathBuf) {
     )
     .unwrap();
     (layer_digest, root)
+}
+
+/// A registry with token authentication behind the endpoint, reached with the user's
+/// credentials: skopeo pushes a two-layer image (digest unchanged), then the same image to
+/// another repository (skopeo asks the endpoint to mount the layers across repositories,
+/// which the store does with one token for both), and pulls it back.
+#[test]
+fn a_token_registry_behind_the_endpoint() {
+    let registry = TokenRegistry::start(&[("alice", "alice-secret")], false);
+    let work = tempfile::tempdir().unwrap();
+    let password = work.path().join("password");
+    fs::write(&password, "alice-secret").unwrap();
+    let password = password.display().to_string();
+    let serve = Serve::start(
+        &registry.url(),
+        &["--username", "alice", "--password-file", &password],
+    );
+    let endpoint = &serve.address;
+    let archive = work.path().join("app.tar");
+    let digest = image_archive(&archive, &[400_000, 60_000]);
+    for repository in ["team/app", "team/copy"] {
+        ok(&skopeo(
+            &serve,
+            &[
+                "copy",
+                "--quiet",
+                "--preserve-digests",
+                &format!("oci-archive:{}", archive.display()),
+                &format!("docker://{endpoint}/{repository}:v1"),
+            ],
+        ));
+    }
+    for repository in ["team/app", "team/copy"] {
+        let raw = ok(&skopeo(
+            &serve,
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                "--creds",
+                "alice:alice-secret",
+                &format!("docker://{}/{repository}:v1", registry.host()),
+            ],
+        ));
+        assert_eq!(format!("sha256:{}", sha256_hex(raw.as_bytes())), digest);
+    }
+    // The second push mounted the layers: one token covered both repositories.
+    let mounted = registry.tokens.log().iter().any(|request| {
+        let names = |name: &str| request.scopes.iter().any(|s| s.starts_with(name));
+        names("repository:team/app:") && names("repository:team/copy:")
+    });
+    assert!(mounted, "{:?}", registry.tokens.log());
+    let out = work.path().join("out");
+    ok(&skopeo(
+        &serve,
+        &[
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            &format!("docker://{endpoint}/team/copy:v1"),
+            &format!("oci:{}:app", out.display()),
+        ],
+    ));
 }
