@@ -2,6 +2,7 @@
 
 use std::process::{Command, Output};
 
+use crate::apiserver::ApiServer;
 use crate::binary;
 
 /// Runs `reposure ARGS...`.
@@ -16,6 +17,17 @@ pub fn reposure_with(args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .unwrap()
+}
+
+/// `reposure --kubeconfig KUBECONFIG ARGS...` against an emulated API server.
+pub fn against(api: &ApiServer) -> impl Fn(&[&str]) -> Output {
+    let kubeconfig = api.kubeconfig();
+    move |args: &[&str]| {
+        let kubeconfig = kubeconfig.to_str().expect("a UTF-8 temporary path");
+        let mut all = vec!["--kubeconfig", kubeconfig];
+        all.extend_from_slice(args);
+        reposure(&all)
+    }
 }
 
 /// Asserts success; returns stdout.

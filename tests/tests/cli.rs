@@ -5,11 +5,11 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use reposure_tests::apiserver::ApiServer;
-use reposure_tests::cli::{failed, ok, reposure};
+use reposure_tests::cli::{against, failed, ok, reposure};
 use reposure_tests::mount::is_mounted;
 use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::tools::registry_tags;
@@ -17,15 +17,6 @@ use reposure_tests::{binary, random_bytes, sha256_hex, wait_until};
 use serde_json::{Value, json};
 
 /// Runs the CLI with the emulated cluster's kubeconfig.
-fn against(api: &ApiServer) -> impl Fn(&[&str]) -> Output {
-    let kubeconfig = api.kubeconfig();
-    move |args: &[&str]| {
-        let mut all = vec!["--kubeconfig", path_str(&kubeconfig)];
-        all.extend_from_slice(args);
-        reposure(&all)
-    }
-}
-
 fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     fs::write(file.path(), bytes).unwrap();

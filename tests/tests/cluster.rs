@@ -6,25 +6,15 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Output;
 use std::time::Duration;
 
 use reposure_tests::apiserver::ApiServer;
-use reposure_tests::cli::{failed, ok, reposure, reposure_with};
+use reposure_tests::cli::{against, failed, ok, reposure_with};
 use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::{random_bytes, sha256_hex, wait_until};
 use serde_json::{Value, json};
 
 const NS: &str = "team";
-
-fn against(api: &ApiServer) -> impl Fn(&[&str]) -> Output {
-    let kubeconfig = api.kubeconfig();
-    move |args: &[&str]| {
-        let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
-        all.extend_from_slice(args);
-        reposure(&all)
-    }
-}
 
 fn registry_object(api: &ApiServer, name: &str) -> Option<Value> {
     api.get(&format!(

@@ -8,22 +8,13 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use reposure_tests::apiserver::ApiServer;
-use reposure_tests::cli::{failed, ok, reposure};
+use reposure_tests::cli::{against, failed, ok, reposure};
 use reposure_tests::registry::Registry;
 use reposure_tests::tools::{Containers, registry_tags, skopeo_copy, tag_digest};
 use reposure_tests::{random_bytes, sha256_hex, wait_until};
 use serde_json::{Value, json};
 
 const NS: &str = "default";
-
-fn against(api: &ApiServer) -> impl Fn(&[&str]) -> Output {
-    let kubeconfig = api.kubeconfig();
-    move |args: &[&str]| {
-        let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
-        all.extend_from_slice(args);
-        reposure(&all)
-    }
-}
 
 fn registry_path(name: &str) -> String {
     format!("/apis/reposure.puccini.cloud/v1alpha1/namespaces/{NS}/registries/{name}")
