@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use reposure_tests::apiserver::ApiServer;
 use reposure_tests::archives::{image_config, image_manifest, layout_archive, tar_of};
@@ -415,29 +415,99 @@ fn only_its_user_gets_in() {
     .record();
 }
 
-/// A 2 GiB layer passes through the endpoint to the registry without being held anywhere:
-/// the endpoint's peak memory stays bounded.
+/// A 2 GiB layer passes through the endpoint both ways without being held anywhere: curl
+/// uploads it in one chunked `PATCH` from a pipe and downloads it into a pipe (so the test
+/// needs no 2 GiB file of its own, only the registry stores it), and the endpoint's peak
+/// memory stays bounded.
 #[test]
 fn a_two_gib_layer_streams_through() {
+    use sha2::Digest as _;
     let registry = Registry::start();
     let serve = Serve::start(&registry.url(), &[]);
     let work = tempfile::tempdir().unwrap();
-    // The layer is written to the archive in pieces; its digest is computed as it goes.
+    let curl = Curl::new(&serve, work.path());
     let layer_size: u64 = 2 << 30;
-    let (layer_digest, layout) = big_layer_layout(work.path(), layer_size);
-    ok(&skopeo(
-        &serve,
-        &[
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            &format!("oci:{}", layout.display()),
-            &format!("docker://{}/big/layer:v1", serve.address),
-        ],
-    ));
-    let manifest = reposure_tests::tools::manifest(&registry.host(), "big/layer:v1");
-    assert_eq!(manifest["layers"][0]["digest"], layer_digest.as_str());
-    assert_eq!(manifest["layers"][0]["size"], layer_size);
+    let started = curl.request("POST", "/v2/big/layer/blobs/uploads/", &[], OCTETS);
+    let location = header(&started, "location");
+    let mut upload = curl
+        .command("PATCH", &location)
+        .args(["-T", "-", "-D", "-", "-o", "/dev/null"])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut hasher = sha2::Sha256::new();
+    {
+        let mut stdin = upload.stdin.take().unwrap();
+        for_each_block(layer_size, |block| {
+            hasher.update(block);
+            stdin.write_all(block).unwrap();
+        });
+    }
+    let patched = upload.wait_with_output().unwrap();
+    assert!(patched.status.success(), "the PATCH failed");
+    let patched = String::from_utf8_lossy(&patched.stdout).into_owned();
+    let layer_digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let location = header(&patched, "location");
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let committed = curl.request(
+        "PUT",
+        &format!("{location}{separator}digest={layer_digest}"),
+        &[],
+        OCTETS,
+    );
+    assert!(committed.starts_with("HTTP/1.1 201"), "{committed}");
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+    );
+    let config_digest = format!("sha256:{}", sha256_hex(config.as_bytes()));
+    let stored = curl.request(
+        "POST",
+        &format!("/v2/big/layer/blobs/uploads/?digest={config_digest}"),
+        config.as_bytes(),
+        OCTETS,
+    );
+    assert!(stored.starts_with("HTTP/1.1 201"), "{stored}");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{layer_size}}}]}}"#,
+        config.len()
+    );
+    let tagged = curl.request(
+        "PUT",
+        "/v2/big/layer/manifests/v1",
+        manifest.as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    assert!(tagged.starts_with("HTTP/1.1 201"), "{tagged}");
+    // skopeo, at the registry itself, sees the layer that was sent.
+    let at_registry = reposure_tests::tools::manifest(&registry.host(), "big/layer:v1");
+    assert_eq!(at_registry["layers"][0]["digest"], layer_digest.as_str());
+    assert_eq!(at_registry["layers"][0]["size"], layer_size);
+    // And back through the endpoint, hashed as it arrives.
+    let mut download = curl
+        .command("GET", &format!("/v2/big/layer/blobs/{layer_digest}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut hasher = sha2::Sha256::new();
+    let mut received = 0u64;
+    let mut stdout = download.stdout.take().unwrap();
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut stdout, &mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        received += n as u64;
+    }
+    assert!(download.wait().unwrap().success(), "the GET failed");
+    assert_eq!(received, layer_size);
+    assert_eq!(
+        format!("sha256:{}", hex::encode(hasher.finalize())),
+        layer_digest
+    );
     let peak_mib = reposure_tests::process::peak_rss_kib(serve.pid() as i32) / 1024;
     assert!(
         peak_mib < 200,
@@ -445,66 +515,87 @@ fn a_two_gib_layer_streams_through() {
     );
 }
 
-/// An OCI layout with one image of one layer of `size` bytes, written without holding the
-/// layer in memory.
-fn big_layer_layout(dir: &Path, size: u64) -> (String, std::path::PathBuf) {
-    use sha2::Digest as _;
-    let layer = dir.join("layer");
-    let mut hasher = sha2::Sha256::new();
-    {
-        let mut file = std::io::BufWriter::new(fs::File::create(&layer).unwrap());
-        let block: Vec<u8> = (0..1 << 20)
-            .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        let mut written = 0;
-        let mut round = 0u8;
-        while written < size {
-            let mut piece = block.clone();
-            piece[0] = round;
-            round = round.wrapping_add(1);
-            hasher.update(&piece);
-            file.write_all(&piece).unwrap();
-            written += piece.len() as u64;
+/// Calls `each` with consecutive 1 MiB blocks making `size` bytes, each block different
+/// (the first byte counts), so the content cannot be deduplicated or compressed away.
+fn for_each_block(size: u64, mut each: impl FnMut(&[u8])) {
+    let mut block: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut written = 0;
+    while written < size {
+        block[0] = block[0].wrapping_add(1);
+        each(&block);
+        written += block.len() as u64;
+    }
+}
+
+/// curl logged in to the endpoint through a config file (never its command line).
+struct Curl {
+    base: String,
+    config: std::path::PathBuf,
+}
+
+impl Curl {
+    fn new(serve: &Serve, dir: &Path) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let config = dir.join("curlrc");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&config)
+            .unwrap()
+            .write_all(format!("user = \"reposure:{}\"\n", serve_password(serve)).as_bytes())
+            .unwrap();
+        Self {
+            base: format!("http://{}", serve.address),
+            config,
         }
     }
-    let layer_digest = format!("sha256:{}", hex::encode(hasher.finalize()));
-    let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
-    );
-    let config_digest = format!("sha256:{}", sha256_hex(config.as_bytes()));
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{size}}}]}}"#,
-        config.len()
-    );
-    let manifest_digest = sha256_hex(manifest.as_bytes());
-    let root = dir.join("layout");
-    let blobs = root.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    fs::write(
-        root.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    fs::write(
-        root.join("index.json"),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_digest}","size":{}}}]}}"#,
-            manifest.len()
-        ),
-    )
-    .unwrap();
-    fs::write(blobs.join(&manifest_digest), &manifest).unwrap();
-    fs::write(
-        blobs.join(config_digest.trim_start_matches("sha256:")),
-        &config,
-    )
-    .unwrap();
-    fs::rename(
-        &layer,
-        blobs.join(layer_digest.trim_start_matches("sha256:")),
-    )
-    .unwrap();
-    (layer_digest, root)
+
+    /// curl for `method` on `path` (a URL, or a path on the endpoint).
+    fn command(&self, method: &str, path: &str) -> Command {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut command = Command::new("curl");
+        command
+            .arg("-K")
+            .arg(&self.config)
+            .args(["-s", "-S", "-X", method, &url]);
+        command
+    }
+
+    /// The status line and headers of `method` on `path` with `body` of `media_type`.
+    fn request(&self, method: &str, path: &str, body: &[u8], media_type: &str) -> String {
+        let mut child = self
+            .command(method, path)
+            .args(["--data-binary", "@-", "-D", "-", "-o", "/dev/null", "-H"])
+            .arg(format!("Content-Type: {media_type}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(body).unwrap();
+        let output = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+const OCTETS: &str = "application/octet-stream";
+
+/// A response header's value.
+fn header(response: &str, name: &str) -> String {
+    response
+        .lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {name} header in {response}"))
 }
 
 /// A registry with token authentication behind the endpoint, reached with the user's
