@@ -5,15 +5,10 @@
 //! and execs `reposure-surrogate serve --stdio` in the surrogate pod the status names. So a
 //! surrogate replaced by the operator is found again on the next operation.
 //!
-//! The exec API is kube's WebSocket client: `v5.channel.k8s.io`, falling back to `v4`,
-//! where stdin cannot be half-closed. The session protocol never needs end-of-file, so
-//! both work alike. kube buffers stdin and stdout in 1 KiB pipes by default, which caps a
-//! session near 35 MiB/s; [`EXEC_BUFFER`] lifts that. The surrogate's stderr is read
-//! continuously (else its pipe fills and stalls the connection) and becomes log lines.
-
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! The exec connection is kube's WebSocket upgrade (`v5.channel.k8s.io`, falling back to
+//! `v4`) carried by [`ExecStream`], which sends stdin in large messages and reads stdout
+//! straight from the socket. The session protocol never needs end-of-file, so v4, where
+//! stdin cannot be half-closed, works alike. The surrogate's stderr becomes log lines.
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
@@ -23,8 +18,10 @@ use kube::{Api, Client, Config};
 use reposure_registry::error::{RegistryError, Result};
 use reposure_surrogate::session::transport::{Connection, Connector};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, ReadBuf};
+use kube::Resource;
 use tracing::{info, warn};
+
+use crate::exec::ExecStream;
 
 use crate::resource::Registry;
 
@@ -55,9 +52,6 @@ pub fn surrogate_selector(registry: &str) -> String {
 
 /// The command a client execs in the surrogate container to open a session.
 pub const SESSION_COMMAND: [&str; 3] = ["reposure-surrogate", "serve", "--stdio"];
-
-/// Bytes buffered in each direction of an exec stream (kube's default is 1 KiB).
-pub const EXEC_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Which kubeconfig and context to use; empty means what kubectl would use.
 #[derive(Clone, Debug, Default)]
@@ -273,9 +267,6 @@ pub fn pod_is_ready(pod: &Pod) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-/// Keeps the exec connection open as long as the session uses it.
-struct ExecGuard(#[allow(dead_code)] kube::api::AttachedProcess);
-
 #[async_trait]
 impl Connector for KubeExec {
     fn describe(&self) -> String {
@@ -284,107 +275,49 @@ impl Connector for KubeExec {
 
     async fn connect(&self) -> Result<Connection> {
         let pod = self.surrogate_pod().await?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let params = AttachParams {
-            container: Some(SURROGATE_CONTAINER.to_owned()),
-            stdin: true,
-            stdout: true,
-            stderr: true,
-            tty: false,
-            max_stdin_buf_size: Some(EXEC_BUFFER),
-            max_stdout_buf_size: Some(EXEC_BUFFER),
-            max_stderr_buf_size: Some(64 * 1024),
-        };
-        let mut process = pods
-            .exec(&pod, SESSION_COMMAND, &params)
-            .await
-            .map_err(|e| explain(e, "create", "pods/exec", &pod, &self.namespace))?;
+        let stream = exec_stream(&self.client, &self.namespace, &pod, SESSION_COMMAND, {
+            let pod = pod.clone();
+            move |line| warn!(target: "surrogate", pod, "{line}")
+        })
+        .await?;
         info!(pod, namespace = %self.namespace, "surrogate session opened through exec");
-        if let Some(stderr) = process.stderr() {
-            let pod = pod.clone();
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    warn!(target: "surrogate", pod, "{line}");
-                }
-            });
-        }
-        let (lost, lost_signal) = tokio::sync::oneshot::channel();
-        if let Some(status) = process.take_status() {
-            let pod = pod.clone();
-            tokio::spawn(async move {
-                match status.await {
-                    Some(status) if status.status.as_deref() != Some("Success") => warn!(
-                        pod,
-                        reason = status.reason.as_deref().unwrap_or_default(),
-                        message = status.message.as_deref().unwrap_or_default(),
-                        "surrogate session ended"
-                    ),
-                    Some(_) => info!(pod, "surrogate session ended"),
-                    None => {
-                        warn!(
-                            pod,
-                            "surrogate session ended without a status (connection lost)"
-                        );
-                        let _ = lost.send(());
-                    }
-                }
-            });
-        }
-        let (Some(stdin), Some(stdout)) = (process.stdin(), process.stdout()) else {
-            unreachable!("stdin and stdout were requested");
-        };
-        let stdout = ExecStdout {
-            inner: stdout,
-            lost: Some(lost_signal),
-            is_lost: false,
-        };
         Ok(Connection {
-            stream: Box::pin(tokio::io::join(stdout, stdin)),
-            guard: Some(Box::new(ExecGuard(process))),
+            stream: Box::pin(stream),
+            guard: None,
         })
     }
 }
 
-/// The exec stream's stdout, failing once the connection is lost. kube ends its message
-/// loop on a broken connection without closing stdout, so a plain reader would wait until
-/// the session's HTTP/2 keep-alive gives up (40 s) to learn the session is gone.
-struct ExecStdout<R> {
-    inner: R,
-    /// Until the connection ends: sent to if it was lost.
-    lost: Option<tokio::sync::oneshot::Receiver<()>>,
-    is_lost: bool,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for ExecStdout<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        // Whatever arrived before the loss is still delivered.
-        if let Poll::Ready(result) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-            return Poll::Ready(result);
-        }
-        if let Some(lost) = &mut this.lost {
-            let outcome = match Pin::new(lost).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(outcome) => outcome,
-            };
-            this.lost = None;
-            // Sent: lost. Dropped without a send: the session ended normally, and stdout
-            // reaches its end by itself.
-            this.is_lost = outcome.is_ok();
-        }
-        if !this.is_lost {
-            return Poll::Pending;
-        }
-        Poll::Ready(Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "the exec connection was lost",
-        )))
-    }
+/// Execs `command` in the surrogate container of `pod`, with stdin, stdout and stderr;
+/// each stderr line goes to `on_stderr_line`.
+pub async fn exec_stream(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    command: impl IntoIterator<Item = &str>,
+    on_stderr_line: impl FnMut(&str) + Send + 'static,
+) -> Result<ExecStream> {
+    let params = AttachParams {
+        container: Some(SURROGATE_CONTAINER.to_owned()),
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+        ..Default::default()
+    };
+    let request = kube::core::Request::new(Pod::url_path(&(), Some(namespace)))
+        .exec(pod, command, &params)
+        .map_err(|e| RegistryError::Usage(format!("cannot make an exec request: {e}")))?;
+    let connection = client
+        .connect(request)
+        .await
+        .map_err(|e| explain(e, "create", "pods/exec", pod, namespace))?;
+    let closes_stdin = connection.supports_stream_close();
+    Ok(ExecStream::new(
+        connection.into_stream(),
+        closes_stdin,
+        on_stderr_line,
+    ))
 }
 
 #[cfg(test)]

@@ -193,7 +193,13 @@ impl Connection {
     }
 }
 
-/// stdin and stdout as one async stream; pipes are driven by epoll directly.
+/// What the session's stdin and stdout pipes are grown to: the session's HTTP/2 frames are
+/// up to 1 MiB, which a default 64 KiB pipe splits into sixteen reads and wake-ups on each
+/// side (1 MiB is also Linux's default limit for an unprivileged process).
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// stdin and stdout as one async stream; pipes are driven by epoll directly, and grown to
+/// [`PIPE_SIZE`] where the system allows it.
 fn stdio() -> Result<Pin<Box<dyn transport::Stream>>> {
     use tokio::net::unix::pipe;
     // SAFETY: dup(2) of the standard descriptors; the duplicates are owned by the Files.
@@ -203,6 +209,11 @@ fn stdio() -> Result<Pin<Box<dyn transport::Stream>>> {
             "cannot use stdin/stdout: {}",
             std::io::Error::last_os_error()
         );
+    }
+    for fd in [input, output] {
+        // SAFETY: fcntl on a descriptor we own; on anything but a pipe, or above the
+        // system's limit, it fails and the pipe keeps its size.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
     }
     // SAFETY: the descriptors were just duplicated and are owned here only.
     let (input, output) = unsafe {

@@ -41,31 +41,27 @@
 //! no status frame when the command ends.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::binary;
 
 mod controllers;
+mod exec;
 mod kubelet;
 mod store;
+
+pub use exec::TrafficCount;
 
 use store::Store;
 
@@ -95,6 +91,7 @@ struct State {
     requests: Mutex<Vec<String>>,
     /// Processes started through exec, for tests that kill them.
     exec_pids: Mutex<Vec<u32>>,
+    exec_traffic: exec::ExecTraffic,
     /// The running container process of each pod the kubelet runs, by pod path.
     container_pids: Mutex<HashMap<String, u32>>,
     /// The surrogate container's image: the only programs exec can run, as in the real
@@ -170,6 +167,7 @@ impl ApiServer {
             pod_env: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             exec_pids: Mutex::new(Vec::new()),
+            exec_traffic: Default::default(),
             container_pids: Mutex::new(HashMap::new()),
             image: image.clone(),
             cluster,
@@ -263,6 +261,11 @@ impl ApiServer {
     /// Every request so far, as `METHOD PATH`.
     pub fn requests(&self) -> Vec<String> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The exec streams' WebSocket messages and bytes so far, each way.
+    pub fn exec_traffic(&self) -> TrafficCount {
+        self.state.exec_traffic.read()
     }
 
     /// Processes started through exec so far.
@@ -535,7 +538,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
     }
     if path.ends_with("/exec") {
         let pod_path = path.trim_end_matches("/exec").to_owned();
-        return exec(state, request, pod_path).await;
+        return exec::exec(state, request, pod_path).await;
     }
     if path.contains("/registries") && state.faults.forbid_registry_get.load(Ordering::SeqCst) {
         return json_response(
@@ -865,96 +868,6 @@ fn matches_labels(object: &Value, selector: &str) -> bool {
     })
 }
 
-/// The exec endpoint: checks, negotiates the subprotocol, and hands the upgraded
-/// connection to [`run_exec`].
-async fn exec(
-    state: Arc<State>,
-    mut request: Request<Incoming>,
-    pod_path: String,
-) -> Response<Body> {
-    if state.objects.lock().unwrap().get(&pod_path).is_none() {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &status(404, "NotFound", "pod not found"),
-        );
-    }
-    if state.faults.forbid_exec.load(Ordering::SeqCst) {
-        return json_response(
-            StatusCode::FORBIDDEN,
-            &status(
-                403,
-                "Forbidden",
-                "pods \"x\" is forbidden: User \"tester\" cannot create resource \"pods/exec\"",
-            ),
-        );
-    }
-    let query: Vec<(String, String)> = url_pairs(request.uri().query().unwrap_or_default());
-    let command: Vec<String> = query
-        .iter()
-        .filter(|(k, _)| k == "command")
-        .map(|(_, v)| v.clone())
-        .collect();
-    let offered = request
-        .headers()
-        .get(hyper::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
-    let v4_only = state.faults.v4_only.load(Ordering::SeqCst);
-    let protocol = if offered.contains(&"v5.channel.k8s.io") && !v4_only {
-        "v5.channel.k8s.io"
-    } else if offered.contains(&"v4.channel.k8s.io") {
-        "v4.channel.k8s.io"
-    } else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            &status(400, "BadRequest", "no supported subprotocol"),
-        );
-    };
-    let Some(key) = request
-        .headers()
-        .get(hyper::header::SEC_WEBSOCKET_KEY)
-        .cloned()
-    else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            &status(400, "BadRequest", "not a WebSocket upgrade"),
-        );
-    };
-    state
-        .requests
-        .lock()
-        .unwrap()
-        .push(format!("EXEC {protocol} {}", command.join(" ")));
-    let upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        if let Ok(upgraded) = upgrade.await {
-            let socket =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            run_exec(
-                state,
-                socket,
-                &pod_path,
-                command,
-                protocol == "v5.channel.k8s.io",
-            )
-            .await;
-        }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(hyper::header::CONNECTION, "Upgrade")
-        .header(hyper::header::UPGRADE, "websocket")
-        .header(
-            hyper::header::SEC_WEBSOCKET_ACCEPT,
-            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        )
-        .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol)
-        .body(full(Bytes::new()))
-        .unwrap()
-}
-
 fn url_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
@@ -985,182 +898,4 @@ fn decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Bytes read from the child's stdout per frame (the kubelet's copy buffer is 32 KiB; a
-/// larger one only makes the emulation faster than a real cluster).
-const FRAME: usize = 32 * 1024;
-
-/// Counts `bytes` down from an armed fault; true (and disarmed) when it reaches zero.
-fn countdown(armed: &AtomicU64, bytes: u64) -> bool {
-    let left = armed.load(Ordering::SeqCst);
-    if left == 0 {
-        return false;
-    }
-    if bytes >= left {
-        armed.store(0, Ordering::SeqCst);
-        return true;
-    }
-    armed.store(left - bytes, Ordering::SeqCst);
-    false
-}
-
-/// Runs the command and pumps the channels until it exits or the client goes away.
-async fn run_exec(
-    state: Arc<State>,
-    socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
-    pod_path: &str,
-    command: Vec<String>,
-    v5: bool,
-) {
-    // A program of the image, by name or by its path in the image.
-    let program: PathBuf = match command.first().and_then(|c| Path::new(c).file_name()) {
-        Some(name) => state.image.join(name),
-        None => return,
-    };
-    let env = state
-        .pod_env
-        .lock()
-        .unwrap()
-        .get(pod_path)
-        .cloned()
-        .unwrap_or_default();
-    let spawned = tokio::process::Command::new(program)
-        .args(&command[1..])
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let (mut sink, mut source) = socket.split();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            let failure = status(
-                500,
-                "InternalError",
-                &format!("cannot run {command:?}: {e}"),
-            );
-            let mut frame = vec![3u8];
-            frame.extend_from_slice(failure.to_string().as_bytes());
-            let _ = sink.send(Message::binary(frame)).await;
-            close_normally(&mut sink).await;
-            return;
-        }
-    };
-    if let Some(pid) = child.id() {
-        state.exec_pids.lock().unwrap().push(pid);
-    }
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (frames, mut outgoing) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    let out_frames = frames.clone();
-    let stdout_task = tokio::spawn(async move {
-        let mut buffer = vec![0u8; FRAME];
-        loop {
-            match stdout.read(&mut buffer[1..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    buffer[0] = 1;
-                    if out_frames.send(buffer[..=n].to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let stderr_task = tokio::spawn(async move {
-        let mut buffer = vec![0u8; FRAME];
-        loop {
-            match stderr.read(&mut buffer[1..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    buffer[0] = 2;
-                    if frames.send(buffer[..=n].to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    loop {
-        tokio::select! {
-            frame = outgoing.recv() => {
-                // All of stdout and stderr sent: the command has ended.
-                let Some(frame) = frame else {
-                    break;
-                };
-                if frame[0] == 1 && countdown(&state.faults.drop_after_stdout_bytes, frame.len() as u64 - 1) {
-                    // The connection breaks: no close frame, no status; the process loses
-                    // its session as it would in a pod.
-                    let _ = child.start_kill();
-                    return;
-                }
-                if sink.send(Message::binary(frame)).await.is_err() {
-                    let _ = child.start_kill();
-                    return;
-                }
-            }
-            message = source.next() => match message {
-                Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
-                    0 => {
-                        if countdown(&state.faults.drop_after_stdin_bytes, data.len() as u64 - 1) {
-                            let _ = child.start_kill();
-                            return;
-                        }
-                        if let Some(input) = stdin.as_mut()
-                            && input.write_all(&data[1..]).await.is_err()
-                        {
-                            stdin = None;
-                        }
-                    }
-                    255 if v5 && data.get(1) == Some(&0) => stdin = None,
-                    _ => {}
-                },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    let _ = child.start_kill();
-                    return;
-                }
-                Some(Ok(_)) => {}
-            },
-        }
-    }
-    let _ = stdout_task.await;
-    let _ = stderr_task.await;
-    let exit = child.wait().await;
-    // Without a status the socket is dropped: the client sees the connection end.
-    if !state.faults.no_status.load(Ordering::SeqCst) {
-        let status = match exit.ok().and_then(|s| s.code()) {
-            Some(0) => {
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
-            }
-            code => {
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                           "message": format!("command terminated with non-zero exit code: {code:?}"),
-                           "reason": "NonZeroExitCode",
-                           "details": {"causes": [{"reason": "ExitCode", "message": code.unwrap_or(137).to_string()}]}})
-            }
-        };
-        let mut frame = vec![3u8];
-        frame.extend_from_slice(status.to_string().as_bytes());
-        let _ = sink.send(Message::binary(frame)).await;
-        close_normally(&mut sink).await;
-    }
-}
-
-/// Closes as the API server does once the status is sent: with code 1000, which clients
-/// (kubectl's gorilla reader) take as the end of the streams; a close with no code is an
-/// error to them.
-async fn close_normally<S>(sink: &mut S)
-where
-    S: futures::Sink<Message> + Unpin,
-{
-    let normal = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    let _ = sink.send(Message::Close(Some(normal))).await;
-    let _ = sink.close().await;
 }

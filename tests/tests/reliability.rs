@@ -1479,3 +1479,162 @@ fn credentials_appear_in_no_argv_log_or_error() {
     .tally(&tally)
     .record();
 }
+
+/// A spooler on `dir` publishing to `registry_url`, running until dropped.
+fn spooler_on(registry_url: &str, dir: &Path) -> Process {
+    let spooler = Process(
+        Command::new(binary("reposure-surrogate"))
+            .args(["--registry", registry_url, "spooler", "--directory"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        reposure_surrogate::spool::spooler_running(dir)
+    }));
+    spooler
+}
+
+/// The names in a spool directory but its lock.
+fn spool_entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".spooler.lock")
+        .collect()
+}
+
+/// A push through a surrogate with a spool goes to the registry while it is spooled; when
+/// that direct upload fails (its PATCH cut by the registry's side), the spooler publishes
+/// the accepted entry from the spool and close() succeeds once it has; nothing stays in
+/// the spool.
+#[test]
+fn a_failed_direct_upload_is_published_from_the_spool() {
+    let registry = Registry::start();
+    let proxy = FaultProxy::start(registry.port);
+    let tally = Tally::default();
+    let spool = tempfile::tempdir().unwrap();
+    let _spooler = spooler_on(&proxy.url(), spool.path());
+    let spool_arg = format!("--spool {}", spool.path().display());
+    let mount = Mount::new(&exec_source(&proxy.url(), &[&spool_arg]), &[]);
+    let content = random_bytes(6 * MIB);
+    let _cut =
+        tally.fault(|| proxy.inject_times(Class::UploadPatch, Fault::CutRequest(MIB as u64), 1));
+    tally
+        .operation(|| write_and_close(&mount.path("fallback"), &content))
+        .unwrap();
+    assert_eq!(proxy.faults_injected(), 1, "the direct upload was not cut");
+    assert!(
+        mount.log().contains("the spooler publishes the entry"),
+        "the fallback is not in the log: {}",
+        mount.log()
+    );
+    assert_eq!(registry_tags(&registry.url(), "fallback"), ["latest"]);
+    assert_eq!(
+        tally
+            .operation(|| fs::read(mount.path("fallback")))
+            .unwrap(),
+        content
+    );
+    assert!(
+        spool_entries(spool.path()).is_empty(),
+        "{:?}",
+        spool_entries(spool.path())
+    );
+    Row::new(
+        "fault.direct-upload-fails",
+        Category::Fault,
+        "a surrogate with a spool: the registry cuts the PATCH of the upload it streams while spooling (6 MiB file)",
+        "close() succeeds once the spooler has published the spooled entry; the tag has the content; the spool is empty",
+        "a_failed_direct_upload_is_published_from_the_spool",
+    )
+    .tally(&tally)
+    .record();
+}
+
+/// A session that dies after its push was accepted into the spool, before the registry
+/// committed the manifest: close() fails, and the spooler publishes the accepted entry
+/// (the session's claim on it ends with the process), exactly as it was written.
+#[test]
+fn an_accepted_push_outlives_its_session() {
+    let registry = Registry::start();
+    let proxy = FaultProxy::start(registry.port);
+    let tally = Tally::default();
+    let spool = tempfile::tempdir().unwrap();
+    let _spooler = spooler_on(&proxy.url(), spool.path());
+    let spool_arg = format!("--spool {}", spool.path().display());
+    let mount = Mount::new(&exec_source(&proxy.url(), &[&spool_arg]), &[]);
+    let content = random_bytes(3 * MIB);
+    // The direct upload stops at the manifest: the push is accepted, not yet published.
+    let stalled = tally.fault(|| proxy.inject(Class::ManifestPut, Fault::Stall));
+    let path = mount.path("outlived");
+    let written = content.clone();
+    let writer = std::thread::spawn(move || write_and_close(&path, &written));
+    assert!(
+        wait_until(Duration::from_secs(20), || proxy.seen(Class::ManifestPut)
+            > 0),
+        "the direct upload never reached its manifest"
+    );
+    assert!(
+        spool_entries(spool.path())
+            .iter()
+            .any(|n| n.ends_with(".push")),
+        "the push is not in the spool: {:?}",
+        spool_entries(spool.path())
+    );
+    let sessions = pids_of(
+        "reposure-surrogate",
+        &["serve", &spool.path().display().to_string()],
+    );
+    assert!(!sessions.is_empty(), "no session surrogate on this spool");
+    for pid in sessions {
+        kill_9(pid);
+    }
+    let outcome = writer.join().unwrap();
+    assert!(
+        outcome.is_err(),
+        "close() succeeded though its session died"
+    );
+    // The spooler takes the entry over: its own manifest PUT arrives (held too, until the
+    // registry lets them through).
+    assert!(
+        wait_until(Duration::from_secs(20), || proxy.seen(Class::ManifestPut)
+            >= 2),
+        "the spooler did not take the accepted entry over"
+    );
+    stalled.clear();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            registry_tags(&registry.url(), "outlived") == ["latest"]
+                && !spool_entries(spool.path())
+                    .iter()
+                    .any(|n| n.contains(".push"))
+        }),
+        "the accepted push was not published: the spool keeps {:?}",
+        spool_entries(spool.path())
+    );
+    // Read back at the registry itself, by another mount.
+    let reader = Mount::new(&registry.url(), &[]);
+    assert_eq!(fs::read(reader.path("outlived")).unwrap(), content);
+    // What stays is the verdict nobody was left to read: the record that it was published.
+    let left = spool_entries(spool.path());
+    assert!(
+        left.iter().all(|n| n.ends_with(".verdict")),
+        "the spool keeps {left:?}"
+    );
+    for verdict in left {
+        let said = fs::read_to_string(spool.path().join(verdict)).unwrap();
+        assert!(said.contains("published"), "{said}");
+    }
+    Row::new(
+        "fault.session-dies-after-acceptance",
+        Category::Fault,
+        "a surrogate with a spool: the registry holds the manifest PUT of the streamed upload, and the session is killed (SIGKILL) with the push accepted into the spool",
+        "close() fails; the spooler publishes the accepted entry (the tag appears; only its verdict stays in the spool, saying published): accepted data is never dropped",
+        "an_accepted_push_outlives_its_session",
+    )
+    .tally(&tally)
+    .record();
+}

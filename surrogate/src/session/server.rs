@@ -236,7 +236,7 @@ impl SessionServer {
         reposure_registry::names::check_tag(&push.tag)?;
         let body = verified_content(request.into_body(), Some(push.size));
         let digest = match &self.spool {
-            Some(spool) => spool.push(&push, body).await?,
+            Some(spool) => spool.push(self.registry.as_ref(), &push, body).await?,
             None => {
                 let upload = FileUpload {
                     created: None,
@@ -325,8 +325,12 @@ fn stream_response(stream: ByteStream) -> Response<Body> {
 /// Most chunks merged into one frame.
 const COALESCE_CHUNKS: usize = 64;
 
-/// Merges the chunks that are ready at once into one (network reads come in pieces of a
-/// few KiB; one HTTP/2 frame per piece would cost a frame header and a wake-up each).
+/// Chunks at least this large go out as they are: copying them would cost more than the
+/// frame header and wake-up it saves.
+const COALESCE_BELOW: usize = 64 * 1024;
+
+/// Merges the small chunks that are ready at once into one (network reads come in pieces
+/// of a few KiB; one HTTP/2 frame per piece would cost a frame header and a wake-up each).
 /// Nothing waits for more data, so small or slow transfers are not delayed.
 fn coalesce(stream: ByteStream) -> ByteStream {
     stream
@@ -336,12 +340,12 @@ fn coalesce(stream: ByteStream) -> ByteStream {
             let mut buffer = bytes::BytesMut::new();
             for item in items {
                 match item {
-                    Ok(chunk) => buffer.extend_from_slice(&chunk),
-                    Err(e) => {
+                    Ok(chunk) if chunk.len() < COALESCE_BELOW => buffer.extend_from_slice(&chunk),
+                    other => {
                         if !buffer.is_empty() {
                             merged.push(Ok(buffer.split().freeze()));
                         }
-                        merged.push(Err(e));
+                        merged.push(other);
                     }
                 }
             }

@@ -18,6 +18,7 @@
 //! Files dropped the original way (`kubectl cp`, the Go client) are published too: see
 //! [`legacy`], and [`kubectl_cp`] for the `tar` that `kubectl cp` needs.
 
+pub mod claim;
 pub mod kubectl_cp;
 pub mod legacy;
 pub mod spooler;
@@ -30,12 +31,16 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tracing::info;
+use tracing::{info, warn};
+
+use claim::Claim;
 
 use crate::session::wire::{PushRequest, WireError};
+use bytes::Bytes;
 use reposure_registry::ByteStream;
 use reposure_registry::digest::Digest;
 use reposure_registry::error::{RegistryError, Result};
+use reposure_registry::operations::{FileUpload, Registry};
 use reposure_registry::scratch::Scratch;
 
 /// Lock file the spooler holds while it runs.
@@ -44,6 +49,11 @@ pub const LOCK_FILE: &str = ".spooler.lock";
 /// How long a waiting push tolerates the spooler being gone before it answers with an
 /// error (the entry stays and is published when a spooler runs again).
 const SPOOLER_GONE_GRACE: Duration = Duration::from_secs(5);
+
+/// Pieces of content queued between the spool and the direct upload: the upload may lag
+/// the spool by this many pieces (each up to the session's 1 MiB frame) before the
+/// spool waits for it.
+const DIRECT_UPLOAD_QUEUE: usize = 8;
 
 /// A waiting push looks for its verdict first after this long, then twice as long each
 /// time up to [`VERDICT_POLL_MAX`]: small pushes are answered within milliseconds of their
@@ -173,8 +183,19 @@ impl Spool {
         }))
     }
 
-    /// Accepts a push and answers with its verdict.
-    pub async fn push(&self, request: &PushRequest, mut body: ByteStream) -> Result<Digest> {
+    /// Accepts a push and answers once it is published.
+    ///
+    /// The content goes to the spool and, as it arrives, to `registry` too: the spool
+    /// accepts it durably, and the direct upload commits it only after that (its body
+    /// ends when the entry is named). The entry is [claimed](claim) meanwhile; once the
+    /// registry has the manifest the entry is removed. If the direct upload fails, the
+    /// claim is let go and the spooler publishes the entry as any other, from the spool.
+    pub async fn push(
+        &self,
+        registry: &dyn Registry,
+        request: &PushRequest,
+        body: ByteStream,
+    ) -> Result<Digest> {
         if !spooler_running(&self.dir) {
             return Err(RegistryError::Unavailable(format!(
                 "no spooler is running on {}; start `reposure-surrogate spooler --directory {}`",
@@ -191,48 +212,107 @@ impl Spool {
             dir: self.dir.clone(),
             id,
         };
-        let accepted = self.receive(&entry, request, &mut body).await;
-        if accepted.is_err() {
-            let _ = tokio::fs::remove_file(entry.request()).await;
-        }
-        accepted?;
+        // Fixed now, so that the spooler, publishing the entry after a failed or
+        // interrupted direct upload, makes the very same manifest.
+        let created = Utc::now();
+        let (tee, upload_body) = tokio::sync::mpsc::channel(DIRECT_UPLOAD_QUEUE);
+        let direct = registry.push_file(
+            &request.repository,
+            &request.tag,
+            FileUpload {
+                file_name: request.file_name.clone(),
+                size: request.size,
+                format: request.format,
+                created: Some(created),
+                attributes: request.attributes,
+                body: received(upload_body),
+            },
+        );
+        let (accepted, published) =
+            tokio::join!(self.receive(&entry, request, created, body, tee), direct);
+        let claim = match accepted {
+            Ok(claim) => claim,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(entry.request()).await;
+                return Err(e);
+            }
+        };
         info!(entry = %entry.id, repository = %request.repository, tag = %request.tag, "push accepted into the spool");
-        self.wait_for_verdict(&entry).await
+        match published {
+            Ok(digest) => {
+                // The name goes first: an entry without its content is nothing to publish.
+                tokio::fs::remove_file(entry.data()).await?;
+                let _ = tokio::fs::remove_file(entry.request()).await;
+                drop(claim);
+                Ok(digest)
+            }
+            Err(e) => {
+                warn!(entry = %entry.id, error = %e, "the direct upload failed; the spooler publishes the entry");
+                drop(claim);
+                self.wait_for_verdict(&entry).await
+            }
+        }
     }
 
+    /// Receives the content into the spool, passing each piece on to `tee` (while the
+    /// direct upload takes them); returns the claim on the named entry. `tee` gets an
+    /// error if the content is refused, and its end only once the entry is accepted.
     async fn receive(
         &self,
         entry: &Entry,
         request: &PushRequest,
-        body: &mut ByteStream,
-    ) -> Result<()> {
-        // The content has no name until it is complete and synced: a session killed while
-        // receiving leaves nothing in the spool.
-        let scratch = Scratch::new_in(&self.dir)?;
-        let mut file = tokio::fs::File::from_std(scratch.file().try_clone()?);
-        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            sha2::Digest::update(&mut hasher, &chunk);
-            file.write_all(&chunk).await?;
+        created: DateTime<Utc>,
+        mut body: ByteStream,
+        tee: tokio::sync::mpsc::Sender<Result<Bytes>>,
+    ) -> Result<Claim> {
+        let accepted = async {
+            // The content has no name until it is complete and synced: a session killed
+            // while receiving leaves nothing in the spool.
+            let scratch = Scratch::new_in(&self.dir)?;
+            let claim = Claim::hold(scratch.file())?;
+            let mut file = tokio::fs::File::from_std(scratch.file().try_clone()?);
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            let mut tee = Some(&tee);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                sha2::Digest::update(&mut hasher, &chunk);
+                file.write_all(&chunk).await?;
+                // A direct upload that gave up takes no more; the spool still does.
+                if let Some(sender) = tee
+                    && sender.send(Ok(chunk)).await.is_err()
+                {
+                    tee = None;
+                }
+            }
+            file.sync_all().await?;
+            drop(file);
+            let spooled = SpooledPush {
+                request: request.clone(),
+                created,
+                content_digest: Digest::from_hasher(hasher),
+            };
+            write_durably(
+                &entry.request(),
+                &serde_json::to_vec(&spooled).expect("serialises"),
+            )
+            .await?;
+            let data = entry.data();
+            tokio::task::spawn_blocking(move || scratch.persist(&data))
+                .await
+                .map_err(|e| RegistryError::Io(std::io::Error::other(e)))??;
+            sync_dir(&self.dir).await?;
+            Ok(claim)
         }
-        file.sync_all().await?;
-        drop(file);
-        let spooled = SpooledPush {
-            request: request.clone(),
-            created: Utc::now(),
-            content_digest: Digest::from_hasher(hasher),
-        };
-        write_durably(
-            &entry.request(),
-            &serde_json::to_vec(&spooled).expect("serialises"),
-        )
-        .await?;
-        let data = entry.data();
-        tokio::task::spawn_blocking(move || scratch.persist(&data))
-            .await
-            .map_err(|e| RegistryError::Io(std::io::Error::other(e)))??;
-        sync_dir(&self.dir).await
+        .await;
+        if let Err(e) = &accepted {
+            // The direct upload must not commit what the spool refused.
+            let _ = tee
+                .send(Err(RegistryError::Rejected(format!(
+                    "the content was not accepted: {e}"
+                ))))
+                .await;
+        }
+        accepted
     }
 
     async fn wait_for_verdict(&self, entry: &Entry) -> Result<Digest> {
@@ -283,4 +363,12 @@ impl Spool {
             poll = (poll * 2).min(VERDICT_POLL_MAX);
         }
     }
+}
+
+/// The pieces a direct upload takes, as its body.
+fn received(pieces: tokio::sync::mpsc::Receiver<Result<Bytes>>) -> ByteStream {
+    futures::stream::unfold(pieces, |mut pieces| async move {
+        pieces.recv().await.map(|piece| (piece, pieces))
+    })
+    .boxed()
 }

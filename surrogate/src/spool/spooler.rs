@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use notify::Watcher;
 use tracing::{error, info, warn};
 
+use super::claim::Claim;
 use super::legacy::{self, LegacyEntry};
 use super::{Entry, SpooledPush, Verdict, take_spooler_lock, write_durably};
 use crate::session::wire::WireError;
@@ -26,8 +27,10 @@ pub async fn run(dir: PathBuf, registry: Arc<dyn Registry>) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _lock = take_spooler_lock(&dir)?;
     let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |_event| {
-        let _ = wake.send(());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| wakes(&event.kind)) {
+            let _ = wake.send(());
+        }
     })
     .map_err(|e| RegistryError::Io(std::io::Error::other(e)))?;
     watcher
@@ -44,6 +47,23 @@ pub async fn run(dir: PathBuf, registry: Arc<dyn Registry>) -> Result<()> {
         // Coalesce the burst of events one write makes.
         while woken.try_recv().is_ok() {}
     }
+}
+
+/// Whether a change in the directory can mean an entry to publish: a name appeared,
+/// moved or went, or a file written to was closed (a `kubectl cp` file is complete). Not
+/// the rest: the spooler's own scan opens the directory, which inotify reports too, and
+/// waking on that would rescan without end; nor each write into a file.
+fn wakes(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Any
+            | EventKind::Other
+    )
 }
 
 struct Spooler {
@@ -87,6 +107,15 @@ impl Spooler {
     }
 
     async fn publish_entry(&self, entry: &Entry) {
+        // A session publishing the entry itself holds it; a session that is gone does not.
+        let _claim = match Claim::try_take(&entry.data()) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(entry = %entry.id, error = %e, "cannot claim the entry; trying again later");
+                return;
+            }
+        };
         // A verdict that says "published" means a crash came between publishing and
         // cleaning up: clean up only (exactly once).
         if let Ok(bytes) = tokio::fs::read(entry.verdict()).await
@@ -233,5 +262,47 @@ impl Spooler {
 impl std::fmt::Display for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the events that inotify reports within a moment of `act` wake the spooler.
+    fn woken_by(dir: &Path, act: impl FnOnce()) -> bool {
+        let (events, received) = std::sync::mpsc::channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event {
+                    let _ = events.send(wakes(&event.kind));
+                }
+            })
+            .unwrap();
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .unwrap();
+        act();
+        let mut woken = false;
+        while let Ok(wakes) = received.recv_timeout(Duration::from_millis(300)) {
+            woken |= wakes;
+        }
+        woken
+    }
+
+    #[test]
+    fn its_own_scan_does_not_wake_the_spooler_but_a_new_entry_does() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old.push.json"), b"{}").unwrap();
+        assert!(!woken_by(dir.path(), || {
+            let _ = std::fs::read_dir(dir.path()).unwrap().count();
+            let _ = std::fs::read(dir.path().join("old.push.json")).unwrap();
+        }));
+        assert!(woken_by(dir.path(), || {
+            std::fs::write(dir.path().join("new.push"), b"content").unwrap();
+        }));
+        assert!(woken_by(dir.path(), || {
+            std::fs::rename(dir.path().join("new.push"), dir.path().join("1.push")).unwrap();
+        }));
     }
 }

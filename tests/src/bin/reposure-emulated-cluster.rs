@@ -1,8 +1,10 @@
 //! Runs the emulated Kubernetes API server (`reposure_tests::apiserver`) as a process, for
 //! the benchmark: `reposure-emulated-cluster REGISTRY_URL` prints `KUBECONFIG POD` on one
-//! line once it is ready, and runs until its stdin closes.
+//! line once it is ready, then answers each `traffic` line on its stdin with the exec
+//! streams' WebSocket messages and bytes so far (`STDIN_MESSAGES STDIN_BYTES
+//! STDOUT_MESSAGES STDOUT_BYTES`), and runs until its stdin closes.
 
-use std::io::Read;
+use std::io::{BufRead, Write};
 
 use reposure_tests::apiserver::ApiServer;
 
@@ -14,5 +16,18 @@ fn main() {
     let mut cluster = ApiServer::start("default");
     let pod = cluster.add_ready_registry("default", "bench", &registry_url);
     println!("{} {pod}", cluster.kubeconfig().display());
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    for line in std::io::stdin().lock().lines() {
+        match line.as_deref().map(str::trim) {
+            Ok("traffic") => {
+                let t = cluster.exec_traffic();
+                println!(
+                    "{} {} {} {}",
+                    t.stdin_messages, t.stdin_bytes, t.stdout_messages, t.stdout_bytes
+                );
+                let _ = std::io::stdout().flush();
+            }
+            Ok(other) => eprintln!("reposure-emulated-cluster: unknown command {other:?}"),
+            Err(_) => break,
+        }
+    }
 }
