@@ -413,3 +413,39 @@ fn the_emulated_exec_endpoint_streams_both_ways_and_ends_with_a_status() {
         );
     }
 }
+
+/// What a GiB costs in WebSocket messages through the API server: the mount's pushes go
+/// in messages of at least 64 KiB on average (at most 16,384 per GiB; kube's own client
+/// sent 262,144), and reads come back in the server's messages (a kubelet's 32 KiB, as
+/// the emulation sends them), not split further. Counted at the emulated exec endpoint.
+#[test]
+fn a_gib_costs_few_websocket_messages_each_way() {
+    let registry = Registry::start();
+    let api = cluster(&registry);
+    let mnt = mount(&api, "myregistry");
+    fs::create_dir(mnt.path("bulk")).unwrap();
+    let content = random_bytes(48 * 1024 * 1024);
+    let before = api.exec_traffic();
+    fs::write(mnt.path("bulk/file"), &content).unwrap();
+    let pushed = api.exec_traffic().since(&before);
+    assert!(pushed.stdin_bytes >= content.len() as u64, "{pushed:?}");
+    let (stdin_per_gib, _) = pushed.messages_per_gib();
+    assert!(
+        stdin_per_gib <= 16_384.0,
+        "{stdin_per_gib:.0} stdin messages per GiB: {pushed:?}"
+    );
+    drop(mnt);
+    let mnt = mount(&api, "myregistry");
+    let before = api.exec_traffic();
+    assert_eq!(
+        sha256_hex(&fs::read(mnt.path("bulk/file")).unwrap()),
+        sha256_hex(&content)
+    );
+    let read = api.exec_traffic().since(&before);
+    assert!(read.stdout_bytes >= content.len() as u64, "{read:?}");
+    let (_, stdout_per_gib) = read.messages_per_gib();
+    assert!(
+        stdout_per_gib <= 1.1 * 32_768.0,
+        "{stdout_per_gib:.0} stdout messages per GiB: {read:?}"
+    );
+}
