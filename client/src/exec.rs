@@ -26,6 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tracing::{info, warn};
 
 /// Stdin bytes sent in one WebSocket message at most. At least 64 KiB keeps a GiB under
 /// 16,384 messages; 256 KiB makes it 4,096, while each hop (API server, kubelet) holds no
@@ -65,6 +66,8 @@ pub struct ExecStream<S = ExecSocket> {
     stderr: Vec<u8>,
     on_stderr_line: Box<dyn FnMut(&str) + Send>,
     ended: Option<Ended>,
+    /// What the logs call the other end (the pod).
+    peer: String,
 }
 
 impl<S> ExecStream<S>
@@ -73,10 +76,12 @@ where
         + Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
         + Unpin,
 {
-    /// A stream over an upgraded exec `socket`; `closes_stdin` if the server negotiated v5.
-    /// Each line the command writes to stderr goes to `on_stderr_line`.
+    /// A stream over an upgraded exec `socket` to `peer` (a pod, for the logs);
+    /// `closes_stdin` if the server negotiated v5. Each line the command writes to stderr
+    /// goes to `on_stderr_line`.
     pub fn new(
         socket: S,
+        peer: &str,
         closes_stdin: bool,
         on_stderr_line: impl FnMut(&str) + Send + 'static,
     ) -> Self {
@@ -89,16 +94,37 @@ where
             stderr: Vec::new(),
             on_stderr_line: Box::new(on_stderr_line),
             ended: None,
+            peer: peer.to_owned(),
         }
+    }
+
+    /// The error a write gets when the socket fails: the connection is lost, once.
+    fn lost(&mut self, error: tokio_tungstenite::tungstenite::Error) -> io::Error {
+        if self.ended.is_none() {
+            self.end(Ended::Lost(lost_because(Some(&error))));
+        }
+        io::Error::new(io::ErrorKind::ConnectionAborted, lost_because(Some(&error)))
+    }
+
+    /// Records how the command's side ended, and says so in the log.
+    fn end(&mut self, ended: Ended) {
+        match &ended {
+            Ended::Succeeded => info!(pod = %self.peer, "exec command ended"),
+            Ended::Failed(why) => warn!(pod = %self.peer, "exec command ended: {why}"),
+            Ended::Lost(why) => warn!(pod = %self.peer, "{why}"),
+        }
+        self.ended = Some(ended);
     }
 
     /// Sends the stdin message being filled.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(lost)?;
+        if let Err(e) = ready!(Pin::new(&mut self.socket).poll_ready(cx)) {
+            return Poll::Ready(Err(self.lost(e)));
+        }
         let message = std::mem::replace(&mut self.outgoing, new_message()).freeze();
-        Pin::new(&mut self.socket)
-            .start_send(Message::Binary(message))
-            .map_err(lost)?;
+        if let Err(e) = Pin::new(&mut self.socket).start_send(Message::Binary(message)) {
+            return Poll::Ready(Err(self.lost(e)));
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -117,11 +143,16 @@ fn new_message() -> BytesMut {
     message
 }
 
-fn lost(error: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        format!("the exec connection was lost: {error}"),
-    )
+/// Why a connection ended with no status: `error`, if the socket said.
+fn lost_because(error: Option<&tokio_tungstenite::tungstenite::Error>) -> String {
+    match error {
+        Some(e) => format!(
+            "the exec connection ended without a status from the command (connection lost: {e})"
+        ),
+        None => {
+            "the exec connection ended without a status from the command (connection lost)".into()
+        }
+    }
 }
 
 /// What a status message says of the command.
@@ -173,18 +204,14 @@ where
                     match channel {
                         STDOUT => this.incoming = payload,
                         STDERR => this.stderr_received(&payload),
-                        STATUS => this.ended = Some(ended_by(&payload)),
+                        STATUS => this.end(ended_by(&payload)),
                         _ => {}
                     }
                 }
                 // The server closes after the status; a close before it is a lost command.
-                Some(Ok(Message::Close(_))) | None => {
-                    this.ended = Some(Ended::Lost(
-                        "the exec connection ended before the command did".into(),
-                    ));
-                }
+                Some(Ok(Message::Close(_))) | None => this.end(Ended::Lost(lost_because(None))),
                 Some(Ok(_)) => {}
-                Some(Err(e)) => this.ended = Some(Ended::Lost(lost(e).to_string())),
+                Some(Err(e)) => this.end(Ended::Lost(lost_because(Some(&e)))),
             }
         }
     }
@@ -218,7 +245,9 @@ where
         if this.outgoing.len() > 1 {
             ready!(this.poll_send(cx))?;
         }
-        Pin::new(&mut this.socket).poll_flush(cx).map_err(lost)
+        Pin::new(&mut this.socket)
+            .poll_flush(cx)
+            .map_err(|e| this.lost(e))
     }
 
     /// Ends stdin: in v5 the command reads end of file and the stream stays readable; in
@@ -230,14 +259,16 @@ where
             return Poll::Ready(Ok(()));
         }
         if this.closes_stdin {
-            ready!(Pin::new(&mut this.socket).poll_ready(cx)).map_err(lost)?;
+            ready!(Pin::new(&mut this.socket).poll_ready(cx)).map_err(|e| this.lost(e))?;
             Pin::new(&mut this.socket)
                 .start_send(Message::Binary(Bytes::from_static(&[CLOSE, STDIN])))
-                .map_err(lost)?;
+                .map_err(|e| this.lost(e))?;
             this.stdin_closed = true;
-            Pin::new(&mut this.socket).poll_flush(cx).map_err(lost)
+            Pin::new(&mut this.socket)
+                .poll_flush(cx)
+                .map_err(|e| this.lost(e))
         } else {
-            ready!(Pin::new(&mut this.socket).poll_close(cx)).map_err(lost)?;
+            ready!(Pin::new(&mut this.socket).poll_close(cx)).map_err(|e| this.lost(e))?;
             this.stdin_closed = true;
             Poll::Ready(Ok(()))
         }
@@ -261,7 +292,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 20);
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-        (ExecStream::new(client, v5, |_| {}), server)
+        (ExecStream::new(client, "pod", v5, |_| {}), server)
     }
 
     fn frame(channel: u8, payload: &[u8]) -> Message {

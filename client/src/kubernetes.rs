@@ -315,6 +315,7 @@ pub async fn exec_stream(
     let closes_stdin = connection.supports_stream_close();
     Ok(ExecStream::new(
         connection.into_stream(),
+        pod,
         closes_stdin,
         on_stderr_line,
     ))

@@ -6,14 +6,22 @@
 //!   digest the client declared: it arrives in a file with no name ([`Scratch`]), so an
 //!   upload cut short leaves nothing behind; its request is written as `ID.push.json`, and
 //!   only then is the content named `ID.push` (and the directory fsynced).
-//! * The spooler publishes every `ID.push` and records a verdict in `ID.verdict`: the
-//!   manifest digest, or the registry's error. On success the entry is removed; on failure
-//!   the content stays as `ID.failed` beside its request and verdict, never deleted.
+//! * While it arrives, the session also uploads the content to the registry (the direct
+//!   upload, so a push costs one pass instead of spool, read back, upload). That upload's
+//!   body ends only once the entry is accepted, so the registry commits nothing the spool
+//!   refused; the session [claims](claim) the entry meanwhile and removes it once the
+//!   manifest is committed. A failed direct upload, or a session that dies, leaves the
+//!   entry to the spooler.
+//! * The spooler publishes every `ID.push` nobody claims and records a verdict in
+//!   `ID.verdict`: the manifest digest, or the registry's error. On success the entry is
+//!   removed; on failure the content stays as `ID.failed` beside its request and verdict,
+//!   never deleted.
 //! * Entries present after a crash are published after restart, exactly once: an entry
 //!   whose verdict already says "published" is only cleaned up, and republishing an entry
 //!   whose verdict was lost makes the same manifest (its creation time is fixed at
 //!   acceptance), so the registry ends in the same state either way.
-//! * The session's push answers only when the verdict is in.
+//! * The session's push answers only once the manifest is committed: by its direct upload,
+//!   or by the spooler (the verdict).
 //!
 //! Files dropped the original way (`kubectl cp`, the Go client) are published too: see
 //! [`legacy`], and [`kubectl_cp`] for the `tar` that `kubectl cp` needs.
