@@ -60,3 +60,19 @@ pub fn peak_rss_kib(pid: i32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .expect("VmHWM in the status")
 }
+
+/// A `reposure-surrogate spooler` on `dir` publishing to `registry_url`, once it holds the
+/// spool's lock; stopped when dropped.
+pub fn start_spooler(registry_url: &str, dir: &std::path::Path) -> Process {
+    let child = std::process::Command::new(crate::binary("reposure-surrogate"))
+        .args(["--registry", registry_url, "spooler", "--directory"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(crate::wait_until(
+        std::time::Duration::from_secs(10),
+        || { reposure_surrogate::spool::spooler_running(dir) }
+    ));
+    Process(child)
+}

@@ -22,7 +22,9 @@ use reposure_tests::cli::{failed, ok, reposure, reposure_with};
 use reposure_tests::contract;
 use reposure_tests::mount::{Mount, exec_source};
 use reposure_tests::posix::{close, errno_of, write_and_close};
-use reposure_tests::process::{Process, all_command_lines, kill_9, peak_rss_kib, pids_of};
+use reposure_tests::process::{
+    Process, all_command_lines, kill_9, peak_rss_kib, pids_of, start_spooler,
+};
 use reposure_tests::proxy::{Class, Fault, FaultProxy};
 use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::reliability::{Category, Row, Tally};
@@ -1480,22 +1482,6 @@ fn credentials_appear_in_no_argv_log_or_error() {
     .record();
 }
 
-/// A spooler on `dir` publishing to `registry_url`, running until dropped.
-fn spooler_on(registry_url: &str, dir: &Path) -> Process {
-    let spooler = Process(
-        Command::new(binary("reposure-surrogate"))
-            .args(["--registry", registry_url, "spooler", "--directory"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_until(Duration::from_secs(10), || {
-        reposure_surrogate::spool::spooler_running(dir)
-    }));
-    spooler
-}
-
 /// The names in a spool directory but its lock.
 fn spool_entries(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
@@ -1516,7 +1502,7 @@ fn a_failed_direct_upload_is_published_from_the_spool() {
     let proxy = FaultProxy::start(registry.port);
     let tally = Tally::default();
     let spool = tempfile::tempdir().unwrap();
-    let _spooler = spooler_on(&proxy.url(), spool.path());
+    let _spooler = start_spooler(&proxy.url(), spool.path());
     let spool_arg = format!("--spool {}", spool.path().display());
     let mount = Mount::new(&exec_source(&proxy.url(), &[&spool_arg]), &[]);
     let content = random_bytes(6 * MIB);
@@ -1563,7 +1549,7 @@ fn an_accepted_push_outlives_its_session() {
     let proxy = FaultProxy::start(registry.port);
     let tally = Tally::default();
     let spool = tempfile::tempdir().unwrap();
-    let _spooler = spooler_on(&proxy.url(), spool.path());
+    let _spooler = start_spooler(&proxy.url(), spool.path());
     let spool_arg = format!("--spool {}", spool.path().display());
     let mount = Mount::new(&exec_source(&proxy.url(), &[&spool_arg]), &[]);
     let content = random_bytes(3 * MIB);

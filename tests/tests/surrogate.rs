@@ -14,7 +14,7 @@ use reposure_surrogate::session::client::SessionClient;
 use reposure_surrogate::session::transport::ChildProcess;
 use reposure_tests::mount::{Mount, exec_source};
 use reposure_tests::posix::close;
-use reposure_tests::process::{Process, kill_9, pids_of};
+use reposure_tests::process::{Process, kill_9, pids_of, start_spooler};
 use reposure_tests::proxy::{Class, Fault, FaultProxy};
 use reposure_tests::registry::{Registry, RegistryConfig};
 use reposure_tests::reliability::{Category, Row, Tally};
@@ -22,16 +22,7 @@ use reposure_tests::tools::{registry_tags, skopeo_copy};
 use reposure_tests::{binary, random_bytes, sha256_hex, wait_until};
 
 fn spooler(registry: &Registry, dir: &Path) -> Process {
-    let child = Command::new(binary("reposure-surrogate"))
-        .args(["--registry", &registry.url(), "spooler", "--directory"])
-        .arg(dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        reposure_surrogate::spool::spooler_running(dir)
-    }));
-    Process(child)
+    start_spooler(&registry.url(), dir)
 }
 
 /// `kill -9` of the session process during a push: close() fails in bounded time, no tag
@@ -107,20 +98,25 @@ fn session_killed_mid_push() {
     .record();
 }
 
-/// `kill -9` of the spooler after a push was accepted and before it was published: the
+/// `kill -9` of the spooler after a push was accepted and before it was published (the
+/// session's own upload to the registry failed, so the entry is the spooler's): the
 /// waiting client gets an error (not a false success), and after a restart the image
 /// appears, published once.
 #[test]
 fn spooler_killed_after_accepting() {
     let registry = Registry::start();
+    // The session reaches the registry through a proxy that fails its uploads; the spooler
+    // reaches it directly.
+    let proxy = FaultProxy::start(registry.port);
     let spool = tempfile::tempdir().unwrap();
     let spool_arg = format!("--spool {}", spool.path().display());
     let mount = Mount::new(
-        &exec_source(&registry.url(), &[&spool_arg]),
+        &exec_source(&proxy.url(), &[&spool_arg]),
         &["metadata_ttl=0"],
     );
     let first = spooler(&registry, spool.path());
     let tally = Tally::default();
+    let _uploads_fail = tally.fault(|| proxy.inject(Class::UploadPut, Fault::Status(500)));
     // Freeze the spooler so the push is accepted but not published, then kill it.
     // SAFETY: signals to our own child.
     tally.fault(|| unsafe { libc::kill(first.0.id() as i32, libc::SIGSTOP) });
@@ -167,7 +163,7 @@ fn spooler_killed_after_accepting() {
     Row::new(
         "fault.spooler-killed",
         Category::Fault,
-        "kill -9 of the spooler after the spool accepted a push and before it was published",
+        "kill -9 of the spooler after the spool accepted a push whose direct upload failed, before it was published",
         "the client gets an error, not a false success; the entry stays in the spool and is published once when a spooler runs again",
         "spooler_killed_after_accepting",
     )
