@@ -90,12 +90,13 @@ for _ in $(seq 100); do curl -sf "$url/v2/" >/dev/null && break; sleep 0.1; done
 # The emulated cluster: a Registry "bench" whose surrogate pod is the real surrogate.
 coproc cluster { "$bin/reposure-emulated-cluster" "$url"; }
 read -r kubeconfig pod <&"${cluster[0]}"
-# exec_traffic: "STDIN_MESSAGES STDIN_BYTES STDOUT_MESSAGES STDOUT_BYTES" so far.
+# exec_traffic VAR: sets VAR to "STDIN_MESSAGES STDIN_BYTES STDOUT_MESSAGES STDOUT_BYTES" so
+# far (not through $(...): a subshell does not have the coprocess's descriptors).
 exec_traffic() {
     local line
     echo traffic >&"${cluster[1]}"
     read -r line <&"${cluster[0]}"
-    echo "$line"
+    printf -v "$1" '%s' "$line"
 }
 # per_gib BEFORE AFTER FIELD: messages per GiB of one direction (FIELD 1: stdin, 3: stdout)
 # between two exec_traffic readings.
@@ -103,7 +104,7 @@ per_gib() {
     awk -v b="$1" -v a="$2" -v f="$3" 'BEGIN {
         split(b, x, " "); split(a, y, " ")
         bytes = y[f + 1] - x[f + 1]
-        printf "%.0f\n", bytes > 0 ? (y[f] - x[f]) * 1073741824 / bytes : 0 }'
+        printf "%.0f\n", (bytes > 0 ? (y[f] - x[f]) * 1073741824 / bytes : 0) }'
 }
 
 head -c "$((size_mib * 1024 * 1024))" /dev/urandom >"$work/data.bin"
@@ -201,17 +202,17 @@ for way in direct session exec kubernetes; do
     cps=() cats=()
     for _ in $(seq "$reps"); do
         mount_as "$way"
-        before=$(exec_traffic)
+        exec_traffic before
         cps+=("$(elapsed cp "$work/data.bin" "$mountpoint/bench/file")")
-        after=$(exec_traffic)
+        exec_traffic after
         unmount
         if [[ $way == kubernetes ]]; then cp_stdin_per_gib=$(per_gib "$before" "$after" 1); fi
         # A fresh mount has no page cache: the read is cold on our side (the registry's
         # own file cache is warm, as it is for curl).
         mount_as "$way"
-        before=$(exec_traffic)
+        exec_traffic before
         cats+=("$(elapsed cat "$mountpoint/bench/file")")
-        after=$(exec_traffic)
+        exec_traffic after
         unmount
         if [[ $way == kubernetes ]]; then cat_stdout_per_gib=$(per_gib "$before" "$after" 3); fi
     done
