@@ -249,8 +249,13 @@ impl Spool {
         match published {
             Ok(digest) => {
                 // The name goes first: an entry without its content is nothing to publish.
-                tokio::fs::remove_file(entry.data()).await?;
-                let _ = tokio::fs::remove_file(entry.request()).await;
+                // An entry that cannot be removed is published again by the spooler, to the
+                // same manifest: the push has succeeded either way.
+                if let Err(e) = tokio::fs::remove_file(entry.data()).await {
+                    warn!(entry = %entry.id, error = %e, "cannot remove a published entry; the spooler publishes it again");
+                } else {
+                    let _ = tokio::fs::remove_file(entry.request()).await;
+                }
                 drop(claim);
                 Ok(digest)
             }
