@@ -108,6 +108,10 @@ where
 
     /// Records how the command's side ended, and says so in the log.
     fn end(&mut self, ended: Ended) {
+        if !self.stderr.is_empty() {
+            let last = std::mem::take(&mut self.stderr);
+            (self.on_stderr_line)(String::from_utf8_lossy(&last).trim_end());
+        }
         match &ended {
             Ended::Succeeded => info!(pod = %self.peer, "exec command ended"),
             Ended::Failed(why) => warn!(pod = %self.peer, "exec command ended: {why}"),

@@ -36,7 +36,13 @@ impl Claim {
     /// once claimed (a session removes a published entry's name before letting go).
     /// `None`: claimed by another, or gone.
     pub fn try_take(path: &Path) -> io::Result<Option<Self>> {
-        let file = match File::open(path) {
+        // Open for writing: where flock is emulated with byte-range locks (NFS), an
+        // exclusive lock needs it.
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),

@@ -63,6 +63,27 @@ const SPOOLER_GONE_GRACE: Duration = Duration::from_secs(5);
 /// spool waits for it.
 const DIRECT_UPLOAD_QUEUE: usize = 8;
 
+/// Bytes received between two starts of the spool file's writeback. The final fsync then
+/// has little left to write, so the direct upload, whose body waits for it, is not silent
+/// for long (a registry or its proxy may give up on a silent upload).
+const WRITEBACK_EVERY: u64 = 64 * 1024 * 1024;
+
+/// Starts writing `length` bytes of `file` from `offset` to disk, without waiting.
+fn start_writeback(file: &std::fs::File, offset: u64, length: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on a descriptor we own, with SYNC_FILE_RANGE_WRITE only: it
+    // starts writeback of that range and returns; it changes no data. A failure (another
+    // kernel, another filesystem) only leaves the work to the final fsync.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            length as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// A waiting push looks for its verdict first after this long, then twice as long each
 /// time up to [`VERDICT_POLL_MAX`]: small pushes are answered within milliseconds of their
 /// publication, long ones cost a check every quarter second.
@@ -248,13 +269,22 @@ impl Spool {
         info!(entry = %entry.id, repository = %request.repository, tag = %request.tag, "push accepted into the spool");
         match published {
             Ok(digest) => {
-                // The name goes first: an entry without its content is nothing to publish.
-                // An entry that cannot be removed is published again by the spooler, to the
-                // same manifest: the push has succeeded either way.
-                if let Err(e) = tokio::fs::remove_file(entry.data()).await {
-                    warn!(entry = %entry.id, error = %e, "cannot remove a published entry; the spooler publishes it again");
-                } else {
-                    let _ = tokio::fs::remove_file(entry.request()).await;
+                // The verdict first: an entry left behind (a failed removal, a session that
+                // dies now) is then only cleaned up by the spooler, never published again
+                // over a newer push to the same tag.
+                let verdict = Verdict::Published {
+                    digest: digest.clone(),
+                };
+                write_durably(
+                    &entry.verdict(),
+                    &serde_json::to_vec(&verdict).expect("serialises"),
+                )
+                .await?;
+                for done in [entry.data(), entry.request(), entry.verdict()] {
+                    if let Err(e) = tokio::fs::remove_file(&done).await {
+                        warn!(entry = %entry.id, error = %e, "cannot remove a published entry's file; the spooler cleans it up");
+                        break;
+                    }
                 }
                 drop(claim);
                 Ok(digest)
@@ -286,10 +316,17 @@ impl Spool {
             let mut file = tokio::fs::File::from_std(scratch.file().try_clone()?);
             let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
             let mut tee = Some(&tee);
+            let mut received = 0u64;
+            let mut flushed = 0u64;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk?;
                 sha2::Digest::update(&mut hasher, &chunk);
                 file.write_all(&chunk).await?;
+                received += chunk.len() as u64;
+                if received - flushed >= WRITEBACK_EVERY {
+                    start_writeback(scratch.file(), flushed, received - flushed);
+                    flushed = received;
+                }
                 // A direct upload that gave up takes no more; the spool still does.
                 if let Some(sender) = tee
                     && sender.send(Ok(chunk)).await.is_err()

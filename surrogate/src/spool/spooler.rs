@@ -28,7 +28,7 @@ pub async fn run(dir: PathBuf, registry: Arc<dyn Registry>) -> Result<()> {
     let _lock = take_spooler_lock(&dir)?;
     let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| wakes(&event.kind)) {
+        if event.is_ok_and(|event| wakes(&event)) {
             let _ = wake.send(());
         }
     })
@@ -50,20 +50,25 @@ pub async fn run(dir: PathBuf, registry: Arc<dyn Registry>) -> Result<()> {
 }
 
 /// Whether a change in the directory can mean an entry to publish: a name appeared,
-/// moved or went, or a file written to was closed (a `kubectl cp` file is complete). Not
-/// the rest: the spooler's own scan opens the directory, which inotify reports too, and
-/// waking on that would rescan without end; nor each write into a file.
-fn wakes(kind: &notify::EventKind) -> bool {
+/// moved or went, or a file written to was closed (a `kubectl cp` file is complete; a
+/// session let go of its claim). Not the rest: the spooler's own scan opens the directory
+/// and the entries it claims, which inotify reports too, and waking on that would rescan
+/// without end; nor each write into a file. Closing a named entry (`ID.push`) is never
+/// news: entries get their names by a link or rename.
+fn wakes(event: &notify::Event) -> bool {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-    matches!(
-        kind,
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => !event
+            .paths
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "push")),
         EventKind::Create(_)
-            | EventKind::Remove(_)
-            | EventKind::Modify(ModifyKind::Name(_))
-            | EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Any
-            | EventKind::Other
-    )
+        | EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Any
+        | EventKind::Other => true,
+        _ => false,
+    }
 }
 
 struct Spooler {
@@ -275,7 +280,7 @@ mod tests {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if let Ok(event) = event {
-                    let _ = events.send(wakes(&event.kind));
+                    let _ = events.send(wakes(&event));
                 }
             })
             .unwrap();
@@ -294,9 +299,12 @@ mod tests {
     fn its_own_scan_does_not_wake_the_spooler_but_a_new_entry_does() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("old.push.json"), b"{}").unwrap();
+        std::fs::write(dir.path().join("0.push"), b"content").unwrap();
         assert!(!woken_by(dir.path(), || {
             let _ = std::fs::read_dir(dir.path()).unwrap().count();
             let _ = std::fs::read(dir.path().join("old.push.json")).unwrap();
+            // Claiming an entry (on NFS, only a descriptor open for writing can).
+            drop(Claim::try_take(&dir.path().join("0.push")).unwrap());
         }));
         assert!(woken_by(dir.path(), || {
             std::fs::write(dir.path().join("new.push"), b"content").unwrap();
