@@ -9,9 +9,9 @@
 //! * While it arrives, the session also uploads the content to the registry (the direct
 //!   upload, so a push costs one pass instead of spool, read back, upload). That upload's
 //!   body ends only once the entry is accepted, so the registry commits nothing the spool
-//!   refused; the session [claims](claim) the entry meanwhile and removes it once the
-//!   manifest is committed. A failed direct upload, or a session that dies, leaves the
-//!   entry to the spooler.
+//!   refused; the session [claims](claim) the entry meanwhile, and once the manifest is
+//!   committed records it as published and removes it. A failed direct upload, or a session
+//!   that dies, leaves the entry to the spooler.
 //! * The spooler publishes every `ID.push` nobody claims and records a verdict in
 //!   `ID.verdict`: the manifest digest, or the registry's error. On success the entry is
 //!   removed; on failure the content stays as `ID.failed` beside its request and verdict,
