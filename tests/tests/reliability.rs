@@ -1492,19 +1492,48 @@ fn spool_entries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A mount whose `exec:` surrogate has a spool, with its spooler; both reach the registry
+/// through a fault proxy.
+struct SpoolBehindProxy {
+    registry: Registry,
+    proxy: FaultProxy,
+    spool: tempfile::TempDir,
+    _spooler: Process,
+    mount: Mount,
+}
+
+impl SpoolBehindProxy {
+    fn start() -> Self {
+        let registry = Registry::start();
+        let proxy = FaultProxy::start(registry.port);
+        let spool = tempfile::tempdir().unwrap();
+        let spooler = start_spooler(&proxy.url(), spool.path());
+        let spool_arg = format!("--spool {}", spool.path().display());
+        let mount = Mount::new(&exec_source(&proxy.url(), &[&spool_arg]), &[]);
+        Self {
+            registry,
+            proxy,
+            spool,
+            _spooler: spooler,
+            mount,
+        }
+    }
+}
+
 /// A push through a surrogate with a spool goes to the registry while it is spooled; when
 /// that direct upload fails (its PATCH cut by the registry's side), the spooler publishes
 /// the accepted entry from the spool and close() succeeds once it has; nothing stays in
 /// the spool.
 #[test]
 fn a_failed_direct_upload_is_published_from_the_spool() {
-    let registry = Registry::start();
-    let proxy = FaultProxy::start(registry.port);
+    let SpoolBehindProxy {
+        registry,
+        proxy,
+        spool,
+        _spooler,
+        mount,
+    } = SpoolBehindProxy::start();
     let tally = Tally::default();
-    let spool = tempfile::tempdir().unwrap();
-    let _spooler = start_spooler(&proxy.url(), spool.path());
-    let spool_arg = format!("--spool {}", spool.path().display());
-    let mount = Mount::new(&exec_source(&proxy.url(), &[&spool_arg]), &[]);
     let content = random_bytes(6 * MIB);
     let _cut =
         tally.fault(|| proxy.inject_times(Class::UploadPatch, Fault::CutRequest(MIB as u64), 1));
@@ -1545,13 +1574,14 @@ fn a_failed_direct_upload_is_published_from_the_spool() {
 /// (the session's claim on it ends with the process), exactly as it was written.
 #[test]
 fn an_accepted_push_outlives_its_session() {
-    let registry = Registry::start();
-    let proxy = FaultProxy::start(registry.port);
+    let SpoolBehindProxy {
+        registry,
+        proxy,
+        spool,
+        _spooler,
+        mount,
+    } = SpoolBehindProxy::start();
     let tally = Tally::default();
-    let spool = tempfile::tempdir().unwrap();
-    let _spooler = start_spooler(&proxy.url(), spool.path());
-    let spool_arg = format!("--spool {}", spool.path().display());
-    let mount = Mount::new(&exec_source(&proxy.url(), &[&spool_arg]), &[]);
     let content = random_bytes(3 * MIB);
     // The direct upload stops at the manifest: the push is accepted, not yet published.
     let stalled = tally.fault(|| proxy.inject(Class::ManifestPut, Fault::Stall));
